@@ -1,0 +1,1 @@
+//! pcie-driver
