@@ -1,0 +1,1 @@
+//! Target configuration model (filled in by the config work).

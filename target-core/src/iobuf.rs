@@ -1,0 +1,311 @@
+//! Data buffers that travel with a command from host to backend and back.
+//!
+//! A buffer is *owned* by whoever holds the command: the host hands it over
+//! with the submission, the target lends it to the backend, and it comes
+//! back with the completion. Moving ownership is what makes the data path
+//! zero copy and what keeps a buffer alive while a backend (or a device
+//! doing DMA) still holds it: nothing can free it behind the backend's back.
+//!
+//! Memory is page aligned so that the VFIO driver can hand it to a device
+//! directly. A buffer that a DMA pool made carries its IOVA; others are
+//! bounced by the driver.
+#![allow(unsafe_code)] // Owns raw aligned allocations; the safe API is below.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+/// Page size every buffer is aligned to.
+pub const BUF_ALIGN: usize = 4096;
+
+/// Gives memory back to the pool an [`IoBuf`] came from.
+///
+/// # Safety
+///
+/// `release` receives exactly the pointer and length the implementor passed
+/// to [`IoBuf::from_pool`], once, after every access through the buffer has
+/// ended. Implementors must keep that memory valid until then.
+pub unsafe trait BufPool: Send + Sync {
+    /// Takes back a buffer's memory.
+    fn release(&self, ptr: NonNull<u8>, len: usize);
+}
+
+enum Origin {
+    Heap(Layout),
+    Pool(Arc<dyn BufPool>),
+}
+
+/// An owned, page-aligned data buffer.
+pub struct IoBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    iova: Option<u64>,
+    origin: Origin,
+}
+
+// SAFETY: IoBuf owns its memory exclusively (no aliasing handles exist), so
+// moving it to another thread moves that exclusive access with it.
+unsafe impl Send for IoBuf {}
+// SAFETY: shared references only give `&[u8]`, which is safe to read from
+// several threads.
+unsafe impl Sync for IoBuf {}
+
+impl IoBuf {
+    /// A zero-filled heap buffer of `len` bytes, page aligned.
+    ///
+    /// Allocates: call it when setting up, not per I/O.
+    pub fn new(len: usize) -> Self {
+        let size = len.max(1).next_multiple_of(BUF_ALIGN);
+        let layout = match Layout::from_size_align(size, BUF_ALIGN) {
+            Ok(l) => l,
+            Err(_) => std::alloc::handle_alloc_error(Layout::new::<u8>()),
+        };
+        // SAFETY: layout has non-zero size.
+        let raw = unsafe { alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        Self {
+            ptr,
+            len,
+            iova: None,
+            origin: Origin::Heap(layout),
+        }
+    }
+
+    /// A heap buffer holding a copy of `data`.
+    pub fn from_slice(data: &[u8]) -> Self {
+        let mut b = Self::new(data.len());
+        b.as_mut_slice().copy_from_slice(data);
+        b
+    }
+
+    /// Wraps pool memory that is already mapped for DMA at `iova`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr..ptr+len` must be valid for reads and writes, aligned to
+    /// [`BUF_ALIGN`], not accessed through any other handle until `pool`'s
+    /// `release` is called for it, and stay valid until then.
+    pub unsafe fn from_pool(
+        ptr: NonNull<u8>,
+        len: usize,
+        iova: Option<u64>,
+        pool: Arc<dyn BufPool>,
+    ) -> Self {
+        Self {
+            ptr,
+            len,
+            iova,
+            origin: Origin::Pool(pool),
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// `true` for a zero-length buffer.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The I/O virtual address the memory is mapped at, when a DMA pool made it.
+    pub fn iova(&self) -> Option<u64> {
+        self.iova
+    }
+
+    /// Raw start address, for drivers that program a device with it.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Raw mutable start address, for drivers that program a device with it.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len bytes for as long as self lives and
+        // we hold the only handle (constructor contracts).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The bytes, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in as_slice, and &mut self gives exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Shrinks the visible length (capacity is kept and given back on drop).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+}
+
+impl Drop for IoBuf {
+    fn drop(&mut self) {
+        match &self.origin {
+            // SAFETY: ptr came from alloc_zeroed with exactly this layout.
+            Origin::Heap(layout) => unsafe { dealloc(self.ptr.as_ptr(), *layout) },
+            Origin::Pool(pool) => pool.release(self.ptr, self.len),
+        }
+    }
+}
+
+impl fmt::Debug for IoBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IoBuf")
+            .field("len", &self.len)
+            .field("iova", &self.iova)
+            .finish()
+    }
+}
+
+/// The data of one command: none, one buffer, or a vector of buffers
+/// (scatter-gather). The one-buffer case never allocates.
+#[derive(Debug, Default)]
+pub enum DataBuf {
+    /// No data (flush, write zeroes, or a command the host sent without a buffer).
+    #[default]
+    None,
+    /// One contiguous buffer.
+    One(IoBuf),
+    /// Several buffers, used in order.
+    Many(Vec<IoBuf>),
+}
+
+impl DataBuf {
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            DataBuf::None => 0,
+            DataBuf::One(b) => b.len(),
+            DataBuf::Many(v) => v.iter().map(IoBuf::len).sum(),
+        }
+    }
+
+    /// `true` when there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The segments in order.
+    pub fn segments(&self) -> &[IoBuf] {
+        match self {
+            DataBuf::None => &[],
+            DataBuf::One(b) => std::slice::from_ref(b),
+            DataBuf::Many(v) => v,
+        }
+    }
+
+    /// The segments in order, mutably.
+    pub fn segments_mut(&mut self) -> &mut [IoBuf] {
+        match self {
+            DataBuf::None => &mut [],
+            DataBuf::One(b) => std::slice::from_mut(b),
+            DataBuf::Many(v) => v,
+        }
+    }
+
+    /// Copies `len` bytes starting at byte `offset` out into `dst`.
+    /// Returns the number of bytes copied (short when the buffer is).
+    pub fn copy_out(&self, offset: usize, dst: &mut [u8]) -> usize {
+        let mut done = 0;
+        let mut skip = offset;
+        for seg in self.segments() {
+            let s = seg.as_slice();
+            if skip >= s.len() {
+                skip -= s.len();
+                continue;
+            }
+            let n = (s.len() - skip).min(dst.len() - done);
+            dst[done..done + n].copy_from_slice(&s[skip..skip + n]);
+            done += n;
+            skip = 0;
+            if done == dst.len() {
+                break;
+            }
+        }
+        done
+    }
+
+    /// Copies `src` in starting at byte `offset`. Returns bytes copied.
+    pub fn copy_in(&mut self, offset: usize, src: &[u8]) -> usize {
+        let mut done = 0;
+        let mut skip = offset;
+        for seg in self.segments_mut() {
+            let s = seg.as_mut_slice();
+            if skip >= s.len() {
+                skip -= s.len();
+                continue;
+            }
+            let n = (s.len() - skip).min(src.len() - done);
+            s[skip..skip + n].copy_from_slice(&src[done..done + n]);
+            done += n;
+            skip = 0;
+            if done == src.len() {
+                break;
+            }
+        }
+        done
+    }
+
+    /// Fills `len` bytes from `offset` with zeros. Returns bytes written.
+    pub fn fill_zero(&mut self, offset: usize, len: usize) -> usize {
+        let mut done = 0;
+        let mut skip = offset;
+        for seg in self.segments_mut() {
+            let s = seg.as_mut_slice();
+            if skip >= s.len() {
+                skip -= s.len();
+                continue;
+            }
+            let n = (s.len() - skip).min(len - done);
+            s[skip..skip + n].fill(0);
+            done += n;
+            skip = 0;
+            if done == len {
+                break;
+            }
+        }
+        done
+    }
+}
+
+impl From<IoBuf> for DataBuf {
+    fn from(b: IoBuf) -> Self {
+        DataBuf::One(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_buffers_are_aligned_and_zeroed() {
+        let b = IoBuf::new(100);
+        assert_eq!(b.as_ptr() as usize % BUF_ALIGN, 0);
+        assert_eq!(b.len(), 100);
+        assert!(b.as_slice().iter().all(|&x| x == 0));
+        assert_eq!(b.iova(), None);
+    }
+
+    #[test]
+    fn vectored_copy_crosses_segments() {
+        let mut d = DataBuf::Many(vec![IoBuf::new(3), IoBuf::new(5)]);
+        assert_eq!(d.len(), 8);
+        assert_eq!(d.copy_in(2, &[1, 2, 3, 4]), 4);
+        let mut out = [0u8; 8];
+        assert_eq!(d.copy_out(0, &mut out), 8);
+        assert_eq!(out, [0, 0, 1, 2, 3, 4, 0, 0]);
+        assert_eq!(d.fill_zero(3, 2), 2);
+        d.copy_out(0, &mut out);
+        assert_eq!(out, [0, 0, 1, 0, 0, 4, 0, 0]);
+        assert_eq!(d.copy_out(6, &mut out), 2);
+    }
+}

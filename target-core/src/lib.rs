@@ -1,0 +1,21 @@
+//! The target's core: NVMe wire types, DMA-able buffers, block devices,
+//! reactors, and the NVMe-oF target engine (subsystems, namespaces,
+//! controllers, queue pairs and command execution).
+//!
+//! # Architecture
+//!
+//! ```text
+//!  host (transport) ──SQE+buf──▶ queue pair ──▶ controller ──▶ namespace
+//!                                   ▲  (one reactor owns it)       │
+//!                                   └──CQE+buf◀── bdev channel ◀───┘
+//! ```
+//!
+//! Every queue pair is owned by one reactor; each reactor has its own channel
+//! on each block device, so no lock or allocation sits on the I/O path.
+
+pub mod bdev;
+pub mod config;
+pub mod iobuf;
+pub mod nvmf;
+pub mod reactor;
+pub mod spec;

@@ -1,0 +1,1 @@
+//! The NVMe-oF target engine.
