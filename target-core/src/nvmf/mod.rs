@@ -1,1 +1,39 @@
-//! The NVMe-oF target engine.
+//! The NVMe-oF target engine: subsystems, namespaces, controllers, queue
+//! pairs and command execution.
+//!
+//! # Architecture
+//!
+//! * [`target::NvmfTarget`] owns the engine, its poll groups (one per
+//!   reactor) and the control operations (add a namespace, remove a
+//!   subsystem...), which travel to poll groups as messages.
+//! * [`poll_group::PollGroup`] is the data path of one reactor.
+//! * [`transport`] is what a transport hands the engine: capsules in,
+//!   responses out.
+//! * Command handlers: [`io`] (NVM I/O validation), [`admin`], [`fabrics`],
+//!   [`pages`] (Identify and log pages).
+//!
+//! # Not implemented
+//!
+//! Reservations, fused commands, protection information, namespace
+//! management, firmware download, authentication, the discovery subsystem.
+
+pub(crate) mod admin;
+pub mod ctrlr;
+pub mod engine;
+pub(crate) mod fabrics;
+pub mod io;
+pub mod nqn;
+pub(crate) mod pages;
+pub mod poll_group;
+pub mod qpair;
+pub mod raw;
+pub mod stats;
+pub mod subsystem;
+pub mod target;
+pub mod transport;
+
+pub use engine::EngineOptions;
+pub use poll_group::PollGroup;
+pub use subsystem::{Namespace, Subsystem, SubsystemParams};
+pub use target::{NvmfTarget, TargetError, TargetOptions};
+pub use transport::{Capsule, QueueRings, Response};

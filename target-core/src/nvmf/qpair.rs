@@ -1,0 +1,190 @@
+//! A target-side queue pair: pre-allocated request slots, the CID table, and
+//! the state a quiesce and drain walks through.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::ctrlr::Controller;
+use super::transport::{Capsule, QpairTransport, Response};
+use crate::spec::{CompletionEntry, Status};
+
+/// Life of a queue pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QpState {
+    /// Waiting for its Fabrics Connect.
+    Connecting,
+    /// Fetching and executing commands.
+    Active,
+    /// Quiesced: no new fetches; waiting for commands handed to a backend.
+    Draining,
+}
+
+/// One request slot: a command handed to a backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Slot {
+    /// Bumped each time the slot is freed, so a stale completion tag never
+    /// matches the next command in this slot.
+    pub generation: u16,
+    /// In use.
+    pub busy: bool,
+    /// Host's command identifier.
+    pub cid: u16,
+    /// Namespace view the command went to.
+    pub view: u32,
+}
+
+/// A drain in progress.
+pub struct Drain {
+    /// Escalate (backend reset) when this passes, in ms since the epoch.
+    pub deadline_ms: u64,
+    /// 0: waiting; 1: backend reset sent; 2: gave up on the backend.
+    pub stage: u8,
+    /// Run when the queue pair is destroyed.
+    pub waiters: Vec<Box<dyn FnOnce() + Send>>,
+    /// CID of a Fabrics Disconnect to answer just before destruction.
+    pub disconnect_cid: Option<u16>,
+}
+
+impl std::fmt::Debug for Drain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drain")
+            .field("deadline_ms", &self.deadline_ms)
+            .field("stage", &self.stage)
+            .field("waiters", &self.waiters.len())
+            .finish()
+    }
+}
+
+/// A queue pair as its poll group holds it.
+#[derive(Debug)]
+pub struct Qpair {
+    /// Queue ID (0 = admin).
+    pub qid: u16,
+    /// Submission queue entries.
+    pub entries: u16,
+    /// SQ head reported in completions.
+    pub sqhd: u16,
+    /// Subsystem index, once connected.
+    pub sid: u32,
+    /// Controller, once connected.
+    pub ctrl: Option<Arc<Controller>>,
+    /// The transport end.
+    pub tr: Box<dyn QpairTransport>,
+    /// Request slots.
+    pub slots: Box<[Slot]>,
+    /// Free slot indices.
+    pub free: Vec<u16>,
+    cid_busy: Box<[u64]>,
+    /// Commands handed to a backend and not yet completed.
+    pub in_backend: u32,
+    /// State.
+    pub state: QpState,
+    /// A fetched command that could not proceed yet (paused namespace,
+    /// full backend channel). While set, nothing more is fetched.
+    pub parked: Option<Capsule>,
+    /// Responses the completion ring had no room for.
+    pub backlog: VecDeque<Response>,
+    /// The drain, while draining.
+    pub drain: Option<Drain>,
+    /// Admin queue: a Property Set waiting for a reset or shutdown.
+    pub pending_property_set: Option<u16>,
+}
+
+impl Qpair {
+    /// A new queue pair waiting for Connect. Allocates its slots now, so the
+    /// I/O path never does.
+    pub fn new(tr: Box<dyn QpairTransport>, entries: u16) -> Self {
+        let entries = entries.max(2);
+        Self {
+            qid: 0,
+            entries,
+            sqhd: 0,
+            sid: u32::MAX,
+            ctrl: None,
+            tr,
+            slots: vec![Slot::default(); entries as usize].into_boxed_slice(),
+            free: (0..entries).rev().collect(),
+            cid_busy: vec![0u64; 1024].into_boxed_slice(),
+            in_backend: 0,
+            state: QpState::Connecting,
+            parked: None,
+            backlog: VecDeque::with_capacity(entries as usize),
+            drain: None,
+            pending_property_set: None,
+        }
+    }
+
+    /// Resizes the slot table once Connect gives the real queue size.
+    pub fn set_entries(&mut self, entries: u16) {
+        let entries = entries.max(2);
+        self.entries = entries;
+        self.slots = vec![Slot::default(); entries as usize].into_boxed_slice();
+        self.free = (0..entries).rev().collect();
+        self.backlog = VecDeque::with_capacity(entries as usize);
+    }
+
+    /// Advances the SQ head by one fetched entry.
+    #[inline]
+    pub fn advance_sqhd(&mut self) {
+        self.sqhd = if self.sqhd + 1 >= self.entries { 0 } else { self.sqhd + 1 };
+    }
+
+    /// `true` if `cid` is outstanding.
+    #[inline]
+    pub fn cid_in_use(&self, cid: u16) -> bool {
+        self.cid_busy[(cid >> 6) as usize] & (1 << (cid & 63)) != 0
+    }
+
+    /// Marks `cid` outstanding or done.
+    #[inline]
+    pub fn set_cid(&mut self, cid: u16, busy: bool) {
+        let w = &mut self.cid_busy[(cid >> 6) as usize];
+        if busy {
+            *w |= 1 << (cid & 63);
+        } else {
+            *w &= !(1 << (cid & 63));
+        }
+    }
+
+    /// Sends a completion for `cid`; a full ring keeps it in the backlog.
+    #[inline]
+    pub fn respond(&mut self, cid: u16, status: Status, dw0: u32, buf: crate::iobuf::DataBuf) {
+        self.respond_dw(cid, status, dw0, 0, buf);
+    }
+
+    /// Sends a completion with both command-specific dwords.
+    #[inline]
+    pub fn respond_dw(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32, buf: crate::iobuf::DataBuf) {
+        let mut cqe = CompletionEntry::new(cid, status);
+        cqe.dw0 = dw0;
+        cqe.dw1 = dw1;
+        cqe.sqhd = self.sqhd;
+        cqe.sqid = self.qid;
+        let resp = Response { cqe, buf };
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(resp);
+            return;
+        }
+        if let Err(resp) = self.tr.send(resp) {
+            self.backlog.push_back(resp);
+        }
+    }
+
+    /// Retries backlogged responses. Returns how many went out.
+    pub fn flush_backlog(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(r) = self.backlog.pop_front() {
+            if let Err(r) = self.tr.send(r) {
+                self.backlog.push_front(r);
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// `true` when the completion backlog is too long to fetch more.
+    pub fn backlogged(&self) -> bool {
+        self.backlog.len() >= self.entries as usize
+    }
+}

@@ -1,0 +1,66 @@
+//! Host-side errors.
+
+use target_core::iobuf::DataBuf;
+use target_core::spec::Status;
+
+/// Errors of host operations (connect, admin commands, reset...).
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The listener does not expose this subsystem.
+    #[error("no loop listener for subsystem {0}")]
+    NoListener(String),
+    /// The target refused a command; `status` is its NVMe status.
+    #[error("{what} failed: {status}")]
+    Status {
+        /// The command.
+        what: &'static str,
+        /// NVMe status.
+        status: Status,
+        /// Completion dword 0 (for Connect: IATTR/IPO).
+        dw0: u32,
+    },
+    /// A bounded wait ran out.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// The queue or controller is gone.
+    #[error("{0} is disconnected")]
+    Disconnected(&'static str),
+    /// The target rejected the queue pair (stopping).
+    #[error("target: {0}")]
+    Target(String),
+    /// The operation needs an idle queue pair.
+    #[error("queue pair has {0} commands outstanding")]
+    Busy(u32),
+    /// Bad argument.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+impl HostError {
+    /// The NVMe status, when the target answered with one.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            HostError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Why a submission was not accepted; the buffer is given back.
+#[derive(Debug)]
+pub enum SubmitError {
+    /// Every slot is in use: poll, then retry.
+    QueueFull(DataBuf),
+    /// The queue is quiesced or destroyed: drain, then reconnect.
+    Closed(DataBuf),
+}
+
+impl SubmitError {
+    /// The buffer that was not submitted.
+    pub fn into_buf(self) -> DataBuf {
+        match self {
+            SubmitError::QueueFull(b) | SubmitError::Closed(b) => b,
+        }
+    }
+}

@@ -1,0 +1,638 @@
+//! The listener and the host controller: connect, bring-up, keep-alive,
+//! asynchronous events, reset, shutdown and disconnect.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use target_core::iobuf::{DataBuf, IoBuf};
+use target_core::nvmf::raw;
+use target_core::nvmf::transport::RingTransport;
+use target_core::nvmf::{Capsule, NvmfTarget, QueueRings};
+use target_core::spec::{AdminOpcode, CompletionEntry, FabricsType, Status, SubmissionEntry};
+
+use crate::admin::{self, AdminQueue, lock};
+use crate::qpair::{HostQpair, MAX_DEPTH};
+use crate::{HostError, wait};
+
+/// Controller property offsets used by the host.
+const CAP: u32 = 0x00;
+const VS: u32 = 0x08;
+const CC: u32 = 0x14;
+const CSTS: u32 = 0x1c;
+/// CC value enabling the controller: EN, IOSQES 6 (64 B), IOCQES 4 (16 B).
+const CC_ENABLE: u32 = 1 | (6 << 16) | (4 << 20);
+const CC_SHN_NORMAL: u32 = 1 << 14;
+
+/// The loop listener: which subsystems hosts in this process may reach.
+pub struct LoopTransport {
+    target: Arc<NvmfTarget>,
+    listening: Mutex<Vec<String>>,
+}
+
+impl fmt::Debug for LoopTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoopTransport").finish_non_exhaustive()
+    }
+}
+
+impl LoopTransport {
+    /// A listener on `target` exposing nothing yet.
+    pub fn new(target: Arc<NvmfTarget>) -> Arc<Self> {
+        Arc::new(Self {
+            target,
+            listening: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The target behind the listener.
+    pub fn target(&self) -> &Arc<NvmfTarget> {
+        &self.target
+    }
+
+    /// Exposes a subsystem (`"*"`: all of them).
+    pub fn listen(&self, nqn: &str) {
+        let mut l = self.listening.lock().unwrap_or_else(|p| p.into_inner());
+        if !l.iter().any(|n| n == nqn) {
+            l.push(nqn.to_owned());
+        }
+    }
+
+    /// Stops exposing a subsystem to new connections.
+    pub fn unlisten(&self, nqn: &str) {
+        self.listening.lock().unwrap_or_else(|p| p.into_inner()).retain(|n| n != nqn);
+    }
+
+    fn exposes(&self, nqn: &str) -> bool {
+        self.listening.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|n| n == nqn || n == "*")
+    }
+
+    /// Connects a host controller: Fabrics Connect, the property handshake,
+    /// Identify, Number of Queues, then the I/O queue pairs.
+    pub fn connect(self: &Arc<Self>, opts: ConnectOptions) -> Result<HostController, HostError> {
+        HostController::connect(self.clone(), opts)
+    }
+}
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Subsystem NQN.
+    pub subnqn: String,
+    /// Host NQN.
+    pub hostnqn: String,
+    /// Host identifier (128 bits, non-zero).
+    pub hostid: [u8; 16],
+    /// I/O queue pairs to create.
+    pub io_queues: u16,
+    /// Entries per I/O queue.
+    pub queue_depth: u16,
+    /// Entries of the admin queue (at least 32).
+    pub admin_depth: u16,
+    /// Keep-alive timeout asked of the target, ms (0 = none).
+    pub kato_ms: u32,
+    /// Bound for every wait of the host.
+    pub timeout: Duration,
+    /// Run a background thread for keep-alive and asynchronous events.
+    /// Off: call [`HostController::service`] yourself.
+    pub background: bool,
+}
+
+impl ConnectOptions {
+    /// Defaults: one queue of 128 entries, 10 s keep-alive, background on.
+    pub fn new(subnqn: &str, hostnqn: &str) -> Self {
+        let mut hostid = [0u8; 16];
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (i, b) in hostnqn.bytes().chain(std::iter::once(1)).enumerate() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+            hostid[i % 16] ^= (h >> 24) as u8;
+        }
+        hostid[0] |= 1;
+        Self {
+            subnqn: subnqn.to_owned(),
+            hostnqn: hostnqn.to_owned(),
+            hostid,
+            io_queues: 1,
+            queue_depth: 128,
+            admin_depth: 32,
+            kato_ms: 10_000,
+            timeout: Duration::from_secs(30),
+            background: true,
+        }
+    }
+}
+
+/// An asynchronous event the host received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AsyncEvent {
+    /// Namespaces were added, removed or changed (from the Changed
+    /// Namespace List log; `[u32::MAX]` means "more than 1024").
+    NamespaceChanged(Vec<u32>),
+    /// Any other event: completion dword 0.
+    Other(u32),
+}
+
+/// What queue pairs need to reconnect.
+#[derive(Debug)]
+pub(crate) struct Assoc {
+    pub transport: Arc<LoopTransport>,
+    pub subnqn: String,
+    pub hostnqn: String,
+    pub hostid: [u8; 16],
+    pub cntlid: u16,
+    pub kato_ms: u32,
+    pub timeout: Duration,
+    /// The controller is enabled and its I/O queues may connect.
+    pub ready: AtomicBool,
+    /// The association is over.
+    pub gone: AtomicBool,
+}
+
+impl Assoc {
+    pub(crate) fn connect_io_queue(&self, qid: u16, depth: u16) -> Result<Arc<QueueRings>, HostError> {
+        let target = self.transport.target.clone();
+        wait::until(&target, self.timeout, "controller ready", || {
+            (self.ready.load(Ordering::Acquire) || self.gone.load(Ordering::Acquire)).then_some(())
+        })?;
+        if self.gone.load(Ordering::Acquire) {
+            return Err(HostError::Disconnected("controller"));
+        }
+        let (rings, _) = connect_queue(self, qid, depth, self.cntlid)?;
+        Ok(rings)
+    }
+}
+
+/// Creates rings, hands the target end to the target, and runs Fabrics
+/// Connect on them.
+fn connect_queue(a: &Assoc, qid: u16, depth: u16, cntlid: u16) -> Result<(Arc<QueueRings>, CompletionEntry), HostError> {
+    let rings = QueueRings::new(depth as usize);
+    a.transport
+        .target
+        .accept(Box::new(RingTransport::new(rings.clone())), depth)
+        .map_err(|e| HostError::Target(e.to_string()))?;
+    let data = raw::connect_data(&a.hostid, cntlid, &a.subnqn, &a.hostnqn);
+    let sqe = raw::connect_sqe(qid, depth, a.kato_ms);
+    rings
+        .submit(Capsule {
+            sqe,
+            buf: DataBuf::One(data),
+        })
+        .map_err(|_| HostError::Disconnected("new queue"))?;
+    let target = a.transport.target.clone();
+    let cqe = wait::until(&target, a.timeout, "Connect", || rings.reap().map(|r| r.cqe));
+    let cqe = match cqe {
+        Ok(c) => c,
+        Err(e) => {
+            rings.host_close();
+            return Err(e);
+        }
+    };
+    if !cqe.status().is_success() {
+        rings.host_close();
+        return Err(HostError::Status {
+            what: "Connect",
+            status: cqe.status(),
+            dw0: cqe.dw0,
+        });
+    }
+    Ok((rings, cqe))
+}
+
+/// A connected host controller (one association).
+pub struct HostController {
+    assoc: Arc<Assoc>,
+    admin: Arc<Mutex<AdminQueue>>,
+    cap: u64,
+    vs: u32,
+    identify: Box<[u8; 4096]>,
+    granted: u16,
+    qpairs: Vec<HostQpair>,
+    events: Arc<Mutex<Vec<AsyncEvent>>>,
+    stop: Arc<AtomicBool>,
+    poller: Option<JoinHandle<()>>,
+    aers: usize,
+}
+
+impl fmt::Debug for HostController {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostController")
+            .field("cntlid", &self.assoc.cntlid)
+            .field("subnqn", &self.assoc.subnqn)
+            .finish()
+    }
+}
+
+impl HostController {
+    fn connect(transport: Arc<LoopTransport>, opts: ConnectOptions) -> Result<Self, HostError> {
+        if !transport.exposes(&opts.subnqn) {
+            return Err(HostError::NoListener(opts.subnqn));
+        }
+        if opts.queue_depth < 2 || opts.queue_depth > MAX_DEPTH || opts.admin_depth < 32 {
+            return Err(HostError::Invalid(format!(
+                "queue depth must be 2..={MAX_DEPTH} and admin depth at least 32 (got {} and {})",
+                opts.queue_depth, opts.admin_depth
+            )));
+        }
+        let mut assoc = Assoc {
+            transport,
+            subnqn: opts.subnqn.clone(),
+            hostnqn: opts.hostnqn.clone(),
+            hostid: opts.hostid,
+            cntlid: 0xffff,
+            kato_ms: opts.kato_ms,
+            timeout: opts.timeout,
+            ready: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+        };
+        let (rings, cqe) = connect_queue(&assoc, 0, opts.admin_depth, 0xffff)?;
+        assoc.cntlid = cqe.dw0 as u16;
+        let assoc = Arc::new(assoc);
+        let mut c = Self {
+            assoc,
+            admin: Arc::new(Mutex::new(AdminQueue::new(rings))),
+            cap: 0,
+            vs: 0,
+            identify: Box::new([0u8; 4096]),
+            granted: 0,
+            qpairs: Vec::new(),
+            events: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+            poller: None,
+            aers: 1,
+        };
+        let r = c.bring_up(&opts);
+        if let Err(e) = r {
+            c.close_admin();
+            return Err(e);
+        }
+        if opts.background {
+            c.start_poller();
+        }
+        Ok(c)
+    }
+
+    fn bring_up(&mut self, opts: &ConnectOptions) -> Result<(), HostError> {
+        self.cap = self.property_get(CAP, true)?;
+        self.vs = self.property_get(VS, false)? as u32;
+        self.enable()?;
+        let (_, buf) = self.identify_raw(1, 0)?;
+        buf.copy_out(0, &mut self.identify[..]);
+        self.set_queues(opts.io_queues)?;
+        let mqes = (self.cap & 0xffff) as u16 + 1;
+        let depth = opts.queue_depth.min(mqes);
+        for qid in 1..=opts.io_queues.min(self.granted) {
+            let rings = self.assoc.connect_io_queue(qid, depth)?;
+            self.qpairs.push(HostQpair::new(self.assoc.clone(), qid, depth, rings));
+        }
+        Ok(())
+    }
+
+    /// CC.EN = 1, wait for CSTS.RDY, submit AERs; I/O queues may connect.
+    fn enable(&mut self) -> Result<(), HostError> {
+        self.property_set(CC, CC_ENABLE)?;
+        let to = Duration::from_millis(((self.cap >> 24) & 0xff).max(1) * 500);
+        let start = Instant::now();
+        loop {
+            let csts = self.property_get(CSTS, false)? as u32;
+            if csts & 0b10 != 0 {
+                return Err(HostError::Status {
+                    what: "enable (CSTS.CFS set)",
+                    status: Status::INTERNAL_ERROR,
+                    dw0: csts,
+                });
+            }
+            if csts & 1 != 0 {
+                break;
+            }
+            if start.elapsed() > to {
+                return Err(HostError::Timeout("CSTS.RDY"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        {
+            let mut a = lock(&self.admin);
+            while a.aer_cids.len() < self.aers {
+                a.submit_aer()?;
+            }
+        }
+        self.assoc.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn set_queues(&mut self, n: u16) -> Result<(), HostError> {
+        let z = n.max(1) as u32 - 1;
+        let (cqe, _) = self.admin_checked("Set Features (Number of Queues)", set_features_sqe(0x07, z | (z << 16)), DataBuf::None)?;
+        self.granted = ((cqe.dw0 & 0xffff).min(cqe.dw0 >> 16) + 1) as u16;
+        Ok(())
+    }
+
+    fn target(&self) -> &Arc<NvmfTarget> {
+        &self.assoc.transport.target
+    }
+
+    fn admin_checked(&self, what: &'static str, sqe: SubmissionEntry, buf: DataBuf) -> Result<(CompletionEntry, DataBuf), HostError> {
+        admin::checked(self.target(), &self.admin, what, sqe, buf, self.assoc.timeout)
+    }
+
+    /// Runs any admin command; returns its completion whatever the status.
+    pub fn admin_raw(&self, sqe: SubmissionEntry, buf: DataBuf) -> Result<(CompletionEntry, DataBuf), HostError> {
+        admin::command(self.target(), &self.admin, sqe, buf, self.assoc.timeout)
+    }
+
+    /// Controller ID the target assigned.
+    pub fn cntlid(&self) -> u16 {
+        self.assoc.cntlid
+    }
+
+    /// CAP as read at connect.
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// VS as read at connect.
+    pub fn version(&self) -> u32 {
+        self.vs
+    }
+
+    /// Identify Controller data read at connect.
+    pub fn identify_controller(&self) -> &[u8; 4096] {
+        &self.identify
+    }
+
+    /// Largest transfer in bytes (MDTS), 0 = unlimited.
+    pub fn max_transfer(&self) -> u64 {
+        match self.identify[77] {
+            0 => 0,
+            m => 4096u64 << m,
+        }
+    }
+
+    /// I/O queues granted by the target.
+    pub fn io_queues_granted(&self) -> u16 {
+        self.granted
+    }
+
+    /// Takes the I/O queue pairs (each is then owned by one thread).
+    pub fn take_qpairs(&mut self) -> Vec<HostQpair> {
+        std::mem::take(&mut self.qpairs)
+    }
+
+    /// Connects one more I/O queue pair.
+    pub fn create_qpair(&self, qid: u16, depth: u16) -> Result<HostQpair, HostError> {
+        let rings = self.assoc.connect_io_queue(qid, depth)?;
+        Ok(HostQpair::new(self.assoc.clone(), qid, depth, rings))
+    }
+
+    /// Property Get.
+    pub fn property_get(&self, offset: u32, size8: bool) -> Result<u64, HostError> {
+        let mut sqe = SubmissionEntry::fabrics(FabricsType::PROPERTY_GET, 0);
+        sqe.cdw10 = size8 as u32;
+        sqe.cdw11 = offset;
+        let (cqe, _) = self.admin_checked("Property Get", sqe, DataBuf::None)?;
+        Ok(cqe.dw0 as u64 | ((cqe.dw1 as u64) << 32))
+    }
+
+    /// Property Set of a 4-byte property.
+    pub fn property_set(&self, offset: u32, value: u32) -> Result<(), HostError> {
+        let mut sqe = SubmissionEntry::fabrics(FabricsType::PROPERTY_SET, 0);
+        sqe.cdw11 = offset;
+        sqe.cdw12 = value;
+        self.admin_checked("Property Set", sqe, DataBuf::None).map(|_| ())
+    }
+
+    /// Identify with `cns` for `nsid`; returns the 4096-byte data.
+    pub fn identify_raw(&self, cns: u8, nsid: u32) -> Result<(CompletionEntry, DataBuf), HostError> {
+        let mut sqe = SubmissionEntry::new(AdminOpcode::IDENTIFY.0, 0);
+        sqe.nsid = nsid;
+        sqe.cdw10 = cns as u32;
+        self.admin_checked("Identify", sqe, DataBuf::One(IoBuf::new(4096)))
+    }
+
+    /// Active namespace IDs.
+    pub fn active_namespaces(&self) -> Result<Vec<u32>, HostError> {
+        let (_, buf) = self.identify_raw(2, 0)?;
+        let mut raw = [0u8; 4096];
+        buf.copy_out(0, &mut raw);
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .take_while(|&id| id != 0)
+            .collect())
+    }
+
+    /// Size in blocks and block size of a namespace (Identify Namespace).
+    pub fn namespace_geometry(&self, nsid: u32) -> Result<(u64, u32), HostError> {
+        let (_, buf) = self.identify_raw(0, nsid)?;
+        let mut raw = [0u8; 132];
+        buf.copy_out(0, &mut raw);
+        let nsze = u64::from_le_bytes([raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]]);
+        let flbas = (raw[26] & 0xf) as usize;
+        let lbads = if flbas == 0 { raw[130] } else { 0 };
+        if nsze == 0 || lbads < 9 {
+            return Err(HostError::Invalid(format!("namespace {nsid} is not active")));
+        }
+        Ok((nsze, 1u32 << lbads))
+    }
+
+    /// Get Log Page of `len` bytes at `offset`.
+    pub fn get_log_page(&self, lid: u8, nsid: u32, len: usize, offset: u64) -> Result<DataBuf, HostError> {
+        let numd_z = (len / 4).max(1) as u32 - 1;
+        let mut sqe = SubmissionEntry::new(AdminOpcode::GET_LOG_PAGE.0, 0);
+        sqe.nsid = nsid;
+        sqe.cdw10 = lid as u32 | ((numd_z & 0xffff) << 16);
+        sqe.cdw11 = numd_z >> 16;
+        sqe.cdw12 = offset as u32;
+        sqe.cdw13 = (offset >> 32) as u32;
+        self.admin_checked("Get Log Page", sqe, DataBuf::One(IoBuf::new(len)))
+            .map(|(_, b)| b)
+    }
+
+    /// Get Features; returns completion dword 0.
+    pub fn get_features(&self, fid: u8, cdw11: u32) -> Result<u32, HostError> {
+        let mut sqe = SubmissionEntry::new(AdminOpcode::GET_FEATURES.0, 0);
+        sqe.cdw10 = fid as u32;
+        sqe.cdw11 = cdw11;
+        self.admin_checked("Get Features", sqe, DataBuf::None).map(|(c, _)| c.dw0)
+    }
+
+    /// Set Features; returns completion dword 0.
+    pub fn set_features(&self, fid: u8, cdw11: u32) -> Result<u32, HostError> {
+        self.admin_checked("Set Features", set_features_sqe(fid, cdw11), DataBuf::None)
+            .map(|(c, _)| c.dw0)
+    }
+
+    /// Sends a Keep Alive now.
+    pub fn keep_alive(&self) -> Result<(), HostError> {
+        let sqe = SubmissionEntry::new(AdminOpcode::KEEP_ALIVE.0, 0);
+        self.admin_checked("Keep Alive", sqe, DataBuf::None).map(|_| ())
+    }
+
+    /// Asynchronous events received since the last call.
+    pub fn take_events(&self) -> Vec<AsyncEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// One round of admin housekeeping: reap, turn events into
+    /// [`AsyncEvent`]s (reading the Changed Namespace List), keep AERs
+    /// outstanding. The background poller calls this; without it, call it.
+    pub fn service(&self) -> Result<(), HostError> {
+        service(self.target(), &self.assoc, &self.admin, &self.events, self.aers)
+    }
+
+    fn start_poller(&mut self) {
+        let (target, assoc, admin, events, stop, aers) = (
+            self.target().clone(),
+            self.assoc.clone(),
+            self.admin.clone(),
+            self.events.clone(),
+            self.stop.clone(),
+            self.aers,
+        );
+        let spawned = std::thread::Builder::new().name(format!("nvmf-host-{}", assoc.cntlid)).spawn(move || {
+            let ka_every = Duration::from_millis((assoc.kato_ms / 2).max(1) as u64);
+            let mut last_ka = Instant::now();
+            while !stop.load(Ordering::Acquire) {
+                if let Err(e) = service(&target, &assoc, &admin, &events, aers) {
+                    tracing::debug!(error = %e, "host admin service");
+                }
+                if assoc.kato_ms != 0 && last_ka.elapsed() >= ka_every {
+                    let sqe = SubmissionEntry::new(AdminOpcode::KEEP_ALIVE.0, 0);
+                    match admin::command(&target, &admin, sqe, DataBuf::None, assoc.timeout) {
+                        Ok((c, _)) if c.status().is_success() => {}
+                        Ok((c, _)) => tracing::warn!(status = %c.status(), "keep alive refused"),
+                        Err(e) => tracing::warn!(error = %e, "keep alive failed"),
+                    }
+                    last_ka = Instant::now();
+                }
+                if lock(&admin).rings.target_done() {
+                    assoc.gone.store(true, Ordering::Release);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        match spawned {
+            Ok(h) => self.poller = Some(h),
+            Err(e) => tracing::error!(error = %e, "cannot start the host admin poller; call service() yourself"),
+        }
+    }
+
+    /// Controller reset (CC.EN = 0). The target drains every I/O queue:
+    /// commands already with a backend complete normally, the rest are
+    /// aborted with SQ Deletion. Then the controller is enabled again;
+    /// queue pairs reconnect with [`HostQpair::reconnect`].
+    pub fn reset(&mut self) -> Result<(), HostError> {
+        self.assoc.ready.store(false, Ordering::Release);
+        self.property_set(CC, CC_ENABLE & !1)?;
+        let csts = self.property_get(CSTS, false)? as u32;
+        if csts & 1 != 0 {
+            return Err(HostError::Status {
+                what: "reset (CSTS.RDY still set)",
+                status: Status::INTERNAL_ERROR,
+                dw0: csts,
+            });
+        }
+        self.enable()?;
+        let n = self.granted;
+        self.set_queues(n)?;
+        Ok(())
+    }
+
+    /// Normal shutdown (CC.SHN): the target drains the I/O queues and
+    /// reports CSTS.SHST complete; then the association is closed.
+    pub fn shutdown(mut self) -> Result<(), HostError> {
+        self.assoc.ready.store(false, Ordering::Release);
+        let r = self.property_set(CC, CC_ENABLE | CC_SHN_NORMAL).and_then(|_| {
+            let csts = self.property_get(CSTS, false)? as u32;
+            if (csts >> 2) & 3 == 2 {
+                Ok(())
+            } else {
+                Err(HostError::Status {
+                    what: "shutdown (CSTS.SHST not complete)",
+                    status: Status::INTERNAL_ERROR,
+                    dw0: csts,
+                })
+            }
+        });
+        self.close_admin();
+        r
+    }
+
+    /// Ends the association: the target deletes the controller (draining
+    /// its I/O queues, then the admin queue).
+    pub fn disconnect(mut self) -> Result<(), HostError> {
+        self.close_admin();
+        let rings = lock(&self.admin).rings.clone();
+        let target = self.target().clone();
+        wait::until(&target, self.assoc.timeout, "controller deletion", || rings.target_done().then_some(()))
+    }
+
+    fn close_admin(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.poller.take() {
+            let _ = h.join();
+        }
+        self.assoc.ready.store(false, Ordering::Release);
+        self.assoc.gone.store(true, Ordering::Release);
+        lock(&self.admin).rings.host_close();
+    }
+}
+
+impl Drop for HostController {
+    fn drop(&mut self) {
+        self.close_admin();
+    }
+}
+
+fn set_features_sqe(fid: u8, cdw11: u32) -> SubmissionEntry {
+    let mut sqe = SubmissionEntry::new(AdminOpcode::SET_FEATURES.0, 0);
+    sqe.cdw10 = fid as u32;
+    sqe.cdw11 = cdw11;
+    sqe
+}
+
+fn service(
+    target: &NvmfTarget,
+    assoc: &Assoc,
+    admin: &Mutex<AdminQueue>,
+    events: &Mutex<Vec<AsyncEvent>>,
+    aers: usize,
+) -> Result<(), HostError> {
+    let raw = {
+        let mut a = lock(admin);
+        a.reap();
+        std::mem::take(&mut a.events)
+    };
+    for dw0 in raw {
+        // Notice (type 2), Namespace Attribute Changed (info 0), log 04h.
+        let ev = if dw0 & 7 == 2 && (dw0 >> 8) & 0xff == 0 {
+            let mut sqe = SubmissionEntry::new(AdminOpcode::GET_LOG_PAGE.0, 0);
+            sqe.cdw10 = 0x04 | (1023 << 16);
+            let (cqe, buf) = admin::command(target, admin, sqe, DataBuf::One(IoBuf::new(4096)), assoc.timeout)?;
+            let mut list = Vec::new();
+            if cqe.status().is_success() {
+                let mut raw = [0u8; 4096];
+                buf.copy_out(0, &mut raw);
+                list = raw
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .take_while(|&id| id != 0)
+                    .collect();
+            }
+            AsyncEvent::NamespaceChanged(list)
+        } else {
+            AsyncEvent::Other(dw0)
+        };
+        events.lock().unwrap_or_else(|p| p.into_inner()).push(ev);
+    }
+    if assoc.ready.load(Ordering::Acquire) {
+        let mut a = lock(admin);
+        while a.aer_cids.len() < aers && a.rings.is_live() {
+            a.submit_aer()?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! A host I/O queue pair: owned by one thread, no locks on submit or poll.
+//!
+//! CIDs are `slot | sequence << 12`: a completion whose slot is not busy,
+//! or whose sequence does not match, is stale and counted, never delivered
+//! (so a late completion can never complete a newer request). Commands the
+//! target never fetched before destroying the queue are taken back from the
+//! ring and completed here with *Command Aborted due to SQ Deletion*: each
+//! capsule is popped by exactly one side, so each command completes once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use target_core::bdev::{DsmRange, encode_dsm_ranges};
+use target_core::iobuf::{DataBuf, IoBuf};
+use target_core::nvmf::{Capsule, QueueRings};
+use target_core::spec::{CompletionEntry, FabricsType, NvmOpcode, Status, SubmissionEntry};
+
+use crate::host::Assoc;
+use crate::{HostError, SubmitError};
+
+const SLOT_BITS: u16 = 12;
+const SLOT_MASK: u16 = (1 << SLOT_BITS) - 1;
+/// Deepest queue a host qpair supports (CID slot bits).
+pub const MAX_DEPTH: u16 = 1 << SLOT_BITS;
+
+/// A finished command as the host sees it.
+#[derive(Debug)]
+pub struct HostCompletion {
+    /// The caller's tag from submission.
+    pub tag: u64,
+    /// The completion entry (status, CID, SQ head).
+    pub cqe: CompletionEntry,
+    /// The buffer, given back.
+    pub buf: DataBuf,
+}
+
+impl HostCompletion {
+    /// The completion status.
+    pub fn status(&self) -> Status {
+        self.cqe.status()
+    }
+}
+
+/// Where a queue pair stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QpairState {
+    /// Submissions accepted.
+    Live,
+    /// The target is draining it: poll until outstanding reaches zero.
+    Closing,
+    /// Destroyed on the target; nothing more will arrive.
+    Dead,
+}
+
+/// Counters of one host queue pair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostQpairStats {
+    /// Commands submitted.
+    pub submitted: u64,
+    /// Completions delivered.
+    pub completed: u64,
+    /// Completions that matched no outstanding command (must stay 0).
+    pub stale: u64,
+    /// Commands completed with Aborted due to SQ Deletion.
+    pub aborted_sq_deletion: u64,
+    /// Of those, taken back from the ring by the host.
+    pub reclaimed: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct HostSlot {
+    busy: bool,
+    seq: u16,
+    tag: u64,
+}
+
+/// An I/O queue pair of a [`crate::HostController`].
+#[derive(Debug)]
+pub struct HostQpair {
+    assoc: Arc<Assoc>,
+    qid: u16,
+    depth: u16,
+    rings: Arc<QueueRings>,
+    slots: Box<[HostSlot]>,
+    free: Vec<u16>,
+    outstanding: u32,
+    stats: HostQpairStats,
+}
+
+impl HostQpair {
+    pub(crate) fn new(assoc: Arc<Assoc>, qid: u16, depth: u16, rings: Arc<QueueRings>) -> Self {
+        // One entry stays free so the target can always post a completion.
+        let usable = depth.saturating_sub(1).max(1);
+        Self {
+            assoc,
+            qid,
+            depth,
+            rings,
+            slots: vec![HostSlot::default(); usable as usize].into_boxed_slice(),
+            free: (0..usable).rev().collect(),
+            outstanding: 0,
+            stats: HostQpairStats::default(),
+        }
+    }
+
+    /// Queue ID.
+    pub fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    /// Commands that can be outstanding at once.
+    pub fn depth(&self) -> u16 {
+        self.slots.len() as u16
+    }
+
+    /// Commands submitted and not yet completed.
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> HostQpairStats {
+        self.stats
+    }
+
+    /// Live, closing or dead.
+    pub fn state(&self) -> QpairState {
+        if self.rings.target_done() {
+            QpairState::Dead
+        } else if self.rings.is_live() {
+            QpairState::Live
+        } else {
+            QpairState::Closing
+        }
+    }
+
+    /// Submits any command with the given buffer. The tag comes back with
+    /// its completion.
+    #[inline]
+    pub fn submit(&mut self, mut sqe: SubmissionEntry, buf: DataBuf, tag: u64) -> Result<u16, SubmitError> {
+        let Some(slot) = self.free.pop() else {
+            return Err(SubmitError::QueueFull(buf));
+        };
+        let s = &mut self.slots[slot as usize];
+        let cid = slot | ((s.seq & 0xf) << SLOT_BITS);
+        sqe.set_cid(cid);
+        match self.rings.submit(Capsule { sqe, buf }) {
+            Ok(()) => {
+                s.busy = true;
+                s.tag = tag;
+                self.outstanding += 1;
+                self.stats.submitted += 1;
+                Ok(cid)
+            }
+            Err(c) => {
+                self.free.push(slot);
+                if self.rings.is_live() {
+                    Err(SubmitError::QueueFull(c.buf))
+                } else {
+                    Err(SubmitError::Closed(c.buf))
+                }
+            }
+        }
+    }
+
+    /// Reads `blocks` blocks at `lba` of namespace `nsid` into `buf`.
+    pub fn read(&mut self, nsid: u32, lba: u64, blocks: u32, buf: DataBuf, tag: u64) -> Result<u16, SubmitError> {
+        self.submit(SubmissionEntry::nvm_rw(NvmOpcode::READ.0, 0, nsid, lba, blocks), buf, tag)
+    }
+
+    /// Writes `blocks` blocks at `lba` from `buf`.
+    pub fn write(&mut self, nsid: u32, lba: u64, blocks: u32, buf: DataBuf, tag: u64) -> Result<u16, SubmitError> {
+        self.submit(SubmissionEntry::nvm_rw(NvmOpcode::WRITE.0, 0, nsid, lba, blocks), buf, tag)
+    }
+
+    /// Flushes the namespace's volatile write cache.
+    pub fn flush(&mut self, nsid: u32, tag: u64) -> Result<u16, SubmitError> {
+        let mut sqe = SubmissionEntry::new(NvmOpcode::FLUSH.0, 0);
+        sqe.nsid = nsid;
+        self.submit(sqe, DataBuf::None, tag)
+    }
+
+    /// Writes zeros to `blocks` blocks at `lba`.
+    pub fn write_zeroes(&mut self, nsid: u32, lba: u64, blocks: u32, tag: u64) -> Result<u16, SubmitError> {
+        self.submit(SubmissionEntry::nvm_rw(NvmOpcode::WRITE_ZEROES.0, 0, nsid, lba, blocks), DataBuf::None, tag)
+    }
+
+    /// Deallocates the ranges (Dataset Management with AD). Allocates the
+    /// range buffer: a control-path call, not a benchmark one.
+    pub fn deallocate(&mut self, nsid: u32, ranges: &[DsmRange], tag: u64) -> Result<u16, SubmitError> {
+        let n = ranges.len().clamp(1, 256);
+        let mut buf = DataBuf::One(IoBuf::new(n * 16));
+        encode_dsm_ranges(&ranges[..n.min(ranges.len())], &mut buf);
+        let mut sqe = SubmissionEntry::new(NvmOpcode::DATASET_MANAGEMENT.0, 0);
+        sqe.nsid = nsid;
+        sqe.cdw10 = (n as u32 - 1) & 0xff;
+        sqe.cdw11 = 1 << 2;
+        self.submit(sqe, buf, tag)
+    }
+
+    /// Delivers up to `max` completions to `f`. Returns how many.
+    #[inline]
+    pub fn poll(&mut self, max: usize, f: &mut impl FnMut(HostCompletion)) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(resp) = self.rings.reap() else { break };
+            if self.complete(resp.cqe, resp.buf, f) {
+                n += 1;
+            }
+        }
+        if n == 0 && self.outstanding > 0 && self.rings.target_done() {
+            // Everything the target will say has been said: what is still
+            // in the submission ring was never fetched.
+            while let Some(resp) = self.rings.reap() {
+                if self.complete(resp.cqe, resp.buf, f) {
+                    n += 1;
+                }
+            }
+            while let Some(cap) = self.rings.reclaim() {
+                let mut cqe = CompletionEntry::new(cap.sqe.cid(), Status::ABORTED_SQ_DELETION);
+                cqe.sqid = self.qid;
+                self.stats.reclaimed += 1;
+                if self.complete(cqe, cap.buf, f) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    #[inline]
+    fn complete(&mut self, cqe: CompletionEntry, buf: DataBuf, f: &mut impl FnMut(HostCompletion)) -> bool {
+        let slot = (cqe.cid & SLOT_MASK) as usize;
+        let seq = cqe.cid >> SLOT_BITS;
+        let Some(s) = self.slots.get_mut(slot) else {
+            self.stats.stale += 1;
+            return false;
+        };
+        if !s.busy || (s.seq & 0xf) != seq {
+            self.stats.stale += 1;
+            return false;
+        }
+        s.busy = false;
+        s.seq = s.seq.wrapping_add(1);
+        let tag = s.tag;
+        self.free.push(slot as u16);
+        self.outstanding -= 1;
+        self.stats.completed += 1;
+        if cqe.status().same_code(Status::ABORTED_SQ_DELETION) {
+            self.stats.aborted_sq_deletion += 1;
+        }
+        f(HostCompletion { tag, cqe, buf });
+        true
+    }
+
+    /// Polls until nothing is outstanding (bounded by `limit`).
+    pub fn drain(&mut self, limit: Duration, f: &mut impl FnMut(HostCompletion)) -> Result<(), HostError> {
+        let target = self.assoc.transport.target().clone();
+        crate::wait::until(&target, limit, "queue pair drain", || {
+            self.poll(usize::MAX, f);
+            (self.outstanding == 0).then_some(())
+        })
+    }
+
+    /// Fabrics Disconnect: the target drains the queue, answers the
+    /// Disconnect last and destroys it. Completions of other commands go to
+    /// `f`.
+    pub fn disconnect(&mut self, limit: Duration, f: &mut impl FnMut(HostCompletion)) -> Result<(), HostError> {
+        const DISCONNECT_TAG: u64 = u64::MAX;
+        let mut sqe = SubmissionEntry::fabrics(FabricsType::DISCONNECT, 0);
+        sqe.cdw10 = 0;
+        let mut status = None;
+        match self.submit(sqe, DataBuf::None, DISCONNECT_TAG) {
+            Ok(_) => {}
+            Err(SubmitError::Closed(_)) => {}
+            Err(SubmitError::QueueFull(_)) => return Err(HostError::Busy(self.outstanding)),
+        }
+        let target = self.assoc.transport.target().clone();
+        crate::wait::until(&target, limit, "disconnect", || {
+            self.poll(usize::MAX, &mut |c| {
+                if c.tag == DISCONNECT_TAG {
+                    status = Some(c.status());
+                } else {
+                    f(c);
+                }
+            });
+            (self.outstanding == 0 && self.rings.target_done()).then_some(())
+        })?;
+        match status {
+            Some(s) if !s.is_success() && !s.same_code(Status::ABORTED_SQ_DELETION) => Err(HostError::Status {
+                what: "Disconnect",
+                status: s,
+                dw0: 0,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Connects this queue again after a reset (same QID and depth). The
+    /// queue must be idle; waits (bounded) for the controller to be ready.
+    pub fn reconnect(&mut self) -> Result<(), HostError> {
+        if self.outstanding > 0 {
+            return Err(HostError::Busy(self.outstanding));
+        }
+        let rings = self.assoc.connect_io_queue(self.qid, self.depth)?;
+        self.rings.host_close();
+        self.rings = rings;
+        Ok(())
+    }
+}
+
+impl Drop for HostQpair {
+    fn drop(&mut self) {
+        // A transport-level disconnect: the target drains and destroys its end.
+        self.rings.host_close();
+    }
+}
