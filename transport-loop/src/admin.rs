@@ -68,7 +68,10 @@ impl AdminQueue {
         let cid = self.alloc_cid();
         let sqe = SubmissionEntry::new(AdminOpcode::ASYNC_EVENT_REQUEST.0, cid);
         self.rings
-            .submit(Capsule { sqe, buf: DataBuf::None })
+            .submit(Capsule {
+                sqe,
+                buf: DataBuf::None,
+            })
             .map_err(|_| HostError::Disconnected("admin queue"))?;
         self.aer_cids.push(cid);
         Ok(())
@@ -107,7 +110,10 @@ pub(crate) fn command(
         if a.rings.target_done() {
             // The association is gone; nothing will answer.
             a.pending.remove(&cid);
-            return Some((CompletionEntry::new(cid, Status::ABORTED_SQ_DELETION), DataBuf::None));
+            return Some((
+                CompletionEntry::new(cid, Status::ABORTED_SQ_DELETION),
+                DataBuf::None,
+            ));
         }
         None
     });

@@ -62,11 +62,18 @@ impl LoopTransport {
 
     /// Stops exposing a subsystem to new connections.
     pub fn unlisten(&self, nqn: &str) {
-        self.listening.lock().unwrap_or_else(|p| p.into_inner()).retain(|n| n != nqn);
+        self.listening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|n| n != nqn);
     }
 
     fn exposes(&self, nqn: &str) -> bool {
-        self.listening.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|n| n == nqn || n == "*")
+        self.listening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|n| n == nqn || n == "*")
     }
 
     /// Connects a host controller: Fabrics Connect, the property handshake,
@@ -152,7 +159,11 @@ pub(crate) struct Assoc {
 }
 
 impl Assoc {
-    pub(crate) fn connect_io_queue(&self, qid: u16, depth: u16) -> Result<Arc<QueueRings>, HostError> {
+    pub(crate) fn connect_io_queue(
+        &self,
+        qid: u16,
+        depth: u16,
+    ) -> Result<Arc<QueueRings>, HostError> {
         let target = self.transport.target.clone();
         wait::until(&target, self.timeout, "controller ready", || {
             (self.ready.load(Ordering::Acquire) || self.gone.load(Ordering::Acquire)).then_some(())
@@ -167,7 +178,12 @@ impl Assoc {
 
 /// Creates rings, hands the target end to the target, and runs Fabrics
 /// Connect on them.
-fn connect_queue(a: &Assoc, qid: u16, depth: u16, cntlid: u16) -> Result<(Arc<QueueRings>, CompletionEntry), HostError> {
+fn connect_queue(
+    a: &Assoc,
+    qid: u16,
+    depth: u16,
+    cntlid: u16,
+) -> Result<(Arc<QueueRings>, CompletionEntry), HostError> {
     let rings = QueueRings::new(depth as usize);
     a.transport
         .target
@@ -182,7 +198,9 @@ fn connect_queue(a: &Assoc, qid: u16, depth: u16, cntlid: u16) -> Result<(Arc<Qu
         })
         .map_err(|_| HostError::Disconnected("new queue"))?;
     let target = a.transport.target.clone();
-    let cqe = wait::until(&target, a.timeout, "Connect", || rings.reap().map(|r| r.cqe));
+    let cqe = wait::until(&target, a.timeout, "Connect", || {
+        rings.reap().map(|r| r.cqe)
+    });
     let cqe = match cqe {
         Ok(c) => c,
         Err(e) => {
@@ -285,7 +303,8 @@ impl HostController {
         let depth = opts.queue_depth.min(mqes);
         for qid in 1..=opts.io_queues.min(self.granted) {
             let rings = self.assoc.connect_io_queue(qid, depth)?;
-            self.qpairs.push(HostQpair::new(self.assoc.clone(), qid, depth, rings));
+            self.qpairs
+                .push(HostQpair::new(self.assoc.clone(), qid, depth, rings));
         }
         Ok(())
     }
@@ -324,7 +343,11 @@ impl HostController {
 
     fn set_queues(&mut self, n: u16) -> Result<(), HostError> {
         let z = n.max(1) as u32 - 1;
-        let (cqe, _) = self.admin_checked("Set Features (Number of Queues)", set_features_sqe(0x07, z | (z << 16)), DataBuf::None)?;
+        let (cqe, _) = self.admin_checked(
+            "Set Features (Number of Queues)",
+            set_features_sqe(0x07, z | (z << 16)),
+            DataBuf::None,
+        )?;
         self.granted = ((cqe.dw0 & 0xffff).min(cqe.dw0 >> 16) + 1) as u16;
         Ok(())
     }
@@ -333,12 +356,28 @@ impl HostController {
         &self.assoc.transport.target
     }
 
-    fn admin_checked(&self, what: &'static str, sqe: SubmissionEntry, buf: DataBuf) -> Result<(CompletionEntry, DataBuf), HostError> {
-        admin::checked(self.target(), &self.admin, what, sqe, buf, self.assoc.timeout)
+    fn admin_checked(
+        &self,
+        what: &'static str,
+        sqe: SubmissionEntry,
+        buf: DataBuf,
+    ) -> Result<(CompletionEntry, DataBuf), HostError> {
+        admin::checked(
+            self.target(),
+            &self.admin,
+            what,
+            sqe,
+            buf,
+            self.assoc.timeout,
+        )
     }
 
     /// Runs any admin command; returns its completion whatever the status.
-    pub fn admin_raw(&self, sqe: SubmissionEntry, buf: DataBuf) -> Result<(CompletionEntry, DataBuf), HostError> {
+    pub fn admin_raw(
+        &self,
+        sqe: SubmissionEntry,
+        buf: DataBuf,
+    ) -> Result<(CompletionEntry, DataBuf), HostError> {
         admin::command(self.target(), &self.admin, sqe, buf, self.assoc.timeout)
     }
 
@@ -400,11 +439,16 @@ impl HostController {
         let mut sqe = SubmissionEntry::fabrics(FabricsType::PROPERTY_SET, 0);
         sqe.cdw11 = offset;
         sqe.cdw12 = value;
-        self.admin_checked("Property Set", sqe, DataBuf::None).map(|_| ())
+        self.admin_checked("Property Set", sqe, DataBuf::None)
+            .map(|_| ())
     }
 
     /// Identify with `cns` for `nsid`; returns the 4096-byte data.
-    pub fn identify_raw(&self, cns: u8, nsid: u32) -> Result<(CompletionEntry, DataBuf), HostError> {
+    pub fn identify_raw(
+        &self,
+        cns: u8,
+        nsid: u32,
+    ) -> Result<(CompletionEntry, DataBuf), HostError> {
         let mut sqe = SubmissionEntry::new(AdminOpcode::IDENTIFY.0, 0);
         sqe.nsid = nsid;
         sqe.cdw10 = cns as u32;
@@ -428,17 +472,27 @@ impl HostController {
         let (_, buf) = self.identify_raw(0, nsid)?;
         let mut raw = [0u8; 132];
         buf.copy_out(0, &mut raw);
-        let nsze = u64::from_le_bytes([raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]]);
+        let nsze = u64::from_le_bytes([
+            raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
+        ]);
         let flbas = (raw[26] & 0xf) as usize;
         let lbads = if flbas == 0 { raw[130] } else { 0 };
         if nsze == 0 || lbads < 9 {
-            return Err(HostError::Invalid(format!("namespace {nsid} is not active")));
+            return Err(HostError::Invalid(format!(
+                "namespace {nsid} is not active"
+            )));
         }
         Ok((nsze, 1u32 << lbads))
     }
 
     /// Get Log Page of `len` bytes at `offset`.
-    pub fn get_log_page(&self, lid: u8, nsid: u32, len: usize, offset: u64) -> Result<DataBuf, HostError> {
+    pub fn get_log_page(
+        &self,
+        lid: u8,
+        nsid: u32,
+        len: usize,
+        offset: u64,
+    ) -> Result<DataBuf, HostError> {
         let numd_z = (len / 4).max(1) as u32 - 1;
         let mut sqe = SubmissionEntry::new(AdminOpcode::GET_LOG_PAGE.0, 0);
         sqe.nsid = nsid;
@@ -455,7 +509,8 @@ impl HostController {
         let mut sqe = SubmissionEntry::new(AdminOpcode::GET_FEATURES.0, 0);
         sqe.cdw10 = fid as u32;
         sqe.cdw11 = cdw11;
-        self.admin_checked("Get Features", sqe, DataBuf::None).map(|(c, _)| c.dw0)
+        self.admin_checked("Get Features", sqe, DataBuf::None)
+            .map(|(c, _)| c.dw0)
     }
 
     /// Set Features; returns completion dword 0.
@@ -467,7 +522,8 @@ impl HostController {
     /// Sends a Keep Alive now.
     pub fn keep_alive(&self) -> Result<(), HostError> {
         let sqe = SubmissionEntry::new(AdminOpcode::KEEP_ALIVE.0, 0);
-        self.admin_checked("Keep Alive", sqe, DataBuf::None).map(|_| ())
+        self.admin_checked("Keep Alive", sqe, DataBuf::None)
+            .map(|_| ())
     }
 
     /// Asynchronous events received since the last call.
@@ -479,7 +535,13 @@ impl HostController {
     /// [`AsyncEvent`]s (reading the Changed Namespace List), keep AERs
     /// outstanding. The background poller calls this; without it, call it.
     pub fn service(&self) -> Result<(), HostError> {
-        service(self.target(), &self.assoc, &self.admin, &self.events, self.aers)
+        service(
+            self.target(),
+            &self.assoc,
+            &self.admin,
+            &self.events,
+            self.aers,
+        )
     }
 
     fn start_poller(&mut self) {
@@ -491,32 +553,38 @@ impl HostController {
             self.stop.clone(),
             self.aers,
         );
-        let spawned = std::thread::Builder::new().name(format!("nvmf-host-{}", assoc.cntlid)).spawn(move || {
-            let ka_every = Duration::from_millis((assoc.kato_ms / 2).max(1) as u64);
-            let mut last_ka = Instant::now();
-            while !stop.load(Ordering::Acquire) {
-                if let Err(e) = service(&target, &assoc, &admin, &events, aers) {
-                    tracing::debug!(error = %e, "host admin service");
-                }
-                if assoc.kato_ms != 0 && last_ka.elapsed() >= ka_every {
-                    let sqe = SubmissionEntry::new(AdminOpcode::KEEP_ALIVE.0, 0);
-                    match admin::command(&target, &admin, sqe, DataBuf::None, assoc.timeout) {
-                        Ok((c, _)) if c.status().is_success() => {}
-                        Ok((c, _)) => tracing::warn!(status = %c.status(), "keep alive refused"),
-                        Err(e) => tracing::warn!(error = %e, "keep alive failed"),
+        let spawned = std::thread::Builder::new()
+            .name(format!("nvmf-host-{}", assoc.cntlid))
+            .spawn(move || {
+                let ka_every = Duration::from_millis((assoc.kato_ms / 2).max(1) as u64);
+                let mut last_ka = Instant::now();
+                while !stop.load(Ordering::Acquire) {
+                    if let Err(e) = service(&target, &assoc, &admin, &events, aers) {
+                        tracing::debug!(error = %e, "host admin service");
                     }
-                    last_ka = Instant::now();
+                    if assoc.kato_ms != 0 && last_ka.elapsed() >= ka_every {
+                        let sqe = SubmissionEntry::new(AdminOpcode::KEEP_ALIVE.0, 0);
+                        match admin::command(&target, &admin, sqe, DataBuf::None, assoc.timeout) {
+                            Ok((c, _)) if c.status().is_success() => {}
+                            Ok((c, _)) => {
+                                tracing::warn!(status = %c.status(), "keep alive refused")
+                            }
+                            Err(e) => tracing::warn!(error = %e, "keep alive failed"),
+                        }
+                        last_ka = Instant::now();
+                    }
+                    if lock(&admin).rings.target_done() {
+                        assoc.gone.store(true, Ordering::Release);
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
                 }
-                if lock(&admin).rings.target_done() {
-                    assoc.gone.store(true, Ordering::Release);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        });
+            });
         match spawned {
             Ok(h) => self.poller = Some(h),
-            Err(e) => tracing::error!(error = %e, "cannot start the host admin poller; call service() yourself"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the host admin poller; call service() yourself")
+            }
         }
     }
 
@@ -545,18 +613,20 @@ impl HostController {
     /// reports CSTS.SHST complete; then the association is closed.
     pub fn shutdown(mut self) -> Result<(), HostError> {
         self.assoc.ready.store(false, Ordering::Release);
-        let r = self.property_set(CC, CC_ENABLE | CC_SHN_NORMAL).and_then(|_| {
-            let csts = self.property_get(CSTS, false)? as u32;
-            if (csts >> 2) & 3 == 2 {
-                Ok(())
-            } else {
-                Err(HostError::Status {
-                    what: "shutdown (CSTS.SHST not complete)",
-                    status: Status::INTERNAL_ERROR,
-                    dw0: csts,
-                })
-            }
-        });
+        let r = self
+            .property_set(CC, CC_ENABLE | CC_SHN_NORMAL)
+            .and_then(|_| {
+                let csts = self.property_get(CSTS, false)? as u32;
+                if (csts >> 2) & 3 == 2 {
+                    Ok(())
+                } else {
+                    Err(HostError::Status {
+                        what: "shutdown (CSTS.SHST not complete)",
+                        status: Status::INTERNAL_ERROR,
+                        dw0: csts,
+                    })
+                }
+            });
         self.close_admin();
         r
     }
@@ -567,7 +637,9 @@ impl HostController {
         self.close_admin();
         let rings = lock(&self.admin).rings.clone();
         let target = self.target().clone();
-        wait::until(&target, self.assoc.timeout, "controller deletion", || rings.target_done().then_some(()))
+        wait::until(&target, self.assoc.timeout, "controller deletion", || {
+            rings.target_done().then_some(())
+        })
     }
 
     fn close_admin(&mut self) {
@@ -611,7 +683,13 @@ fn service(
         let ev = if dw0 & 7 == 2 && (dw0 >> 8) & 0xff == 0 {
             let mut sqe = SubmissionEntry::new(AdminOpcode::GET_LOG_PAGE.0, 0);
             sqe.cdw10 = 0x04 | (1023 << 16);
-            let (cqe, buf) = admin::command(target, admin, sqe, DataBuf::One(IoBuf::new(4096)), assoc.timeout)?;
+            let (cqe, buf) = admin::command(
+                target,
+                admin,
+                sqe,
+                DataBuf::One(IoBuf::new(4096)),
+                assoc.timeout,
+            )?;
             let mut list = Vec::new();
             if cqe.status().is_success() {
                 let mut raw = [0u8; 4096];

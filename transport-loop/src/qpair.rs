@@ -137,7 +137,12 @@ impl HostQpair {
     /// Submits any command with the given buffer. The tag comes back with
     /// its completion.
     #[inline]
-    pub fn submit(&mut self, mut sqe: SubmissionEntry, buf: DataBuf, tag: u64) -> Result<u16, SubmitError> {
+    pub fn submit(
+        &mut self,
+        mut sqe: SubmissionEntry,
+        buf: DataBuf,
+        tag: u64,
+    ) -> Result<u16, SubmitError> {
         let Some(slot) = self.free.pop() else {
             return Err(SubmitError::QueueFull(buf));
         };
@@ -164,13 +169,35 @@ impl HostQpair {
     }
 
     /// Reads `blocks` blocks at `lba` of namespace `nsid` into `buf`.
-    pub fn read(&mut self, nsid: u32, lba: u64, blocks: u32, buf: DataBuf, tag: u64) -> Result<u16, SubmitError> {
-        self.submit(SubmissionEntry::nvm_rw(NvmOpcode::READ.0, 0, nsid, lba, blocks), buf, tag)
+    pub fn read(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        blocks: u32,
+        buf: DataBuf,
+        tag: u64,
+    ) -> Result<u16, SubmitError> {
+        self.submit(
+            SubmissionEntry::nvm_rw(NvmOpcode::READ.0, 0, nsid, lba, blocks),
+            buf,
+            tag,
+        )
     }
 
     /// Writes `blocks` blocks at `lba` from `buf`.
-    pub fn write(&mut self, nsid: u32, lba: u64, blocks: u32, buf: DataBuf, tag: u64) -> Result<u16, SubmitError> {
-        self.submit(SubmissionEntry::nvm_rw(NvmOpcode::WRITE.0, 0, nsid, lba, blocks), buf, tag)
+    pub fn write(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        blocks: u32,
+        buf: DataBuf,
+        tag: u64,
+    ) -> Result<u16, SubmitError> {
+        self.submit(
+            SubmissionEntry::nvm_rw(NvmOpcode::WRITE.0, 0, nsid, lba, blocks),
+            buf,
+            tag,
+        )
     }
 
     /// Flushes the namespace's volatile write cache.
@@ -181,13 +208,28 @@ impl HostQpair {
     }
 
     /// Writes zeros to `blocks` blocks at `lba`.
-    pub fn write_zeroes(&mut self, nsid: u32, lba: u64, blocks: u32, tag: u64) -> Result<u16, SubmitError> {
-        self.submit(SubmissionEntry::nvm_rw(NvmOpcode::WRITE_ZEROES.0, 0, nsid, lba, blocks), DataBuf::None, tag)
+    pub fn write_zeroes(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        blocks: u32,
+        tag: u64,
+    ) -> Result<u16, SubmitError> {
+        self.submit(
+            SubmissionEntry::nvm_rw(NvmOpcode::WRITE_ZEROES.0, 0, nsid, lba, blocks),
+            DataBuf::None,
+            tag,
+        )
     }
 
     /// Deallocates the ranges (Dataset Management with AD). Allocates the
     /// range buffer: a control-path call, not a benchmark one.
-    pub fn deallocate(&mut self, nsid: u32, ranges: &[DsmRange], tag: u64) -> Result<u16, SubmitError> {
+    pub fn deallocate(
+        &mut self,
+        nsid: u32,
+        ranges: &[DsmRange],
+        tag: u64,
+    ) -> Result<u16, SubmitError> {
         let n = ranges.len().clamp(1, 256);
         let mut buf = DataBuf::One(IoBuf::new(n * 16));
         encode_dsm_ranges(&ranges[..n.min(ranges.len())], &mut buf);
@@ -229,7 +271,12 @@ impl HostQpair {
     }
 
     #[inline]
-    fn complete(&mut self, cqe: CompletionEntry, buf: DataBuf, f: &mut impl FnMut(HostCompletion)) -> bool {
+    fn complete(
+        &mut self,
+        cqe: CompletionEntry,
+        buf: DataBuf,
+        f: &mut impl FnMut(HostCompletion),
+    ) -> bool {
         let slot = (cqe.cid & SLOT_MASK) as usize;
         let seq = cqe.cid >> SLOT_BITS;
         let Some(s) = self.slots.get_mut(slot) else {
@@ -254,7 +301,11 @@ impl HostQpair {
     }
 
     /// Polls until nothing is outstanding (bounded by `limit`).
-    pub fn drain(&mut self, limit: Duration, f: &mut impl FnMut(HostCompletion)) -> Result<(), HostError> {
+    pub fn drain(
+        &mut self,
+        limit: Duration,
+        f: &mut impl FnMut(HostCompletion),
+    ) -> Result<(), HostError> {
         let target = self.assoc.transport.target().clone();
         crate::wait::until(&target, limit, "queue pair drain", || {
             self.poll(usize::MAX, f);
@@ -265,7 +316,11 @@ impl HostQpair {
     /// Fabrics Disconnect: the target drains the queue, answers the
     /// Disconnect last and destroys it. Completions of other commands go to
     /// `f`.
-    pub fn disconnect(&mut self, limit: Duration, f: &mut impl FnMut(HostCompletion)) -> Result<(), HostError> {
+    pub fn disconnect(
+        &mut self,
+        limit: Duration,
+        f: &mut impl FnMut(HostCompletion),
+    ) -> Result<(), HostError> {
         const DISCONNECT_TAG: u64 = u64::MAX;
         let mut sqe = SubmissionEntry::fabrics(FabricsType::DISCONNECT, 0);
         sqe.cdw10 = 0;
@@ -287,11 +342,13 @@ impl HostQpair {
             (self.outstanding == 0 && self.rings.target_done()).then_some(())
         })?;
         match status {
-            Some(s) if !s.is_success() && !s.same_code(Status::ABORTED_SQ_DELETION) => Err(HostError::Status {
-                what: "Disconnect",
-                status: s,
-                dw0: 0,
-            }),
+            Some(s) if !s.is_success() && !s.same_code(Status::ABORTED_SQ_DELETION) => {
+                Err(HostError::Status {
+                    what: "Disconnect",
+                    status: s,
+                    dw0: 0,
+                })
+            }
             _ => Ok(()),
         }
     }

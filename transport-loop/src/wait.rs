@@ -9,7 +9,12 @@ use crate::HostError;
 /// Polls `f` until it returns `Some`, at most `limit`. In manual mode the
 /// target's poll groups are driven from here, so host and target can share
 /// one test thread.
-pub(crate) fn until<T>(target: &NvmfTarget, limit: Duration, what: &'static str, mut f: impl FnMut() -> Option<T>) -> Result<T, HostError> {
+pub(crate) fn until<T>(
+    target: &NvmfTarget,
+    limit: Duration,
+    what: &'static str,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T, HostError> {
     let deadline = Instant::now() + limit;
     let mut spins = 0u32;
     loop {

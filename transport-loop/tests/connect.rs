@@ -43,7 +43,8 @@ fn connect_identify_write_read_manual() {
     got[0].buf.copy_out(0, &mut out);
     assert!(out.iter().enumerate().all(|(i, &b)| b == (i * 7) as u8));
     // Out of range: the exact status comes back over the transport.
-    q.read(1, 8190, 8, DataBuf::One(IoBuf::new(4096)), 3).unwrap();
+    q.read(1, 8190, 8, DataBuf::One(IoBuf::new(4096)), 3)
+        .unwrap();
     got.clear();
     while got.is_empty() {
         t.poll();
@@ -65,7 +66,8 @@ fn threaded_target_serves_io() {
         for i in 0..32u64 {
             let mut b = IoBuf::new(512);
             b.as_mut_slice().fill((qi as u8) * 64 + i as u8);
-            q.write(1, qi as u64 * 100 + i, 1, DataBuf::One(b), i).unwrap();
+            q.write(1, qi as u64 * 100 + i, 1, DataBuf::One(b), i)
+                .unwrap();
         }
         let mut n = 0;
         q.drain(std::time::Duration::from_secs(10), &mut |c| {
@@ -75,7 +77,8 @@ fn threaded_target_serves_io() {
         .unwrap();
         assert_eq!(n, 32);
         for i in 0..32u64 {
-            q.read(1, qi as u64 * 100 + i, 1, DataBuf::One(IoBuf::new(512)), i).unwrap();
+            q.read(1, qi as u64 * 100 + i, 1, DataBuf::One(IoBuf::new(512)), i)
+                .unwrap();
         }
         q.drain(std::time::Duration::from_secs(10), &mut |c| {
             assert!(c.status().is_success());

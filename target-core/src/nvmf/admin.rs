@@ -35,7 +35,11 @@ pub(crate) enum AdminOutcome {
 impl AdminOutcome {
     /// Completes now with `status` and zero dwords.
     pub(crate) fn status(status: Status) -> Self {
-        Self::Done { status, dw0: 0, dw1: 0 }
+        Self::Done {
+            status,
+            dw0: 0,
+            dw1: 0,
+        }
     }
 
     fn dw0(dw0: u32) -> Self {
@@ -136,7 +140,12 @@ fn temp_index(cdw11: u32) -> Result<usize, Status> {
     Ok(tmpsel * 2 + thsel)
 }
 
-fn get_features(engine: &Engine, ctrl: &super::ctrlr::Controller, sqe: &SubmissionEntry, buf: &mut DataBuf) -> AdminOutcome {
+fn get_features(
+    engine: &Engine,
+    ctrl: &super::ctrlr::Controller,
+    sqe: &SubmissionEntry,
+    buf: &mut DataBuf,
+) -> AdminOutcome {
     let f = (sqe.cdw10 & 0xff) as u8;
     let sel = (sqe.cdw10 >> 8) & 0x7;
     if let Err(s) = check_feature_nsid(sqe.nsid) {
@@ -166,9 +175,15 @@ fn get_features(engine: &Engine, ctrl: &super::ctrlr::Controller, sqe: &Submissi
     }
     let st = ctrl.state();
     // Nothing is saveable, so "saved" reports the default (Base 2.0c §5.15.1).
-    let defaults = super::ctrlr::FeatureValues::defaults(engine.opts.max_kato_ms, ctrl.hostid, true);
+    let defaults =
+        super::ctrlr::FeatureValues::defaults(engine.opts.max_kato_ms, ctrl.hostid, true);
     let fv = if sel == 0 { &st.features } else { &defaults };
-    let granted_z = if sel == 0 { st.io_queues_granted } else { engine.opts.max_io_queues }.saturating_sub(1) as u32;
+    let granted_z = if sel == 0 {
+        st.io_queues_granted
+    } else {
+        engine.opts.max_io_queues
+    }
+    .saturating_sub(1) as u32;
     let dw0 = match f {
         fid::ARBITRATION => fv.arbitration,
         fid::POWER_MANAGEMENT => fv.power_management,
@@ -197,7 +212,11 @@ fn get_features(engine: &Engine, ctrl: &super::ctrlr::Controller, sqe: &Submissi
     AdminOutcome::dw0(dw0)
 }
 
-fn set_features(engine: &Engine, ctrl: &super::ctrlr::Controller, sqe: &SubmissionEntry) -> AdminOutcome {
+fn set_features(
+    engine: &Engine,
+    ctrl: &super::ctrlr::Controller,
+    sqe: &SubmissionEntry,
+) -> AdminOutcome {
     let f = (sqe.cdw10 & 0xff) as u8;
     if sqe.cdw10 & (1 << 31) != 0 {
         return AdminOutcome::status(Status::FEATURE_ID_NOT_SAVEABLE.with_dnr());
@@ -262,7 +281,9 @@ fn set_features(engine: &Engine, ctrl: &super::ctrlr::Controller, sqe: &Submissi
             st.features.kato_ms = v;
         }
         // The host identifier comes from Connect on fabrics.
-        fid::HOST_IDENTIFIER => return AdminOutcome::status(Status::COMMAND_SEQUENCE_ERROR.with_dnr()),
+        fid::HOST_IDENTIFIER => {
+            return AdminOutcome::status(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+        }
         _ => return AdminOutcome::status(Status::INVALID_FIELD.with_dnr()),
     }
     AdminOutcome::status(Status::SUCCESS)

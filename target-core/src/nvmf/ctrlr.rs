@@ -237,7 +237,9 @@ impl Controller {
 
     /// `true` when the keep-alive timer has run out.
     pub fn keep_alive_expired(&self, now_ms: u64, kato_ms: u32) -> bool {
-        kato_ms != 0 && now_ms.saturating_sub(self.last_keep_alive_ms.load(Ordering::Relaxed)) > kato_ms as u64
+        kato_ms != 0
+            && now_ms.saturating_sub(self.last_keep_alive_ms.load(Ordering::Relaxed))
+                > kato_ms as u64
     }
 
     /// Adds an entry to the Error Information log.

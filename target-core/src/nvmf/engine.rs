@@ -42,7 +42,11 @@ impl Default for EngineOptions {
 impl EngineOptions {
     /// MDTS in bytes (0 = unlimited).
     pub fn max_xfer_bytes(&self) -> u64 {
-        if self.mdts == 0 { 0 } else { 4096u64 << self.mdts }
+        if self.mdts == 0 {
+            0
+        } else {
+            4096u64 << self.mdts
+        }
     }
 }
 

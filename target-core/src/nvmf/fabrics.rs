@@ -133,7 +133,9 @@ fn connect(
     let mut hostid = [0u8; 16];
     hostid.copy_from_slice(&data[connect_data::HOSTID..connect_data::HOSTID + 16]);
     if qid == 0 {
-        connect_admin(engine, qp, me, &subsys, hostnqn, hostid, cntlid, sqsize_z, kato, now_ms)
+        connect_admin(
+            engine, qp, me, &subsys, hostnqn, hostid, cntlid, sqsize_z, kato, now_ms,
+        )
     } else {
         connect_io(qp, me, &subsys, hostnqn, cntlid, qid, sqsize_z)
     }
@@ -164,7 +166,15 @@ fn connect_admin(
         let Some(id) = Subsystem::alloc_cntlid(&mut st) else {
             return AdminOutcome::status(Status::CONNECT_CONTROLLER_BUSY);
         };
-        let c = Arc::new(Controller::new(id, subsys.clone(), hostnqn.to_owned(), hostid, me, kato, now_ms));
+        let c = Arc::new(Controller::new(
+            id,
+            subsys.clone(),
+            hostnqn.to_owned(),
+            hostid,
+            me,
+            kato,
+            now_ms,
+        ));
         st.controllers.insert(id, c.clone());
         c
     };
@@ -306,7 +316,11 @@ fn property_set(qp: &mut Qpair, sqe: &SubmissionEntry) -> AdminOutcome {
         return AdminOutcome::Teardown(TeardownKind::Reset);
     }
     if old & cc::EN == 0 && new & cc::EN != 0 {
-        let valid = cc::iosqes(new) == 6 && cc::iocqes(new) == 4 && cc::mps(new) == 0 && cc::css(new) == 0 && cc::ams(new) == 0;
+        let valid = cc::iosqes(new) == 6
+            && cc::iocqes(new) == 4
+            && cc::mps(new) == 0
+            && cc::css(new) == 0
+            && cc::ams(new) == 0;
         if valid {
             st.csts &= !(csts::SHST_MASK | csts::CFS);
             ctrl.set_ready(&mut st, true);

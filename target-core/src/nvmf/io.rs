@@ -127,7 +127,11 @@ pub fn plan(sqe: &SubmissionEntry, ns: &NsLimits, buf_len: usize) -> Result<IoPl
                 return Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
             }
             Ok(IoPlan {
-                op: if sqe.cdw11 & DSM_AD != 0 { IoOp::Deallocate } else { IoOp::Flush },
+                op: if sqe.cdw11 & DSM_AD != 0 {
+                    IoOp::Deallocate
+                } else {
+                    IoOp::Flush
+                },
                 lba: 0,
                 blocks: ranges,
                 fua: false,
@@ -175,13 +179,34 @@ mod tests {
     #[test]
     fn each_bad_input_has_its_status() {
         let s = |r: Result<IoPlan, Status>| r.unwrap_err();
-        assert_eq!(s(plan(&rw(NvmOpcode::READ, 999, 2), &NS, 1024)), Status::LBA_OUT_OF_RANGE.with_dnr());
-        assert_eq!(s(plan(&rw(NvmOpcode::READ, u64::MAX, 2), &NS, 1024)), Status::LBA_OUT_OF_RANGE.with_dnr());
-        assert_eq!(s(plan(&rw(NvmOpcode::READ, 0, 8), &NS, 512)), Status::DATA_SGL_LENGTH_INVALID.with_dnr());
-        assert_eq!(s(plan(&rw(NvmOpcode::READ, 0, 257), &NS, 1 << 20)), Status::INVALID_FIELD.with_dnr());
-        let ro = NsLimits { read_only: true, ..NS };
-        assert_eq!(s(plan(&rw(NvmOpcode::WRITE, 0, 1), &ro, 512)), Status::NAMESPACE_WRITE_PROTECTED.with_dnr());
-        assert_eq!(s(plan(&rw(NvmOpcode(0x7e), 0, 1), &NS, 512)), Status::INVALID_OPCODE.with_dnr());
+        assert_eq!(
+            s(plan(&rw(NvmOpcode::READ, 999, 2), &NS, 1024)),
+            Status::LBA_OUT_OF_RANGE.with_dnr()
+        );
+        assert_eq!(
+            s(plan(&rw(NvmOpcode::READ, u64::MAX, 2), &NS, 1024)),
+            Status::LBA_OUT_OF_RANGE.with_dnr()
+        );
+        assert_eq!(
+            s(plan(&rw(NvmOpcode::READ, 0, 8), &NS, 512)),
+            Status::DATA_SGL_LENGTH_INVALID.with_dnr()
+        );
+        assert_eq!(
+            s(plan(&rw(NvmOpcode::READ, 0, 257), &NS, 1 << 20)),
+            Status::INVALID_FIELD.with_dnr()
+        );
+        let ro = NsLimits {
+            read_only: true,
+            ..NS
+        };
+        assert_eq!(
+            s(plan(&rw(NvmOpcode::WRITE, 0, 1), &ro, 512)),
+            Status::NAMESPACE_WRITE_PROTECTED.with_dnr()
+        );
+        assert_eq!(
+            s(plan(&rw(NvmOpcode(0x7e), 0, 1), &NS, 512)),
+            Status::INVALID_OPCODE.with_dnr()
+        );
         let mut pi = rw(NvmOpcode::READ, 0, 1);
         pi.cdw12 |= 1 << 26;
         assert_eq!(s(plan(&pi, &NS, 512)), Status::INVALID_FIELD.with_dnr());
@@ -190,10 +215,16 @@ mod tests {
         assert_eq!(s(plan(&fl, &NS, 0)), Status::INVALID_FIELD.with_dnr());
         let mut fused = rw(NvmOpcode::READ, 0, 1);
         fused.cdw0 |= 1 << 8;
-        assert_eq!(check_common(&fused).unwrap_err(), Status::INVALID_FIELD.with_dnr());
+        assert_eq!(
+            check_common(&fused).unwrap_err(),
+            Status::INVALID_FIELD.with_dnr()
+        );
         let mut rsvd = rw(NvmOpcode::READ, 0, 1);
         rsvd.cdw0 |= 1 << 11;
-        assert_eq!(check_common(&rsvd).unwrap_err(), Status::INVALID_FIELD.with_dnr());
+        assert_eq!(
+            check_common(&rsvd).unwrap_err(),
+            Status::INVALID_FIELD.with_dnr()
+        );
     }
 
     #[test]
@@ -203,7 +234,10 @@ mod tests {
         d.cdw11 = DSM_AD;
         let p = plan(&d, &NS, 32).unwrap();
         assert_eq!((p.op, p.blocks), (IoOp::Deallocate, 2));
-        assert_eq!(plan(&d, &NS, 16).unwrap_err(), Status::DATA_SGL_LENGTH_INVALID.with_dnr());
+        assert_eq!(
+            plan(&d, &NS, 16).unwrap_err(),
+            Status::DATA_SGL_LENGTH_INVALID.with_dnr()
+        );
         d.cdw11 = 0;
         assert!(is_dsm_hint_only(&d));
     }

@@ -9,7 +9,10 @@ pub const MAX_NQN_LEN: usize = 223;
 /// Checks an NQN; the error says what is wrong in words a user can act on.
 pub fn validate(nqn: &str) -> Result<(), String> {
     if nqn.len() > MAX_NQN_LEN {
-        return Err(format!("NQN is {} bytes, the limit is {MAX_NQN_LEN}", nqn.len()));
+        return Err(format!(
+            "NQN is {} bytes, the limit is {MAX_NQN_LEN}",
+            nqn.len()
+        ));
     }
     if nqn == DISCOVERY_NQN {
         return Ok(());
@@ -20,7 +23,11 @@ pub fn validate(nqn: &str) -> Result<(), String> {
                 8 | 13 | 18 | 23 => c == '-',
                 _ => c.is_ascii_hexdigit(),
             });
-        return if ok { Ok(()) } else { Err(format!("'{uuid}' after '{UUID_PREFIX}' is not a UUID")) };
+        return if ok {
+            Ok(())
+        } else {
+            Err(format!("'{uuid}' after '{UUID_PREFIX}' is not a UUID"))
+        };
     }
     let Some(rest) = nqn.strip_prefix("nqn.") else {
         return Err("NQN must start with 'nqn.'".into());
@@ -31,7 +38,10 @@ pub fn validate(nqn: &str) -> Result<(), String> {
         && b[..4].iter().all(u8::is_ascii_digit)
         && b[4] == b'-'
         && b[5..].iter().all(u8::is_ascii_digit)
-        && matches!(&date[5..], "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12");
+        && matches!(
+            &date[5..],
+            "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12"
+        );
     if !date_ok {
         return Err("NQN must continue 'nqn.yyyy-mm.' with a valid year and month".into());
     }
@@ -40,11 +50,20 @@ pub fn validate(nqn: &str) -> Result<(), String> {
         return Err("NQN needs '.' after the date, then a reverse domain name".into());
     };
     let domain = rest.split(':').next().unwrap_or("");
-    if domain.is_empty() || domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
+    if domain.is_empty()
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+        || domain.contains("..")
+    {
         return Err("NQN needs a reverse domain name after the date (e.g. 'com.example')".into());
     }
-    if !domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
-        return Err(format!("reverse domain '{domain}' has characters other than letters, digits, '-' and '.'"));
+    if !domain
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return Err(format!(
+            "reverse domain '{domain}' has characters other than letters, digits, '-' and '.'"
+        ));
     }
     Ok(())
 }
@@ -63,11 +82,31 @@ mod tests {
 
     #[test]
     fn rejects_with_a_reason() {
-        assert!(validate("iqn.2026-11.io.x:a").unwrap_err().contains("start with"));
-        assert!(validate("nqn.2026-13.io.x:a").unwrap_err().contains("month"));
+        assert!(
+            validate("iqn.2026-11.io.x:a")
+                .unwrap_err()
+                .contains("start with")
+        );
+        assert!(
+            validate("nqn.2026-13.io.x:a")
+                .unwrap_err()
+                .contains("month")
+        );
         assert!(validate("nqn.2026-11:a").unwrap_err().contains("'.'"));
-        assert!(validate("nqn.2026-11.:a").unwrap_err().contains("reverse domain"));
-        assert!(validate("nqn.2014-08.org.nvmexpress:uuid:xyz").unwrap_err().contains("UUID"));
-        assert!(validate(&format!("nqn.2026-11.io.x:{}", "a".repeat(220))).unwrap_err().contains("limit"));
+        assert!(
+            validate("nqn.2026-11.:a")
+                .unwrap_err()
+                .contains("reverse domain")
+        );
+        assert!(
+            validate("nqn.2014-08.org.nvmexpress:uuid:xyz")
+                .unwrap_err()
+                .contains("UUID")
+        );
+        assert!(
+            validate(&format!("nqn.2026-11.io.x:{}", "a".repeat(220)))
+                .unwrap_err()
+                .contains("limit")
+        );
     }
 }

@@ -42,7 +42,10 @@ impl Page {
     fn ascii(&mut self, off: usize, len: usize, s: &str) {
         let f = &mut self.0[off..off + len];
         f.fill(b' ');
-        for (d, c) in f.iter_mut().zip(s.bytes().filter(|c| (0x20..0x7f).contains(c))) {
+        for (d, c) in f
+            .iter_mut()
+            .zip(s.bytes().filter(|c| (0x20..0x7f).contains(c)))
+        {
             *d = c;
         }
     }
@@ -79,7 +82,12 @@ mod cns {
 }
 
 /// Identify (Base 2.0c §5.17).
-pub(crate) fn identify(engine: &Engine, ctrl: &Controller, sqe: &SubmissionEntry, buf: &mut DataBuf) -> AdminOutcome {
+pub(crate) fn identify(
+    engine: &Engine,
+    ctrl: &Controller,
+    sqe: &SubmissionEntry,
+    buf: &mut DataBuf,
+) -> AdminOutcome {
     if buf.len() < PAGE {
         return AdminOutcome::status(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
     }
@@ -102,7 +110,13 @@ pub(crate) fn identify(engine: &Engine, ctrl: &Controller, sqe: &SubmissionEntry
             if nsid >= 0xffff_fffe {
                 return AdminOutcome::status(Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr());
             }
-            for (i, id) in subsys.active_nsids().into_iter().filter(|&id| id > nsid).take(PAGE / 4).enumerate() {
+            for (i, id) in subsys
+                .active_nsids()
+                .into_iter()
+                .filter(|&id| id > nsid)
+                .take(PAGE / 4)
+                .enumerate()
+            {
                 p.u32(i * 4, id);
             }
         }
@@ -192,10 +206,21 @@ mod lid {
 /// Admin opcodes reported as supported in the effects log.
 const ADMIN_SUPPORTED: &[u8] = &[0x02, 0x06, 0x08, 0x09, 0x0a, 0x0c, 0x18, 0x7f];
 /// I/O opcodes reported as supported, and whether they change logical blocks.
-const IO_SUPPORTED: &[(u8, bool)] = &[(0x00, false), (0x01, true), (0x02, false), (0x08, true), (0x09, true)];
+const IO_SUPPORTED: &[(u8, bool)] = &[
+    (0x00, false),
+    (0x01, true),
+    (0x02, false),
+    (0x08, true),
+    (0x09, true),
+];
 
 /// Get Log Page (Base 2.0c §5.16).
-pub(crate) fn get_log_page(engine: &Engine, ctrl: &Controller, sqe: &SubmissionEntry, buf: &mut DataBuf) -> AdminOutcome {
+pub(crate) fn get_log_page(
+    engine: &Engine,
+    ctrl: &Controller,
+    sqe: &SubmissionEntry,
+    buf: &mut DataBuf,
+) -> AdminOutcome {
     let _ = engine;
     let lid = (sqe.cdw10 & 0xff) as u8;
     let rae = sqe.cdw10 & (1 << 15) != 0;
@@ -208,7 +233,14 @@ pub(crate) fn get_log_page(engine: &Engine, ctrl: &Controller, sqe: &SubmissionE
     let mut p = Page::new();
     match lid {
         lid::SUPPORTED => {
-            for l in [lid::SUPPORTED, lid::ERROR, lid::SMART, lid::FIRMWARE_SLOT, lid::CHANGED_NS, lid::EFFECTS] {
+            for l in [
+                lid::SUPPORTED,
+                lid::ERROR,
+                lid::SMART,
+                lid::FIRMWARE_SLOT,
+                lid::CHANGED_NS,
+                lid::EFFECTS,
+            ] {
                 p.u32(l as usize * 4, 1);
             }
             deliver(&p.0[..1024], buf, offset, len)

@@ -68,7 +68,10 @@ struct NsTable {
 impl NsTable {
     #[inline]
     fn lookup(&self, sid: u32, nsid: u32) -> Option<u32> {
-        let v = *self.index.get(sid as usize)?.get((nsid as usize).wrapping_sub(1))?;
+        let v = *self
+            .index
+            .get(sid as usize)?
+            .get((nsid as usize).wrapping_sub(1))?;
         if v == 0 { None } else { Some(v - 1) }
     }
 
@@ -128,11 +131,21 @@ fn encode_tag(qi: u32, qgen: u32, slot: u16, sgen: u16) -> u64 {
 
 #[inline]
 fn decode_tag(tag: u64) -> (u32, u32, u16, u16) {
-    ((tag >> 48) as u32, ((tag >> 32) & 0xffff) as u32, (tag >> 16) as u16, tag as u16)
+    (
+        (tag >> 48) as u32,
+        ((tag >> 32) & 0xffff) as u32,
+        (tag >> 16) as u16,
+        tag as u16,
+    )
 }
 
 impl PollGroup {
-    pub(crate) fn new(id: usize, engine: Arc<Engine>, msgs: Arc<SegQueue<PgMsg>>, stats: Arc<PgStats>) -> Self {
+    pub(crate) fn new(
+        id: usize,
+        engine: Arc<Engine>,
+        msgs: Arc<SegQueue<PgMsg>>,
+        stats: Arc<PgStats>,
+    ) -> Self {
         Self {
             id,
             engine,
@@ -194,7 +207,10 @@ impl PollGroup {
                 i
             }
             None => {
-                self.qps.push(QpEntry { generation: 0, qp: Some(qp) });
+                self.qps.push(QpEntry {
+                    generation: 0,
+                    qp: Some(qp),
+                });
                 self.qps.len() as u32 - 1
             }
         };
@@ -217,16 +233,30 @@ impl PollGroup {
     }
 
     fn poll_qpair(&mut self, qi: u32) -> usize {
-        let Self { qps, ns, engine, stats, id, now_ms, .. } = self;
+        let Self {
+            qps,
+            ns,
+            engine,
+            stats,
+            id,
+            now_ms,
+            ..
+        } = self;
         let entry = &mut qps[qi as usize];
         let qgen = entry.generation;
-        let Some(qp) = entry.qp.as_deref_mut() else { return 0 };
+        let Some(qp) = entry.qp.as_deref_mut() else {
+            return 0;
+        };
         let mut work = qp.flush_backlog();
         match qp.state {
             QpState::Draining => return work,
             QpState::Connecting | QpState::Active => {}
         }
-        let me = QpairRef { pg: *id, idx: qi, generation: qgen };
+        let me = QpairRef {
+            pg: *id,
+            idx: qi,
+            generation: qgen,
+        };
         if let Some(cap) = qp.parked.take() {
             if !Self::exec(engine, ns, qp, me, cap, false, *now_ms) {
                 return work;
@@ -252,11 +282,22 @@ impl PollGroup {
 
     /// Executes one capsule. Returns `false` when it was parked (stop fetching).
     #[inline]
-    fn exec(engine: &Arc<Engine>, ns: &mut NsTable, qp: &mut Qpair, me: QpairRef, cap: Capsule, fresh: bool, now_ms: u64) -> bool {
+    fn exec(
+        engine: &Arc<Engine>,
+        ns: &mut NsTable,
+        qp: &mut Qpair,
+        me: QpairRef,
+        cap: Capsule,
+        fresh: bool,
+        now_ms: u64,
+    ) -> bool {
         if fresh {
             qp.advance_sqhd();
         }
-        if qp.state == QpState::Connecting || qp.qid == 0 || cap.sqe.opcode() == AdminOpcode::FABRICS.0 {
+        if qp.state == QpState::Connecting
+            || qp.qid == 0
+            || cap.sqe.opcode() == AdminOpcode::FABRICS.0
+        {
             Self::exec_admin(engine, qp, me, cap, now_ms);
             return true;
         }
@@ -276,11 +317,21 @@ impl PollGroup {
             return true;
         }
         let Some(vi) = ns.lookup(qp.sid, sqe.nsid) else {
-            qp.respond(cid, Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr(), 0, cap.buf);
+            qp.respond(
+                cid,
+                Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr(),
+                0,
+                cap.buf,
+            );
             return true;
         };
         let Some(view) = ns.views[vi as usize].as_mut() else {
-            qp.respond(cid, Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr(), 0, cap.buf);
+            qp.respond(
+                cid,
+                Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr(),
+                0,
+                cap.buf,
+            );
             return true;
         };
         if view.paused {
@@ -441,7 +492,12 @@ impl PollGroup {
         self.quiesce_qpair_with(r, Some(done), None);
     }
 
-    fn quiesce_qpair_with(&mut self, r: QpairRef, done: Option<Box<dyn FnOnce() + Send>>, disconnect_cid: Option<u16>) {
+    fn quiesce_qpair_with(
+        &mut self,
+        r: QpairRef,
+        done: Option<Box<dyn FnOnce() + Send>>,
+        disconnect_cid: Option<u16>,
+    ) {
         let deadline_ms = self.engine.now_ms() + self.engine.opts.drain_timeout.as_millis() as u64;
         let Some(qp) = self.qp_mut(r) else {
             if let Some(d) = done {
@@ -473,7 +529,11 @@ impl PollGroup {
         let mut due = Vec::new();
         for (i, e) in self.qps.iter().enumerate() {
             let Some(qp) = e.qp.as_deref() else { continue };
-            let r = QpairRef { pg: self.id, idx: i as u32, generation: e.generation };
+            let r = QpairRef {
+                pg: self.id,
+                idx: i as u32,
+                generation: e.generation,
+            };
             if qp.state == QpState::Draining {
                 due.push(r);
             } else if qp.qid == 0
@@ -499,18 +559,27 @@ impl PollGroup {
         let now = self.engine.now_ms();
         let drain_ms = self.engine.opts.drain_timeout.as_millis() as u64;
         let Self { qps, ns, stats, .. } = self;
-        let Some(qp) = qps.get_mut(r.idx as usize).filter(|e| e.generation == r.generation).and_then(|e| e.qp.as_deref_mut())
+        let Some(qp) = qps
+            .get_mut(r.idx as usize)
+            .filter(|e| e.generation == r.generation)
+            .and_then(|e| e.qp.as_deref_mut())
         else {
             return;
         };
-        let Some(drain) = qp.drain.as_mut() else { return };
+        let Some(drain) = qp.drain.as_mut() else {
+            return;
+        };
         if qp.in_backend > 0 {
             if now < drain.deadline_ms {
                 return;
             }
             if drain.stage == 0 {
                 // Bounded wait over: reset the backends still holding our commands.
-                tracing::warn!(qid = qp.qid, in_flight = qp.in_backend, "drain timed out; resetting backends");
+                tracing::warn!(
+                    qid = qp.qid,
+                    in_flight = qp.in_backend,
+                    "drain timed out; resetting backends"
+                );
                 let mut reset_views: Vec<u32> = Vec::new();
                 for s in qp.slots.iter().filter(|s| s.busy) {
                     if !reset_views.contains(&s.view) {
@@ -522,7 +591,11 @@ impl PollGroup {
                         let still = v.ch.reset();
                         bump(&stats.backend_resets, 1);
                         if still > 0 {
-                            tracing::warn!(nsid = v.nsid, still, "backend still holds I/O after reset");
+                            tracing::warn!(
+                                nsid = v.nsid,
+                                still,
+                                "backend still holds I/O after reset"
+                            );
                         }
                     }
                 }
@@ -533,14 +606,22 @@ impl PollGroup {
             // The backend did not give the commands back even after a
             // reset. Their buffers stay owned by the backend; the slot
             // generations make any later completion a no-op.
-            tracing::error!(qid = qp.qid, in_flight = qp.in_backend, "backend never completed; destroying queue pair anyway");
+            tracing::error!(
+                qid = qp.qid,
+                in_flight = qp.in_backend,
+                "backend never completed; destroying queue pair anyway"
+            );
             drain.stage = 2;
         }
         self.destroy_qpair(r);
     }
 
     fn destroy_qpair(&mut self, r: QpairRef) {
-        let Some(e) = self.qps.get_mut(r.idx as usize).filter(|e| e.generation == r.generation) else {
+        let Some(e) = self
+            .qps
+            .get_mut(r.idx as usize)
+            .filter(|e| e.generation == r.generation)
+        else {
             return;
         };
         let Some(mut qp) = e.qp.take() else { return };
@@ -572,7 +653,11 @@ impl PollGroup {
                 }
                 drop(st);
                 let mut sst = ctrl.subsys.state();
-                if sst.controllers.get(&ctrl.cntlid).is_some_and(|c| Arc::ptr_eq(c, &ctrl)) {
+                if sst
+                    .controllers
+                    .get(&ctrl.cntlid)
+                    .is_some_and(|c| Arc::ptr_eq(c, &ctrl))
+                {
                     sst.controllers.remove(&ctrl.cntlid);
                 }
             } else if let Some(slot) = st.io_qpairs.get_mut(qp.qid as usize - 1)
@@ -586,7 +671,11 @@ impl PollGroup {
         }
         qp.flush_backlog();
         if !qp.backlog.is_empty() {
-            tracing::debug!(qid = qp.qid, left = qp.backlog.len(), "completion ring full at destroy; host is gone");
+            tracing::debug!(
+                qid = qp.qid,
+                left = qp.backlog.len(),
+                "completion ring full at destroy; host is gone"
+            );
         }
         qp.tr.finish();
         if let Some(d) = drain {
@@ -651,7 +740,12 @@ impl PollGroup {
                 if let Some(qp) = self.qp_mut(admin) {
                     qp.state = QpState::Draining;
                     if qp.drain.is_none() {
-                        qp.drain = Some(Drain { deadline_ms: 0, stage: 0, waiters: Vec::new(), disconnect_cid: None });
+                        qp.drain = Some(Drain {
+                            deadline_ms: 0,
+                            stage: 0,
+                            waiters: Vec::new(),
+                            disconnect_cid: None,
+                        });
                         newly = true;
                     }
                 } else {
@@ -698,7 +792,9 @@ impl PollGroup {
         {
             let mut st = ctrl.state();
             while !st.aer_cids.is_empty() && !st.pending_events.is_empty() {
-                if let (Some(cid), Some(ev)) = (st.aer_cids.pop_front(), st.pending_events.pop_front()) {
+                if let (Some(cid), Some(ev)) =
+                    (st.aer_cids.pop_front(), st.pending_events.pop_front())
+                {
                     st.masked_events |= 1 << (ev & 7);
                     out.push((cid, ev));
                 }
@@ -712,7 +808,12 @@ impl PollGroup {
     // ---- namespaces ------------------------------------------------------
 
     /// Adds this poll group's view (and channel) of a namespace.
-    pub fn add_ns_view(&mut self, sid: u32, ns: Arc<Namespace>, stats: Arc<NsIoStats>) -> Result<(), String> {
+    pub fn add_ns_view(
+        &mut self,
+        sid: u32,
+        ns: Arc<Namespace>,
+        stats: Arc<NsIoStats>,
+    ) -> Result<(), String> {
         let ch = ns.bdev.open_channel().map_err(|e| e.to_string())?;
         let info = ns.bdev.info();
         let limits = NsLimits {
@@ -788,7 +889,11 @@ impl PollGroup {
         {
             // Should not happen after a pause; keep the channel alive until
             // its backend gives everything back.
-            tracing::error!(nsid, outstanding = v.outstanding, "removing a namespace with I/O in flight; resetting its channel");
+            tracing::error!(
+                nsid,
+                outstanding = v.outstanding,
+                "removing a namespace with I/O in flight; resetting its channel"
+            );
             v.ch.reset();
             let deadline = std::time::Instant::now() + self.engine.opts.drain_timeout;
             while v.ch.in_flight() > 0 && std::time::Instant::now() < deadline {
@@ -804,7 +909,12 @@ impl PollGroup {
 
     /// Namespace views here and their outstanding I/O.
     pub fn ns_outstanding(&self) -> Vec<(u32, u32, u32)> {
-        self.ns.views.iter().flatten().map(|v| (v.sid, v.nsid, v.outstanding)).collect()
+        self.ns
+            .views
+            .iter()
+            .flatten()
+            .map(|v| (v.sid, v.nsid, v.outstanding))
+            .collect()
     }
 
     #[allow(dead_code)]
@@ -822,11 +932,17 @@ impl crate::reactor::Poller for PollGroup {
     fn stop(&mut self) {
         // Last chance: drain everything so no completion is lost.
         let deadline = std::time::Instant::now() + self.engine.opts.drain_timeout * 2;
-        while self.ns.views.iter().flatten().any(|v| v.outstanding > 0) && std::time::Instant::now() < deadline {
+        while self.ns.views.iter().flatten().any(|v| v.outstanding > 0)
+            && std::time::Instant::now() < deadline
+        {
             self.poll_channels();
         }
         for i in 0..self.qps.len() {
-            let r = QpairRef { pg: self.id, idx: i as u32, generation: self.qps[i].generation };
+            let r = QpairRef {
+                pg: self.id,
+                idx: i as u32,
+                generation: self.qps[i].generation,
+            };
             if self.qps[i].qp.is_some() {
                 self.destroy_qpair(r);
             }

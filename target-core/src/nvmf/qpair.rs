@@ -126,7 +126,11 @@ impl Qpair {
     /// Advances the SQ head by one fetched entry.
     #[inline]
     pub fn advance_sqhd(&mut self) {
-        self.sqhd = if self.sqhd + 1 >= self.entries { 0 } else { self.sqhd + 1 };
+        self.sqhd = if self.sqhd + 1 >= self.entries {
+            0
+        } else {
+            self.sqhd + 1
+        };
     }
 
     /// `true` if `cid` is outstanding.
@@ -154,7 +158,14 @@ impl Qpair {
 
     /// Sends a completion with both command-specific dwords.
     #[inline]
-    pub fn respond_dw(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32, buf: crate::iobuf::DataBuf) {
+    pub fn respond_dw(
+        &mut self,
+        cid: u16,
+        status: Status,
+        dw0: u32,
+        dw1: u32,
+        buf: crate::iobuf::DataBuf,
+    ) {
         let mut cqe = CompletionEntry::new(cid, status);
         cqe.dw0 = dw0;
         cqe.dw1 = dw1;

@@ -98,14 +98,25 @@ impl RawQueue {
 
     /// Submits and waits for that command's response. `None` on timeout or
     /// when the ring refused the command.
-    pub fn execute(&mut self, sqe: SubmissionEntry, buf: DataBuf) -> Option<(CompletionEntry, DataBuf)> {
+    pub fn execute(
+        &mut self,
+        sqe: SubmissionEntry,
+        buf: DataBuf,
+    ) -> Option<(CompletionEntry, DataBuf)> {
         self.submit(sqe, buf).ok()?;
         self.next_response().map(|r| (r.cqe, r.buf))
     }
 
     /// Fabrics Connect on this queue.
-    pub fn connect(&mut self, qid: u16, entries: u16, kato_ms: u32, data: IoBuf) -> Option<CompletionEntry> {
-        self.execute(connect_sqe(qid, entries, kato_ms), DataBuf::One(data)).map(|r| r.0)
+    pub fn connect(
+        &mut self,
+        qid: u16,
+        entries: u16,
+        kato_ms: u32,
+        data: IoBuf,
+    ) -> Option<CompletionEntry> {
+        self.execute(connect_sqe(qid, entries, kato_ms), DataBuf::One(data))
+            .map(|r| r.0)
     }
 }
 

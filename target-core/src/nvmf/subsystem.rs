@@ -98,7 +98,10 @@ pub struct Subsystem {
 
 impl fmt::Debug for Subsystem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Subsystem").field("id", &self.id).field("nqn", &self.nqn).finish()
+        f.debug_struct("Subsystem")
+            .field("id", &self.id)
+            .field("nqn", &self.nqn)
+            .finish()
     }
 }
 

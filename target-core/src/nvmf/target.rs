@@ -119,7 +119,9 @@ pub struct NvmfTarget {
 
 impl fmt::Debug for NvmfTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NvmfTarget").field("pgs", &self.engine.pgs().len()).finish()
+        f.debug_struct("NvmfTarget")
+            .field("pgs", &self.engine.pgs().len())
+            .finish()
     }
 }
 
@@ -163,7 +165,10 @@ impl NvmfTarget {
         };
         match opts.reactors {
             ReactorMode::Manual(_) => target.manual = Some(Mutex::new(groups)),
-            ReactorMode::Threads { cores, idle_backoff } => {
+            ReactorMode::Threads {
+                cores,
+                idle_backoff,
+            } => {
                 let mut rs = Vec::new();
                 for (i, pg) in groups.into_iter().enumerate() {
                     let ropts = ReactorOptions {
@@ -186,7 +191,10 @@ impl NvmfTarget {
 
     /// Reactor handles (empty in manual mode), for their counters.
     pub fn reactor_stats(&self) -> Vec<(usize, Option<usize>, Arc<crate::reactor::ReactorStats>)> {
-        lock(&self.reactors).iter().map(|r| (r.id(), r.core(), r.stats().clone())).collect()
+        lock(&self.reactors)
+            .iter()
+            .map(|r| (r.id(), r.core(), r.stats().clone()))
+            .collect()
     }
 
     /// `true` in manual mode.
@@ -204,7 +212,12 @@ impl NvmfTarget {
 
     /// Waits for a control answer: polls the groups in manual mode, blocks
     /// (bounded) otherwise.
-    fn wait<T>(&self, rx: &mpsc::Receiver<T>, what: &str, limit: Duration) -> Result<T, TargetError> {
+    fn wait<T>(
+        &self,
+        rx: &mpsc::Receiver<T>,
+        what: &str,
+        limit: Duration,
+    ) -> Result<T, TargetError> {
         let deadline = Instant::now() + limit;
         loop {
             if self.manual.is_some() {
@@ -286,8 +299,15 @@ impl NvmfTarget {
             return Err(TargetError::NotFound(format!("backend {name}")));
         };
         for s in self.engine.subsystems() {
-            if s.state().namespaces.values().any(|ns| Arc::ptr_eq(&ns.bdev, &dev)) {
-                return Err(TargetError::InUse(format!("backend {name} (namespace of {})", s.nqn)));
+            if s.state()
+                .namespaces
+                .values()
+                .any(|ns| Arc::ptr_eq(&ns.bdev, &dev))
+            {
+                return Err(TargetError::InUse(format!(
+                    "backend {name} (namespace of {})",
+                    s.nqn
+                )));
             }
         }
         b.remove(name);
@@ -300,11 +320,17 @@ impl NvmfTarget {
     pub fn add_subsystem(&self, p: SubsystemParams) -> Result<Arc<Subsystem>, TargetError> {
         self.check_running()?;
         if let Err(reason) = super::nqn::validate(&p.nqn) {
-            return Err(TargetError::Invalid { what: "NQN", reason });
+            return Err(TargetError::Invalid {
+                what: "NQN",
+                reason,
+            });
         }
         for h in &p.hosts {
             if let Err(reason) = super::nqn::validate(h) {
-                return Err(TargetError::Invalid { what: "host NQN", reason });
+                return Err(TargetError::Invalid {
+                    what: "host NQN",
+                    reason,
+                });
             }
         }
         if p.max_namespaces == 0 {
@@ -341,7 +367,10 @@ impl NvmfTarget {
     /// Lets `hostnqn` connect.
     pub fn allow_host(&self, nqn: &str, hostnqn: &str) -> Result<(), TargetError> {
         if let Err(reason) = super::nqn::validate(hostnqn) {
-            return Err(TargetError::Invalid { what: "host NQN", reason });
+            return Err(TargetError::Invalid {
+                what: "host NQN",
+                reason,
+            });
         }
         let s = self.subsystem(nqn)?;
         let mut st = s.state();
@@ -370,7 +399,9 @@ impl NvmfTarget {
     pub fn add_namespace(&self, nqn: &str, p: NamespaceParams) -> Result<u32, TargetError> {
         self.check_running()?;
         let s = self.subsystem(nqn)?;
-        let bdev = self.bdev(&p.bdev).ok_or_else(|| TargetError::NotFound(format!("backend {}", p.bdev)))?;
+        let bdev = self
+            .bdev(&p.bdev)
+            .ok_or_else(|| TargetError::NotFound(format!("backend {}", p.bdev)))?;
         let nsid = {
             let st = s.state();
             let nsid = match p.nsid {
@@ -400,7 +431,12 @@ impl NvmfTarget {
             read_only: p.read_only,
             nguid: p.nguid.unwrap_or(derived),
             uuid: p.uuid.unwrap_or(uuid_v4_shape(derived)),
-            stats: self.engine.pgs().iter().map(|_| Arc::new(NsIoStats::default())).collect(),
+            stats: self
+                .engine
+                .pgs()
+                .iter()
+                .map(|_| Arc::new(NsIoStats::default()))
+                .collect(),
         });
         let sid = s.id;
         let ns2 = ns.clone();
@@ -425,9 +461,17 @@ impl NvmfTarget {
         self.remove_namespace_inner(&s, nsid, true)
     }
 
-    fn remove_namespace_inner(&self, s: &Arc<Subsystem>, nsid: u32, notify: bool) -> Result<(), TargetError> {
+    fn remove_namespace_inner(
+        &self,
+        s: &Arc<Subsystem>,
+        nsid: u32,
+        notify: bool,
+    ) -> Result<(), TargetError> {
         if s.namespace(nsid).is_none() {
-            return Err(TargetError::NotFound(format!("namespace {nsid} of {}", s.nqn)));
+            return Err(TargetError::NotFound(format!(
+                "namespace {nsid} of {}",
+                s.nqn
+            )));
         }
         let sid = s.id;
         // 1. Pause and drain everywhere (bounded, then backend reset).
@@ -439,10 +483,20 @@ impl NvmfTarget {
             let cd = cd.clone();
             h.send(move |pg| pg.pause_ns(sid, nsid, Box::new(move || cd.arrive())));
         }
-        if self.wait(&rx, "namespace drain", self.engine.opts.drain_timeout).is_err() {
-            tracing::warn!(nsid, "namespace drain timed out; resetting its backend channels");
+        if self
+            .wait(&rx, "namespace drain", self.engine.opts.drain_timeout)
+            .is_err()
+        {
+            tracing::warn!(
+                nsid,
+                "namespace drain timed out; resetting its backend channels"
+            );
             self.broadcast("namespace reset", move |pg| pg.reset_ns_channel(sid, nsid))?;
-            let _ = self.wait(&rx, "namespace drain after reset", self.engine.opts.drain_timeout);
+            let _ = self.wait(
+                &rx,
+                "namespace drain after reset",
+                self.engine.opts.drain_timeout,
+            );
         }
         // 2. Invisible to Identify, then gone from every poll group; parked
         // commands now fail with Invalid Namespace.
@@ -497,7 +551,12 @@ impl NvmfTarget {
         self.teardown_and_wait(s, &admins, TeardownKind::Delete)
     }
 
-    fn teardown_and_wait(&self, s: &Arc<Subsystem>, admins: &[QpairRef], kind: TeardownKind) -> Result<(), TargetError> {
+    fn teardown_and_wait(
+        &self,
+        s: &Arc<Subsystem>,
+        admins: &[QpairRef],
+        kind: TeardownKind,
+    ) -> Result<(), TargetError> {
         for &a in admins {
             if let Some(h) = self.engine.pgs().get(a.pg) {
                 h.send(move |pg| pg.start_ctrl_teardown(a, kind));
@@ -507,13 +566,19 @@ impl NvmfTarget {
         loop {
             let left = {
                 let st = s.state();
-                admins.iter().filter(|a| st.controllers.values().any(|c| c.admin == **a)).count()
+                admins
+                    .iter()
+                    .filter(|a| st.controllers.values().any(|c| c.admin == **a))
+                    .count()
             };
             if left == 0 {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(TargetError::Timeout(format!("{left} controller(s) of {} to tear down", s.nqn)));
+                return Err(TargetError::Timeout(format!(
+                    "{left} controller(s) of {} to tear down",
+                    s.nqn
+                )));
             }
             if self.manual.is_some() {
                 self.poll();
@@ -584,7 +649,10 @@ impl Drop for NvmfTarget {
 /// so a namespace keeps its NGUID across restarts of the same config.
 fn derive_id(nqn: &str, nsid: u32) -> [u8; 16] {
     let mut out = [0u8; 16];
-    for (half, seed) in [(0usize, 0xcbf2_9ce4_8422_2325u64), (8, 0x8422_2325_cbf2_9ce4)] {
+    for (half, seed) in [
+        (0usize, 0xcbf2_9ce4_8422_2325u64),
+        (8, 0x8422_2325_cbf2_9ce4),
+    ] {
         let mut h = seed;
         for b in nqn.bytes().chain(nsid.to_le_bytes()) {
             h ^= b as u64;

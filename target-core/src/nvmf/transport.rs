@@ -109,13 +109,18 @@ impl QueueRings {
 
     /// Host side: closes the host's end (a transport disconnect).
     pub fn host_close(&self) {
-        let _ = self.state.compare_exchange(LIVE, HOST_CLOSED, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self
+            .state
+            .compare_exchange(LIVE, HOST_CLOSED, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// `true` once the target started destroying the queue: submissions
     /// are refused from now on.
     pub fn target_closed(&self) -> bool {
-        matches!(self.state.load(Ordering::Acquire), TARGET_CLOSING | TARGET_DONE)
+        matches!(
+            self.state.load(Ordering::Acquire),
+            TARGET_CLOSING | TARGET_DONE
+        )
     }
 
     /// `true` once the target destroyed the queue and posted its last

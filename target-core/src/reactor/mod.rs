@@ -122,7 +122,10 @@ pub struct Reactor {
 
 impl fmt::Debug for Reactor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reactor").field("id", &self.id).field("core", &self.core).finish()
+        f.debug_struct("Reactor")
+            .field("id", &self.id)
+            .field("core", &self.core)
+            .finish()
     }
 }
 
@@ -151,7 +154,11 @@ pub enum ReactorError {
 
 impl Reactor {
     /// Starts a reactor thread with the given pollers.
-    pub fn start(id: usize, opts: ReactorOptions, pollers: Vec<Box<dyn Poller>>) -> Result<Self, ReactorError> {
+    pub fn start(
+        id: usize,
+        opts: ReactorOptions,
+        pollers: Vec<Box<dyn Poller>>,
+    ) -> Result<Self, ReactorError> {
         if let Some(core) = opts.core {
             let allowed = affinity::allowed_cores();
             if !allowed.contains(&core) {
@@ -336,6 +343,9 @@ mod tests {
             ..Default::default()
         };
         let err = Reactor::start(3, opts, vec![]).unwrap_err();
-        assert!(err.to_string().contains("core 100000 is not available"), "{err}");
+        assert!(
+            err.to_string().contains("core 100000 is not available"),
+            "{err}"
+        );
     }
 }

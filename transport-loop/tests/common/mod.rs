@@ -6,7 +6,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use target_core::bdev::{BdevCompletion, BdevError, BdevInfo, BdevIo, BlockDevice, IoChannel, IoOp, check_io, dsm_ranges};
+use target_core::bdev::{
+    BdevCompletion, BdevError, BdevInfo, BdevIo, BlockDevice, IoChannel, IoOp, check_io, dsm_ranges,
+};
 use target_core::nvmf::target::{NamespaceParams, ReactorMode};
 use target_core::nvmf::{EngineOptions, NvmfTarget, SubsystemParams, TargetOptions};
 use transport_loop::{ConnectOptions, HostController, LoopTransport};
@@ -51,7 +53,11 @@ impl BlockDevice for Ram {
         &self.info
     }
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
-        Ok(Box::new(RamCh { info: self.info.clone(), data: self.data.clone(), done: VecDeque::new() }))
+        Ok(Box::new(RamCh {
+            info: self.info.clone(),
+            data: self.data.clone(),
+            done: VecDeque::new(),
+        }))
     }
 }
 
@@ -79,7 +85,11 @@ impl IoChannel for RamCh {
                 IoOp::Flush => {}
             }
         });
-        self.done.push_back(BdevCompletion { tag: io.tag, result, buf: io.buf });
+        self.done.push_back(BdevCompletion {
+            tag: io.tag,
+            result,
+            buf: io.buf,
+        });
         Ok(())
     }
     fn poll(&mut self, done: &mut dyn FnMut(BdevCompletion)) -> usize {
@@ -108,7 +118,11 @@ pub fn engine_opts() -> EngineOptions {
 /// A target with one subsystem (`NQN`, any host) and namespace 1 on a
 /// 4 MiB RAM disk of 512-byte blocks.
 pub fn target(mode: ReactorMode) -> (Arc<NvmfTarget>, Arc<LoopTransport>) {
-    let t = NvmfTarget::start(TargetOptions { engine: engine_opts(), reactors: mode }).unwrap();
+    let t = NvmfTarget::start(TargetOptions {
+        engine: engine_opts(),
+        reactors: mode,
+    })
+    .unwrap();
     t.add_bdev(Ram::new("ram0", 512, 8192)).unwrap();
     t.add_subsystem(SubsystemParams {
         nqn: NQN.into(),
@@ -119,14 +133,25 @@ pub fn target(mode: ReactorMode) -> (Arc<NvmfTarget>, Arc<LoopTransport>) {
         hosts: vec![],
     })
     .unwrap();
-    t.add_namespace(NQN, NamespaceParams { nsid: Some(1), bdev: "ram0".into(), ..Default::default() }).unwrap();
+    t.add_namespace(
+        NQN,
+        NamespaceParams {
+            nsid: Some(1),
+            bdev: "ram0".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let lt = LoopTransport::new(t.clone());
     lt.listen(NQN);
     (t, lt)
 }
 
 pub fn threaded(n: usize) -> ReactorMode {
-    ReactorMode::Threads { cores: vec![None; n], idle_backoff: Duration::from_micros(50) }
+    ReactorMode::Threads {
+        cores: vec![None; n],
+        idle_backoff: Duration::from_micros(50),
+    }
 }
 
 pub fn host_opts(io_queues: u16, depth: u16) -> ConnectOptions {
