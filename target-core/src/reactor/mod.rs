@@ -16,7 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
 
@@ -73,7 +73,17 @@ impl Default for ReactorOptions {
 pub struct ReactorCore {
     id: usize,
     pollers: Vec<(u64, Box<dyn Poller>)>,
+    timers: Vec<Timer>,
     next_poller: u64,
+}
+
+/// A poller run every `period` rather than every iteration (SPDK's timed
+/// pollers): keep-alive checks, statistics, housekeeping.
+struct Timer {
+    id: u64,
+    period: Duration,
+    due: Instant,
+    poller: Box<dyn Poller>,
 }
 
 impl fmt::Debug for ReactorCore {
@@ -98,15 +108,43 @@ impl ReactorCore {
         self.next_poller
     }
 
-    /// Removes a poller (calling its `stop`).
+    /// Adds a timed poller, run every `period`; returns its id.
+    pub fn add_timer(&mut self, period: Duration, p: Box<dyn Poller>) -> u64 {
+        self.next_poller += 1;
+        self.timers.push(Timer {
+            id: self.next_poller,
+            period,
+            due: Instant::now() + period,
+            poller: p,
+        });
+        self.next_poller
+    }
+
+    /// Removes a poller or timer (calling its `stop`).
     pub fn remove_poller(&mut self, id: u64) -> bool {
         if let Some(i) = self.pollers.iter().position(|(pid, _)| *pid == id) {
             let (_, mut p) = self.pollers.swap_remove(i);
             p.stop();
             true
+        } else if let Some(i) = self.timers.iter().position(|t| t.id == id) {
+            let mut t = self.timers.swap_remove(i);
+            t.poller.stop();
+            true
         } else {
             false
         }
+    }
+
+    /// Runs the timers that are due. Returns work done.
+    fn run_timers(&mut self, now: Instant) -> usize {
+        let mut work = 0;
+        for t in self.timers.iter_mut() {
+            if now >= t.due {
+                work += t.poller.poll();
+                t.due = now + t.period;
+            }
+        }
+        work
     }
 }
 
@@ -181,6 +219,7 @@ impl Reactor {
                 let mut core = ReactorCore {
                     id,
                     pollers: Vec::new(),
+                    timers: Vec::new(),
                     next_poller: 0,
                 };
                 for p in pollers {
@@ -193,6 +232,9 @@ impl Reactor {
                 }
                 for (_, p) in core.pollers.iter_mut() {
                     p.stop();
+                }
+                for t in core.timers.iter_mut() {
+                    t.poller.stop();
                 }
             })
             .map_err(|source| ReactorError::Spawn { id, source })?;
@@ -283,9 +325,13 @@ fn run_loop(
             }
         }
         iter = iter.wrapping_add(1);
-        // Publish counters and check for stop every 256 iterations, keeping
-        // shared cache lines off the per-iteration path.
+        // Timers, counters and the stop flag every 256 iterations (or when
+        // idle), keeping clock reads and shared cache lines off the
+        // per-iteration path.
         if iter % 256 == 0 || did == 0 {
+            if !core.timers.is_empty() {
+                work += core.run_timers(Instant::now()) as u64;
+            }
             stats.busy_polls.fetch_add(busy, Ordering::Relaxed);
             stats.idle_polls.fetch_add(idle, Ordering::Relaxed);
             stats.messages.fetch_add(nmsg, Ordering::Relaxed);
@@ -302,7 +348,6 @@ fn run_loop(
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
-    use std::time::Instant;
 
     struct Counter(Arc<AtomicUsize>);
     impl Poller for Counter {
@@ -334,6 +379,27 @@ mod tests {
         assert!(n.load(Ordering::Relaxed) >= 100);
         r.stop();
         assert!(r.stats().idle_polls.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn timers_run_periodically() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let opts = ReactorOptions {
+            idle_backoff: Duration::from_micros(100),
+            idle_spins: 10,
+            ..Default::default()
+        };
+        let mut r = Reactor::start(0, opts, vec![]).unwrap();
+        let n2 = n.clone();
+        r.send(Box::new(move |core| {
+            core.add_timer(Duration::from_millis(5), Box::new(Counter(n2)));
+        }));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while n.load(Ordering::Relaxed) < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        r.stop();
+        assert!(n.load(Ordering::Relaxed) >= 3);
     }
 
     #[test]
