@@ -155,7 +155,7 @@ fn controller_delete_with_io_outstanding() {
 #[test]
 fn namespace_removal_drains_and_notifies() {
     let (t, lt) = target(threaded(2));
-    t.add_bdev(Ram::new("ram1", 512, 1024)).unwrap();
+    t.add_bdev(ram("ram1", 512, 1024)).unwrap();
     let mut c = lt.connect(host_opts(1, 64)).unwrap();
     let mut qps = c.take_qpairs();
     let n = submit_writes(&mut qps[0], 0, 50);

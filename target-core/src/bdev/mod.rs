@@ -14,6 +14,18 @@
 //! backend that has not completed an I/O still owns that buffer, which is why
 //! teardown waits for completions instead of freeing requests.
 
+pub mod delay;
+pub mod error;
+pub mod file;
+pub mod malloc;
+pub mod null;
+
+pub use delay::{DelayBdev, DelayParams, Latency};
+pub use error::{ErrorAction, ErrorBdev, ErrorParams, ErrorRule, OpMatch};
+pub use file::{FileBdev, FileParams};
+pub use malloc::{MallocBdev, MallocParams};
+pub use null::{NullBdev, NullParams};
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -283,6 +295,27 @@ pub fn check_io(info: &BdevInfo, io: &BdevIo) -> Result<(), IoError> {
             Ok(())
         }
     }
+}
+
+/// Checks a block size (power of two, 512..=64 KiB) and a non-zero size.
+pub(crate) fn check_geometry(
+    name: &str,
+    block_size: u32,
+    num_blocks: u64,
+) -> Result<(), BdevError> {
+    if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
+        return Err(BdevError::InvalidParameter {
+            name: name.to_owned(),
+            reason: format!("block size {block_size} is not a power of two between 512 and 65536"),
+        });
+    }
+    if num_blocks == 0 {
+        return Err(BdevError::InvalidParameter {
+            name: name.to_owned(),
+            reason: "size is zero".into(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
