@@ -453,7 +453,9 @@ impl IoChannel for NvmeChannel {
                 self.fail_now(io, IoError::Aborted);
                 return Ok(());
             }
-            CtrlState::Running | CtrlState::Resetting => {}
+            // Quiesced: give it back; the caller polls and retries.
+            CtrlState::Resetting => return Err(io),
+            CtrlState::Running => {}
         }
         let q = self.q.clone();
         let mut g = q.lock();

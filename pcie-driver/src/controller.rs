@@ -44,7 +44,8 @@ pub struct ControllerOptions {
     /// An I/O outstanding this long is aborted (Abort command); twice this
     /// long, the controller is reset.
     pub io_timeout: Duration,
-    /// How long shutdown waits for in-flight I/O to drain.
+    /// How long reset and shutdown wait for in-flight I/O to drain before
+    /// disabling the controller under it (0: do not wait).
     pub drain_timeout: Duration,
 }
 
@@ -578,14 +579,46 @@ impl NvmeController {
         }
     }
 
+    /// Waits (bounded by `drain_timeout`) until no I/O queue has commands
+    /// outstanding, reaping completions on the channels' behalf. Returns the
+    /// number still outstanding.
+    fn drain(&self) -> usize {
+        let ioqs: Vec<Arc<SharedQueue>> =
+            self.ioqs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let deadline = Instant::now() + self.opts.drain_timeout;
+        loop {
+            let mut busy = 0;
+            for q in &ioqs {
+                let mut g = q.lock();
+                let IoQueue { qp, done } = &mut *g;
+                let r = qp.poll(self.bar(), usize::MAX, |c| {
+                    done.push((c.token, crate::bdev::status_result(c.status)))
+                });
+                if r.is_err() {
+                    self.fail("register access failed while draining");
+                }
+                busy += qp.active();
+            }
+            if busy == 0 || self.state() == CtrlState::Failed || Instant::now() >= deadline {
+                if busy > 0 {
+                    tracing::warn!(busy, "commands still outstanding after drain");
+                }
+                return busy;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
     fn lock_all<'a>(ioqs: &'a [Arc<SharedQueue>]) -> Vec<MutexGuard<'a, IoQueue>> {
         ioqs.iter().map(|q| q.lock()).collect()
     }
 
-    /// Controller reset: CC.EN = 0, in-flight commands on every queue are
-    /// completed with [`IoError::Aborted`] (each exactly once, on their
-    /// channel's next poll), then the controller is re-enabled and every
-    /// I/O queue pair is re-created. Also brings a shut-down controller back.
+    /// Controller reset: quiesce (channels hold new I/O back), drain
+    /// in-flight commands for up to `drain_timeout`, then CC.EN = 0; commands
+    /// still outstanding are completed with [`IoError::Aborted`] (each
+    /// exactly once, on their channel's next poll). The controller is then
+    /// re-enabled and every I/O queue pair re-created. Also brings a
+    /// shut-down controller back.
     pub fn reset(&self) -> Result<(), DriverError> {
         if self.state() == CtrlState::Failed {
             return Err(DriverError::NotRunning {
@@ -593,6 +626,11 @@ impl NvmeController {
                 state: "failed",
             });
         }
+        // Quiesce (channels hold new I/O back while Resetting), then drain
+        // what the device has, bounded; what is left is aborted below.
+        self.state
+            .store(CtrlState::Resetting as u8, Ordering::Release);
+        self.drain();
         let mut adm = self.lock_admin();
         let ioqs = self.ioqs.lock().unwrap_or_else(|p| p.into_inner());
         let mut guards = Self::lock_all(&ioqs);
@@ -657,31 +695,7 @@ impl NvmeController {
         }
         self.state
             .store(CtrlState::ShuttingDown as u8, Ordering::Release);
-        let ioqs: Vec<Arc<SharedQueue>> =
-            self.ioqs.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        // Drain: reap completions on the channels' behalf.
-        let deadline = Instant::now() + self.opts.drain_timeout;
-        loop {
-            let mut busy = 0;
-            for q in &ioqs {
-                let mut g = q.lock();
-                let IoQueue { qp, done } = &mut *g;
-                let r = qp.poll(self.bar(), usize::MAX, |c| {
-                    done.push((c.token, crate::bdev::status_result(c.status)))
-                });
-                if r.is_err() {
-                    self.fail("register access failed during shutdown");
-                }
-                busy += qp.active();
-            }
-            if busy == 0 || self.state() == CtrlState::Failed || Instant::now() > deadline {
-                if busy > 0 {
-                    tracing::warn!(busy, "shutdown: commands still outstanding after drain");
-                }
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        }
+        self.drain();
         let mut adm = self.lock_admin();
         let ioqs = self.ioqs.lock().unwrap_or_else(|p| p.into_inner());
         let mut guards = Self::lock_all(&ioqs);

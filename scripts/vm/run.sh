@@ -146,19 +146,19 @@ config_args() {
     case "$1" in
         multi)
             disk "$WORK/a.img" 256M; disk "$WORK/b1.img" 64M; disk "$WORK/b2.img" 64M
-            echo "-drive file=$WORK/a.img,if=none,id=da,format=raw
+            echo "-drive file=$WORK/a.img,if=none,id=da,format=raw,discard=unmap
                   -device nvme,serial=ctrla,drive=da
-                  -drive file=$WORK/b1.img,if=none,id=db1,format=raw
-                  -drive file=$WORK/b2.img,if=none,id=db2,format=raw
+                  -drive file=$WORK/b1.img,if=none,id=db1,format=raw,discard=unmap
+                  -drive file=$WORK/b2.img,if=none,id=db2,format=raw,discard=unmap
                   -device nvme,id=cb,serial=ctrlb
                   -device nvme-ns,bus=cb,drive=db1,nsid=1
                   -device nvme-ns,bus=cb,drive=db2,nsid=2,logical_block_size=4096,physical_block_size=4096"
             ;;
         limits)
             disk "$WORK/c.img" 64M; disk "$WORK/d.img" 64M
-            echo "-drive file=$WORK/c.img,if=none,id=dc,format=raw
+            echo "-drive file=$WORK/c.img,if=none,id=dc,format=raw,discard=unmap
                   -device nvme,serial=mdts2,drive=dc,mdts=2
-                  -drive file=$WORK/d.img,if=none,id=dd,format=raw
+                  -drive file=$WORK/d.img,if=none,id=dd,format=raw,discard=unmap
                   -device nvme,serial=qp1,drive=dd,max_ioqpairs=1"
             ;;
     esac
@@ -200,8 +200,8 @@ for cfg in $CONFIGS; do
     # shellcheck disable=SC2046
     timeout --foreground -k 5 "$TIMEOUT" "${qemu_base[@]}" \
         -append "console=ttyS0 intel_iommu=on quiet panic=-1 vmtest=$cfg" \
-        $(config_args "$cfg") </dev/null >"$log" 2>&1
-    rc=$?
+        $(config_args "$cfg") </dev/null 2>&1 | tr -d '\r' >"$log"
+    rc=${PIPESTATUS[0]}
     dt=$((SECONDS - tq))
     grep -E "^(TEST|SUMMARY|  )" "$log" | grep -v "\.\.\. started$" | sed "s/^/[$cfg] /"
     summary="$(grep -E '^SUMMARY passed=[0-9]+ failed=[0-9]+' "$log" | tail -n1)"

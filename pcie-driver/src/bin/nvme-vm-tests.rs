@@ -45,21 +45,26 @@ fn nvme_functions() -> Vec<String> {
     v
 }
 
-fn open_all() -> Result<HashMap<String, Arc<NvmeController>>, String> {
+fn open_all(opts: ControllerOptions) -> Result<HashMap<String, Arc<NvmeController>>, String> {
     let mut m = HashMap::new();
     for addr in nvme_functions() {
-        let c = NvmeController::open(&addr, ControllerOptions::default())
-            .map_err(|e| format!("open {addr}: {e}"))?;
+        let c =
+            NvmeController::open(&addr, opts.clone()).map_err(|e| format!("open {addr}: {e}"))?;
         m.insert(c.identity().serial.clone(), c);
     }
     Ok(m)
 }
 
-fn get(ctrls: &HashMap<String, Arc<NvmeController>>, serial: &str) -> Result<Arc<NvmeController>, String> {
-    ctrls
-        .get(serial)
-        .cloned()
-        .ok_or_else(|| format!("no controller with serial {serial} (have {:?})", ctrls.keys()))
+fn get(
+    ctrls: &HashMap<String, Arc<NvmeController>>,
+    serial: &str,
+) -> Result<Arc<NvmeController>, String> {
+    ctrls.get(serial).cloned().ok_or_else(|| {
+        format!(
+            "no controller with serial {serial} (have {:?})",
+            ctrls.keys()
+        )
+    })
 }
 
 /// The byte at `off` of block `lba` for pattern `seed`.
@@ -81,7 +86,10 @@ fn fill(buf: &mut DataBuf, lba: u64, bs: usize, bytes: usize, seed: u64) {
 
 fn check(buf: &DataBuf, lba: u64, bs: usize, bytes: usize, seed: u64) -> TestResult {
     let mut tmp = vec![0u8; bytes];
-    ensure!(buf.copy_out(0, &mut tmp) == bytes, "buffer shorter than {bytes}");
+    ensure!(
+        buf.copy_out(0, &mut tmp) == bytes,
+        "buffer shorter than {bytes}"
+    );
     for (i, b) in tmp.iter().enumerate() {
         let want = pattern_byte(lba + (i / bs) as u64, i % bs, seed);
         ensure!(
@@ -145,6 +153,15 @@ enum BufKind {
 }
 
 fn make_buf(kind: BufKind, bytes: usize, pool: &Arc<DmaPool>) -> Result<DataBuf, String> {
+    make_buf2(kind, bytes, pool, pool)
+}
+
+fn make_buf2(
+    kind: BufKind,
+    bytes: usize,
+    pool: &Arc<DmaPool>,
+    pages: &Arc<DmaPool>,
+) -> Result<DataBuf, String> {
     Ok(match kind {
         BufKind::Heap => DataBuf::One(IoBuf::new(bytes)),
         BufKind::Pool => {
@@ -157,7 +174,7 @@ fn make_buf(kind: BufKind, bytes: usize, pool: &Arc<DmaPool>) -> Result<DataBuf,
             let mut v = Vec::new();
             let mut left = bytes;
             while left > 0 {
-                let mut b = pool.alloc().ok_or("pool empty")?;
+                let mut b = pages.alloc().ok_or("page pool empty")?;
                 let n = left.min(4096);
                 b.truncate(n);
                 v.push(b);
@@ -182,7 +199,7 @@ fn make_buf(kind: BufKind, bytes: usize, pool: &Arc<DmaPool>) -> Result<DataBuf,
 
 fn write_read(
     ch: &mut dyn IoChannel,
-    pool: &Arc<DmaPool>,
+    (pool, pages): (&Arc<DmaPool>, &Arc<DmaPool>),
     bs: usize,
     lba: u64,
     bytes: usize,
@@ -190,24 +207,27 @@ fn write_read(
     seed: u64,
 ) -> TestResult {
     let blocks = (bytes / bs) as u32;
-    let mut w = make_buf(kind, bytes, pool)?;
+    let mut w = make_buf2(kind, bytes, pool, pages)?;
     fill(&mut w, lba, bs, bytes, seed);
     let c = run(ch, io(1, IoOp::Write, lba, blocks, w));
     c.result
         .map_err(|e| format!("write lba {lba} {bytes} B {kind:?}: {e}"))?;
-    let r = make_buf(kind, bytes, pool)?;
+    let r = make_buf2(kind, bytes, pool, pages)?;
     let c = run(ch, io(2, IoOp::Read, lba, blocks, r));
     c.result
         .map_err(|e| format!("read lba {lba} {bytes} B {kind:?}: {e}"))?;
-    check(&c.buf, lba, bs, bytes, seed)
-        .map_err(|e| format!("lba {lba} {bytes} B {kind:?}: {e}"))
+    check(&c.buf, lba, bs, bytes, seed).map_err(|e| format!("lba {lba} {bytes} B {kind:?}: {e}"))
 }
 
 fn rw_matrix(bdev: &Arc<NvmeBdev>, sizes: &[usize], seed: u64) -> TestResult {
     let bs = bdev.info().block_size as usize;
     let pool = bdev
         .controller()
-        .dma_pool(1 << 20, 8)
+        .dma_pool(1 << 20, 4)
+        .map_err(|e| e.to_string())?;
+    let pages = bdev
+        .controller()
+        .dma_pool(4096, 600)
         .map_err(|e| e.to_string())?;
     let mut ch = bdev.open_channel().map_err(|e| e.to_string())?;
     let mut n = 0;
@@ -218,16 +238,32 @@ fn rw_matrix(bdev: &Arc<NvmeBdev>, sizes: &[usize], seed: u64) -> TestResult {
         // Offsets: aligned and unaligned to 4 KiB, and near the end.
         let blocks = (bytes / bs) as u64;
         let last = bdev.info().num_blocks - blocks;
-        let offsets = [0u64, 1, 7, 8 + si as u64 * 1000, 4096 / bs as u64 * 33 + 3, last];
+        let offsets = [
+            0u64,
+            1,
+            7,
+            8 + si as u64 * 1000,
+            4096 / bs as u64 * 33 + 3,
+            last,
+        ];
         for (oi, &lba) in offsets.iter().enumerate() {
             let lba = lba.min(last);
-            let kinds = [BufKind::Heap, BufKind::Pool, BufKind::PoolPages, BufKind::HeapOdd];
+            let kinds = [
+                BufKind::Heap,
+                BufKind::Pool,
+                BufKind::PoolPages,
+                BufKind::HeapOdd,
+            ];
             let kind = kinds[(si + oi) % kinds.len()];
-            write_read(&mut *ch, &pool, bs, lba, bytes, kind, seed + n)?;
+            write_read(&mut *ch, (&pool, &pages), bs, lba, bytes, kind, seed + n)?;
             n += 1;
         }
     }
-    ensure!(ch.in_flight() == 0, "channel still has {} in flight", ch.in_flight());
+    ensure!(
+        ch.in_flight() == 0,
+        "channel still has {} in flight",
+        ch.in_flight()
+    );
     Ok(())
 }
 
@@ -249,7 +285,11 @@ const SIZES: &[usize] = &[
 // ---------------------------------------------------------------- tests
 
 fn t_bringup(ctrls: &HashMap<String, Arc<NvmeController>>) -> TestResult {
-    ensure!(ctrls.len() >= 2, "expected two controllers, found {}", ctrls.len());
+    ensure!(
+        ctrls.len() >= 2,
+        "expected two controllers, found {}",
+        ctrls.len()
+    );
     for (sn, c) in ctrls {
         let id = c.identity();
         println!(
@@ -279,7 +319,11 @@ fn t_four_k(c: &Arc<NvmeController>) -> TestResult {
 }
 
 fn t_two_namespaces(c: &Arc<NvmeController>) -> TestResult {
-    ensure!(c.namespaces().len() == 2, "want 2 namespaces, have {:?}", c.namespaces());
+    ensure!(
+        c.namespaces().len() == 2,
+        "want 2 namespaces, have {:?}",
+        c.namespaces()
+    );
     let b1 = c.bdev(c.namespaces()[0].nsid).map_err(|e| e.to_string())?;
     let b2 = c.bdev(c.namespaces()[1].nsid).map_err(|e| e.to_string())?;
     let pool = c.dma_pool(65536, 4).map_err(|e| e.to_string())?;
@@ -289,15 +333,37 @@ fn t_two_namespaces(c: &Arc<NvmeController>) -> TestResult {
     // Same LBA, different patterns: namespaces are independent.
     let mut w1 = make_buf(BufKind::Pool, 8 * bs1, &pool)?;
     fill(&mut w1, 10, bs1, 8 * bs1, 71);
-    run(&mut *c1, io(1, IoOp::Write, 10, 8, w1)).result.map_err(|e| e.to_string())?;
+    run(&mut *c1, io(1, IoOp::Write, 10, 8, w1))
+        .result
+        .map_err(|e| e.to_string())?;
     let mut w2 = make_buf(BufKind::Pool, 8 * bs2.min(8192), &pool)?;
     let n2 = (8 * bs2.min(8192)) / bs2;
     fill(&mut w2, 10, bs2, n2 * bs2, 72);
-    run(&mut *c2, io(2, IoOp::Write, 10, n2 as u32, w2)).result.map_err(|e| e.to_string())?;
-    let r = run(&mut *c1, io(3, IoOp::Read, 10, 8, make_buf(BufKind::Heap, 8 * bs1, &pool)?));
+    run(&mut *c2, io(2, IoOp::Write, 10, n2 as u32, w2))
+        .result
+        .map_err(|e| e.to_string())?;
+    let r = run(
+        &mut *c1,
+        io(
+            3,
+            IoOp::Read,
+            10,
+            8,
+            make_buf(BufKind::Heap, 8 * bs1, &pool)?,
+        ),
+    );
     r.result.map_err(|e| e.to_string())?;
     check(&r.buf, 10, bs1, 8 * bs1, 71).map_err(|e| format!("ns1: {e}"))?;
-    let r = run(&mut *c2, io(4, IoOp::Read, 10, n2 as u32, make_buf(BufKind::Heap, n2 * bs2, &pool)?));
+    let r = run(
+        &mut *c2,
+        io(
+            4,
+            IoOp::Read,
+            10,
+            n2 as u32,
+            make_buf(BufKind::Heap, n2 * bs2, &pool)?,
+        ),
+    );
     r.result.map_err(|e| e.to_string())?;
     check(&r.buf, 10, bs2, n2 * bs2, 72).map_err(|e| format!("ns2: {e}"))?;
     Ok(())
@@ -306,7 +372,10 @@ fn t_two_namespaces(c: &Arc<NvmeController>) -> TestResult {
 fn t_flush_zeroes_dealloc(b: &Arc<NvmeBdev>) -> TestResult {
     let bs = b.info().block_size as usize;
     let mut ch = b.open_channel().map_err(|e| e.to_string())?;
-    let pool = b.controller().dma_pool(65536, 2).map_err(|e| e.to_string())?;
+    let pool = b
+        .controller()
+        .dma_pool(65536, 2)
+        .map_err(|e| e.to_string())?;
     let lba = 5000;
     let n = 64u32;
     let bytes = n as usize * bs;
@@ -317,12 +386,26 @@ fn t_flush_zeroes_dealloc(b: &Arc<NvmeBdev>) -> TestResult {
     // Write zeroes over a written range.
     let mut w = make_buf(BufKind::Pool, bytes, &pool)?;
     fill(&mut w, lba, bs, bytes, 9);
-    run(&mut *ch, io(2, IoOp::Write, lba, n, w)).result.map_err(|e| e.to_string())?;
-    ensure!(b.info().supports_write_zeroes, "controller lacks write zeroes");
+    run(&mut *ch, io(2, IoOp::Write, lba, n, w))
+        .result
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        b.info().supports_write_zeroes,
+        "controller lacks write zeroes"
+    );
     run(&mut *ch, io(3, IoOp::WriteZeroes, lba, n, DataBuf::None))
         .result
         .map_err(|e| format!("write zeroes: {e}"))?;
-    let r = run(&mut *ch, io(4, IoOp::Read, lba, n, make_buf(BufKind::Pool, bytes, &pool)?));
+    let r = run(
+        &mut *ch,
+        io(
+            4,
+            IoOp::Read,
+            lba,
+            n,
+            make_buf(BufKind::Pool, bytes, &pool)?,
+        ),
+    );
     r.result.map_err(|e| e.to_string())?;
     let mut tmp = vec![1u8; bytes];
     r.buf.copy_out(0, &mut tmp);
@@ -330,11 +413,21 @@ fn t_flush_zeroes_dealloc(b: &Arc<NvmeBdev>) -> TestResult {
     // Deallocate two ranges.
     let mut w = make_buf(BufKind::Pool, bytes, &pool)?;
     fill(&mut w, lba, bs, bytes, 10);
-    run(&mut *ch, io(5, IoOp::Write, lba, n, w)).result.map_err(|e| e.to_string())?;
+    run(&mut *ch, io(5, IoOp::Write, lba, n, w))
+        .result
+        .map_err(|e| e.to_string())?;
     let mut d = DataBuf::One(IoBuf::new(4096));
     let ranges = [
-        DsmRange { attributes: 0, blocks: n / 2, slba: lba },
-        DsmRange { attributes: 0, blocks: n / 2, slba: lba + n as u64 / 2 },
+        DsmRange {
+            attributes: 0,
+            blocks: n / 2,
+            slba: lba,
+        },
+        DsmRange {
+            attributes: 0,
+            blocks: n / 2,
+            slba: lba + n as u64 / 2,
+        },
     ];
     encode_dsm_ranges(&ranges, &mut d);
     run(&mut *ch, io(6, IoOp::Deallocate, 0, 2, d))
@@ -342,19 +435,51 @@ fn t_flush_zeroes_dealloc(b: &Arc<NvmeBdev>) -> TestResult {
         .map_err(|e| format!("deallocate: {e}"))?;
     let ns = b.namespace();
     if ns.dealloc_reads_zero {
-        let r = run(&mut *ch, io(7, IoOp::Read, lba, n, make_buf(BufKind::Heap, bytes, &pool)?));
+        let r = run(
+            &mut *ch,
+            io(
+                7,
+                IoOp::Read,
+                lba,
+                n,
+                make_buf(BufKind::Heap, bytes, &pool)?,
+            ),
+        );
         r.result.map_err(|e| e.to_string())?;
         r.buf.copy_out(0, &mut tmp);
-        ensure!(tmp.iter().all(|&x| x == 0), "deallocated blocks did not read zero");
+        ensure!(
+            tmp.iter().all(|&x| x == 0),
+            "deallocated blocks did not read zero"
+        );
         println!("  deallocate: DLFEAT says reads zero; verified");
     } else {
         println!("  deallocate: DLFEAT does not promise zeros; success only");
     }
     // Bad input fails cleanly.
-    let c = run(&mut *ch, io(8, IoOp::Read, b.info().num_blocks, 1, DataBuf::One(IoBuf::new(bs))));
-    ensure!(c.result == Err(IoError::OutOfRange), "out of range read gave {:?}", c.result);
-    let c = run(&mut *ch, io(9, IoOp::Read, 0, 8, DataBuf::One(IoBuf::new(bs))));
-    ensure!(c.result == Err(IoError::BufferTooShort), "short buffer gave {:?}", c.result);
+    let c = run(
+        &mut *ch,
+        io(
+            8,
+            IoOp::Read,
+            b.info().num_blocks,
+            1,
+            DataBuf::One(IoBuf::new(bs)),
+        ),
+    );
+    ensure!(
+        c.result == Err(IoError::OutOfRange),
+        "out of range read gave {:?}",
+        c.result
+    );
+    let c = run(
+        &mut *ch,
+        io(9, IoOp::Read, 0, 8, DataBuf::One(IoBuf::new(bs))),
+    );
+    ensure!(
+        c.result == Err(IoError::BufferTooShort),
+        "short buffer gave {:?}",
+        c.result
+    );
     Ok(())
 }
 
@@ -404,7 +529,13 @@ fn t_channels(b: &Arc<NvmeBdev>, nch: usize, base_lba: u64) -> TestResult {
                     let lba = lba0 + i * blocks as u64;
                     let c = run(
                         &mut ch,
-                        io(100 + i, IoOp::Read, lba, blocks, DataBuf::One(IoBuf::new(8192))),
+                        io(
+                            100 + i,
+                            IoOp::Read,
+                            lba,
+                            blocks,
+                            DataBuf::One(IoBuf::new(8192)),
+                        ),
                     );
                     c.result.map_err(|e| e.to_string())?;
                     check(&c.buf, lba, bs, 8192, round * 100 + k as u64)
@@ -415,7 +546,8 @@ fn t_channels(b: &Arc<NvmeBdev>, nch: usize, base_lba: u64) -> TestResult {
         }));
     }
     for h in handles {
-        h.join().map_err(|_| "channel thread panicked".to_string())??;
+        h.join()
+            .map_err(|_| "channel thread panicked".to_string())??;
     }
     Ok(())
 }
@@ -433,61 +565,66 @@ fn t_teardown_in_flight(b: &Arc<NvmeBdev>, shutdown: bool) -> TestResult {
     for k in 0..nch {
         let b = b.clone();
         let stop = stop.clone();
-        handles.push(std::thread::spawn(move || -> Result<(Vec<u64>, usize, usize), String> {
-            let mut ch = b.channel().map_err(|e| e.to_string())?;
-            let lba0 = 20_000 + k as u64 * 20_000 + if shutdown { 70_000 } else { 0 };
-            let mut next = 0u64;
-            let mut completed: HashMap<u64, Result<(), IoError>> = HashMap::new();
-            let mut dup = None;
-            let qd = 32;
-            let mut outstanding = 0usize;
-            let limit = 4000u64;
-            let start = Instant::now();
-            loop {
-                while outstanding < qd && !stop.load(Ordering::Relaxed) && next < limit {
-                    let lba = lba0 + next * 4;
-                    let bytes = 4 * bs;
-                    let mut w = DataBuf::One(IoBuf::new(bytes));
-                    fill(&mut w, lba, bs, bytes, seed);
-                    match ch.submit(io(next, IoOp::Write, lba, 4, w)) {
-                        Ok(()) => {
-                            next += 1;
-                            outstanding += 1;
+        handles.push(std::thread::spawn(
+            move || -> Result<(Vec<u64>, usize, usize), String> {
+                let mut ch = b.channel().map_err(|e| e.to_string())?;
+                let lba0 = 20_000 + k as u64 * 20_000 + if shutdown { 70_000 } else { 0 };
+                let mut next = 0u64;
+                let mut completed: HashMap<u64, Result<(), IoError>> = HashMap::new();
+                let mut dup = None;
+                let qd = 32;
+                let mut outstanding = 0usize;
+                let limit = 4000u64;
+                let start = Instant::now();
+                loop {
+                    while outstanding < qd && !stop.load(Ordering::Relaxed) && next < limit {
+                        let lba = lba0 + next * 4;
+                        let bytes = 4 * bs;
+                        let mut w = DataBuf::One(IoBuf::new(bytes));
+                        fill(&mut w, lba, bs, bytes, seed);
+                        match ch.submit(io(next, IoOp::Write, lba, 4, w)) {
+                            Ok(()) => {
+                                next += 1;
+                                outstanding += 1;
+                            }
+                            Err(_) => break,
                         }
-                        Err(_) => break,
+                    }
+                    ch.poll(&mut |c| {
+                        if completed.insert(c.tag, c.result).is_some() {
+                            dup = Some(c.tag);
+                        }
+                        outstanding -= 1;
+                    });
+                    if let Some(t) = dup {
+                        return Err(format!("tag {t} completed twice"));
+                    }
+                    if (stop.load(Ordering::Relaxed) || next >= limit) && outstanding == 0 {
+                        break;
+                    }
+                    if start.elapsed() > Duration::from_secs(60) {
+                        return Err(format!("channel {k}: {outstanding} I/Os never completed"));
                     }
                 }
-                ch.poll(&mut |c| {
-                    if completed.insert(c.tag, c.result).is_some() {
-                        dup = Some(c.tag);
-                    }
-                    outstanding -= 1;
-                });
-                if let Some(t) = dup {
-                    return Err(format!("tag {t} completed twice"));
+                if ch.in_flight() != 0 {
+                    return Err(format!("channel {k}: in_flight {} at end", ch.in_flight()));
                 }
-                if (stop.load(Ordering::Relaxed) || next >= limit) && outstanding == 0 {
-                    break;
+                if completed.len() as u64 != next {
+                    return Err(format!(
+                        "channel {k}: {} completions for {next} I/Os",
+                        completed.len()
+                    ));
                 }
-                if start.elapsed() > Duration::from_secs(60) {
-                    return Err(format!("channel {k}: {outstanding} I/Os never completed"));
-                }
-            }
-            if ch.in_flight() != 0 {
-                return Err(format!("channel {k}: in_flight {} at end", ch.in_flight()));
-            }
-            if completed.len() as u64 != next {
-                return Err(format!("channel {k}: {} completions for {next} I/Os", completed.len()));
-            }
-            let aborted = completed.values().filter(|r| r.is_err()).count();
-            let mut acked: Vec<u64> = completed
-                .iter()
-                .filter(|(_, r)| r.is_ok())
-                .map(|(&t, _)| lba0 + t * 4)
-                .collect();
-            acked.sort_unstable();
-            Ok((acked, aborted, next as usize))
-        }));
+                let aborted = completed.values().filter(|r| r.is_err()).count();
+                let mut acked: Vec<u64> = completed
+                    .iter()
+                    .filter(|(_, r)| r.is_ok())
+                    .map(|(&t, _)| lba0 + t * 4)
+                    .collect();
+                acked.sort_unstable();
+                Ok((acked, aborted, next as usize))
+            },
+        ));
     }
     // Let I/O get going, then pull the rug.
     std::thread::sleep(Duration::from_millis(300));
@@ -503,7 +640,8 @@ fn t_teardown_in_flight(b: &Arc<NvmeBdev>, shutdown: bool) -> TestResult {
         results.push(h.join().map_err(|_| "I/O thread panicked".to_string())??);
     }
     if shutdown {
-        c.reset().map_err(|e| format!("reset after shutdown: {e}"))?;
+        c.reset()
+            .map_err(|e| format!("reset after shutdown: {e}"))?;
     }
     // Read back every acknowledged write, after re-init.
     let mut ch = b.open_channel().map_err(|e| e.to_string())?;
@@ -513,9 +651,13 @@ fn t_teardown_in_flight(b: &Arc<NvmeBdev>, shutdown: bool) -> TestResult {
         aborted += ab;
         acked_n += acked.len();
         for &lba in acked {
-            let c = run(&mut *ch, io(lba, IoOp::Read, lba, 4, DataBuf::One(IoBuf::new(4 * bs))));
+            let c = run(
+                &mut *ch,
+                io(lba, IoOp::Read, lba, 4, DataBuf::One(IoBuf::new(4 * bs))),
+            );
             c.result.map_err(|e| format!("read back lba {lba}: {e}"))?;
-            check(&c.buf, lba, bs, 4 * bs, seed).map_err(|e| format!("acknowledged write lost: {e}"))?;
+            check(&c.buf, lba, bs, 4 * bs, seed)
+                .map_err(|e| format!("acknowledged write lost: {e}"))?;
         }
     }
     println!(
@@ -538,7 +680,9 @@ fn t_mark_disk(b: &Arc<NvmeBdev>, lba: u64, tag: &str) -> TestResult {
     let mut x = io(1, IoOp::Write, lba, 1, DataBuf::One(w));
     x.fua = true;
     run(&mut *ch, x).result.map_err(|e| e.to_string())?;
-    run(&mut *ch, io(2, IoOp::Flush, 0, 0, DataBuf::None)).result.map_err(|e| e.to_string())?;
+    run(&mut *ch, io(2, IoOp::Flush, 0, 0, DataBuf::None))
+        .result
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -546,19 +690,36 @@ fn t_not_bound(addr_nvme: &str) -> TestResult {
     // A non-NVMe function (the host bridge has no driver at all).
     match NvmeController::open("0000:00:00.0", ControllerOptions::default()) {
         Err(e @ DriverError::NotBoundToVfio { .. }) => {
-            println!("  0000:00:00.0: {}", e.to_string().lines().next().unwrap_or(""));
-            ensure!(e.to_string().contains("driver_override"), "message lacks the fix: {e}");
+            println!(
+                "  0000:00:00.0: {}",
+                e.to_string().lines().next().unwrap_or("")
+            );
+            ensure!(
+                e.to_string().contains("driver_override"),
+                "message lacks the fix: {e}"
+            );
         }
-        other => return Err(format!("host bridge: expected NotBoundToVfio, got {other:?}")),
+        other => {
+            return Err(format!(
+                "host bridge: expected NotBoundToVfio, got {other:?}"
+            ));
+        }
     }
     // An NVMe function unbound from vfio-pci.
     std::fs::write("/sys/bus/pci/drivers/vfio-pci/unbind", addr_nvme)
         .map_err(|e| format!("unbind {addr_nvme}: {e}"))?;
     match NvmeController::open(addr_nvme, ControllerOptions::default()) {
         Err(e @ DriverError::NotBoundToVfio { .. }) => {
-            println!("  {addr_nvme}: {}", e.to_string().lines().next().unwrap_or(""));
+            println!(
+                "  {addr_nvme}: {}",
+                e.to_string().lines().next().unwrap_or("")
+            );
         }
-        other => return Err(format!("unbound NVMe: expected NotBoundToVfio, got {other:?}")),
+        other => {
+            return Err(format!(
+                "unbound NVMe: expected NotBoundToVfio, got {other:?}"
+            ));
+        }
     }
     match NvmeController::open("0000:7f:1f.7", ControllerOptions::default()) {
         Err(DriverError::NotFound { .. }) => Ok(()),
@@ -577,8 +738,14 @@ impl Runner {
     fn test(&mut self, name: &str, f: impl FnOnce() -> TestResult) {
         println!("TEST {name} ... started");
         let t = Instant::now();
-        let r = std::panic::catch_unwind(AssertUnwindSafe(f))
-            .unwrap_or_else(|p| Err(format!("panic: {:?}", p.downcast_ref::<String>().map(String::as_str).or(p.downcast_ref::<&str>().copied()))));
+        let r = std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+            Err(format!(
+                "panic: {:?}",
+                p.downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or(p.downcast_ref::<&str>().copied())
+            ))
+        });
         match r {
             Ok(()) => {
                 self.passed += 1;
@@ -598,7 +765,7 @@ fn bdev1(c: &Arc<NvmeController>) -> Result<Arc<NvmeBdev>, String> {
 }
 
 fn multi(r: &mut Runner) {
-    let ctrls = match open_all() {
+    let ctrls = match open_all(ControllerOptions::default()) {
         Ok(c) => c,
         Err(e) => {
             r.test("bringup_two_controllers", || Err(e));
@@ -619,16 +786,28 @@ fn multi(r: &mut Runner) {
     });
     r.test("rw_4k_namespace", || t_four_k(&b));
     r.test("two_namespaces", || t_two_namespaces(&b));
-    r.test("flush_write_zeroes_deallocate", || t_flush_zeroes_dealloc(&bdev1(&a)?));
+    r.test("flush_write_zeroes_deallocate", || {
+        t_flush_zeroes_dealloc(&bdev1(&a)?)
+    });
     r.test("channels_4_on_own_queues", || {
         let bd = bdev1(&a)?;
         t_channels(&bd, 4, 200_000)?;
-        ensure!(a.io_queues_created() >= 4, "only {} queues created", a.io_queues_created());
+        ensure!(
+            a.io_queues_created() >= 4,
+            "only {} queues created",
+            a.io_queues_created()
+        );
         Ok(())
     });
-    r.test("reset_with_io_in_flight", || t_teardown_in_flight(&bdev1(&a)?, false));
-    r.test("shutdown_with_io_in_flight", || t_teardown_in_flight(&bdev1(&a)?, true));
-    r.test("rw_after_shutdown_and_reset", || rw_matrix(&bdev1(&a)?, &SIZES[..6], 500));
+    r.test("reset_with_io_in_flight", || {
+        t_teardown_in_flight(&bdev1(&a)?, false)
+    });
+    r.test("shutdown_with_io_in_flight", || {
+        t_teardown_in_flight(&bdev1(&a)?, true)
+    });
+    r.test("rw_after_shutdown_and_reset", || {
+        rw_matrix(&bdev1(&a)?, &SIZES[..6], 500)
+    });
     r.test("mark_disk_images", || {
         t_mark_disk(&bdev1(&a)?, 2000, "ctrla")?;
         let ns2 = b.namespaces().get(1).ok_or("no ns2")?.nsid;
@@ -646,7 +825,12 @@ fn multi(r: &mut Runner) {
 }
 
 fn limits(r: &mut Runner) {
-    let ctrls = match open_all() {
+    // No drain before a reset: in-flight commands meet CC.EN = 0 (the hard path).
+    let opts = ControllerOptions {
+        drain_timeout: Duration::ZERO,
+        ..ControllerOptions::default()
+    };
+    let ctrls = match open_all(opts) {
         Ok(c) => c,
         Err(e) => {
             r.test("bringup", || Err(e));
@@ -660,27 +844,45 @@ fn limits(r: &mut Runner) {
     };
     r.test("mdts2_limits", || {
         ensure!(m.identity().mdts == 2, "mdts {}", m.identity().mdts);
-        ensure!(m.max_command_bytes() == 16384, "max command {}", m.max_command_bytes());
+        ensure!(
+            m.max_command_bytes() == 16384,
+            "max command {}",
+            m.max_command_bytes()
+        );
         Ok(())
     });
     r.test("rw_above_mdts_split", || rw_matrix(&bdev1(&m)?, SIZES, 600));
-    r.test("reset_with_io_in_flight_mdts2", || t_teardown_in_flight(&bdev1(&m)?, false));
+    r.test("hard_reset_with_io_in_flight_mdts2", || {
+        t_teardown_in_flight(&bdev1(&m)?, false)
+    });
     r.test("qp1_granted_one_queue", || {
-        ensure!(q.granted_io_queues() == 1, "granted {}", q.granted_io_queues());
+        ensure!(
+            q.granted_io_queues() == 1,
+            "granted {}",
+            q.granted_io_queues()
+        );
         Ok(())
     });
     r.test("qp1_four_channels_share_a_queue", || {
         let bd = bdev1(&q)?;
         t_channels(&bd, 4, 1000)?;
-        ensure!(q.io_queues_created() == 1, "{} queues created", q.io_queues_created());
+        ensure!(
+            q.io_queues_created() == 1,
+            "{} queues created",
+            q.io_queues_created()
+        );
         Ok(())
     });
-    r.test("qp1_reset_with_shared_queue", || t_teardown_in_flight(&bdev1(&q)?, false));
-    r.test("mark_disk_images", || t_mark_disk(&bdev1(&m)?, 3000, "mdts2"));
+    r.test("qp1_hard_reset_with_shared_queue", || {
+        t_teardown_in_flight(&bdev1(&q)?, false)
+    });
+    r.test("mark_disk_images", || {
+        t_mark_disk(&bdev1(&m)?, 3000, "mdts2")
+    });
 }
 
 fn bench(secs: u64) {
-    let ctrls = match open_all() {
+    let ctrls = match open_all(ControllerOptions::default()) {
         Ok(c) => c,
         Err(e) => {
             println!("BENCH error: {e}");
@@ -727,7 +929,13 @@ fn bench(secs: u64) {
         while start.elapsed() < dur || outstanding > 0 {
             while outstanding < qd && start.elapsed() < dur {
                 let Some(buf) = bufs.pop() else { break };
-                match ch.submit(io(0, IoOp::Read, next(), (4096 / bs) as u32, DataBuf::One(buf))) {
+                match ch.submit(io(
+                    0,
+                    IoOp::Read,
+                    next(),
+                    (4096 / bs) as u32,
+                    DataBuf::One(buf),
+                )) {
                     Ok(()) => outstanding += 1,
                     Err(back) => {
                         if let DataBuf::One(b) = back.buf {
@@ -759,8 +967,14 @@ fn bench(secs: u64) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map(String::as_str).unwrap_or("multi");
-    println!("nvme-vm-tests: mode {mode}, NVMe functions {:?}", nvme_functions());
-    let mut r = Runner { passed: 0, failed: 0 };
+    println!(
+        "nvme-vm-tests: mode {mode}, NVMe functions {:?}",
+        nvme_functions()
+    );
+    let mut r = Runner {
+        passed: 0,
+        failed: 0,
+    };
     match mode {
         "multi" => multi(&mut r),
         "limits" => limits(&mut r),
