@@ -130,8 +130,33 @@ INIT
     (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out"
 }
 
+# Benchmark extras (scripts/vm/bench.sh): fio with its shared libraries and
+# the kernel's nvme driver, for the second controller.
+bench_extra='
+    for l in $(ldd "$(command -v fio)" | awk "/=>/ {print \$3} /ld-linux/ {print \$1}"); do
+        mkdir -p "$root$(dirname "$l")"; cp -L "$l" "$root$l"
+    done
+    mkdir -p "$root/lib64"; cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
+    cp "$(command -v fio)" "$root/usr/bin/fio"
+    : >"$root/nvme.order"
+    for m in crypto/crct10dif_common.ko lib/crc64.ko crypto/crc64_rocksoft_generic.ko lib/crc-t10dif.ko \
+             lib/crc64-rocksoft.ko block/t10-pi.ko drivers/nvme/host/nvme-core.ko drivers/nvme/host/nvme.ko; do
+        n="$(basename "$m")"; copy_module "$m" "$root/lib/modules/$n" && echo "$n" >>"$root/nvme.order"
+    done
+    cat >"$root/extra-init.sh" <<X
+KEEP_KERNEL_NVME=\$(for d in /sys/bus/pci/devices/*; do [ "\$(cat \$d/class)" = 0x010802 ] && echo \${d##*/}; done | sort | sed -n 2p)
+BENCH_SECS=${BENCH_SECS:-5}
+X
+    cp "$ROOT/scripts/vm/bench-kernel.sh" "$root/bench-kernel.sh"
+    chmod +x "$root/bench-kernel.sh" "$root/extra-init.sh"
+'
+
 ti=$SECONDS
-build_initramfs "$WORK/initrd.gz" ""
+if [ "${VM_BENCH:-}" = 1 ]; then
+    build_initramfs "$WORK/initrd.gz" "$bench_extra"
+else
+    build_initramfs "$WORK/initrd.gz" ""
+fi
 echo "vm: initramfs $(du -h "$WORK/initrd.gz" | cut -f1) in $((SECONDS - ti)) s"
 
 # ---- (d) boot each configuration ---------------------------------------------
@@ -153,6 +178,13 @@ config_args() {
                   -device nvme,id=cb,serial=ctrlb
                   -device nvme-ns,bus=cb,drive=db1,nsid=1
                   -device nvme-ns,bus=cb,drive=db2,nsid=2,logical_block_size=4096,physical_block_size=4096"
+            ;;
+        bench)
+            disk "$WORK/e.img" 1G; disk "$WORK/f.img" 1G
+            echo "-drive file=$WORK/e.img,if=none,id=de,format=raw
+                  -device nvme,serial=bench-vfio,drive=de
+                  -drive file=$WORK/f.img,if=none,id=df,format=raw
+                  -device nvme,serial=bench-kernel,drive=df"
             ;;
         limits)
             disk "$WORK/c.img" 64M; disk "$WORK/d.img" 64M
@@ -203,7 +235,12 @@ for cfg in $CONFIGS; do
         $(config_args "$cfg") </dev/null 2>&1 | tr -d '\r' >"$log"
     rc=${PIPESTATUS[0]}
     dt=$((SECONDS - tq))
-    grep -E "^(TEST|SUMMARY|  )" "$log" | grep -v "\.\.\. started$" | sed "s/^/[$cfg] /"
+    grep -E "^(TEST|SUMMARY|BENCH|  )" "$log" | grep -v "\.\.\. started$" | sed "s/^/[$cfg] /"
+    if [ "$cfg" = bench ]; then
+        echo "vm: config bench: qemu run ${dt} s (rc $rc), serial log $log"
+        grep -q "^SUMMARY bench done" "$log" || { echo "[bench] no summary"; tail -n 20 "$log"; total_fail=$((total_fail + 1)); }
+        continue
+    fi
     summary="$(grep -E '^SUMMARY passed=[0-9]+ failed=[0-9]+' "$log" | tail -n1)"
     if [ -z "$summary" ]; then
         echo "[$cfg] no SUMMARY line (qemu rc=$rc after ${dt}s; guest hang or crash). Last lines:"

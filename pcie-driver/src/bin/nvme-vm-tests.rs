@@ -45,9 +45,18 @@ fn nvme_functions() -> Vec<String> {
     v
 }
 
-fn open_all(opts: ControllerOptions) -> Result<HashMap<String, Arc<NvmeController>>, String> {
+fn open_all(
+    opts: ControllerOptions,
+    only_vfio: bool,
+) -> Result<HashMap<String, Arc<NvmeController>>, String> {
     let mut m = HashMap::new();
     for addr in nvme_functions() {
+        let driver = std::fs::read_link(format!("/sys/bus/pci/devices/{addr}/driver"))
+            .ok()
+            .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()));
+        if only_vfio && driver.as_deref() != Some("vfio-pci") {
+            continue; // left to the kernel on purpose (bench)
+        }
         let c =
             NvmeController::open(&addr, opts.clone()).map_err(|e| format!("open {addr}: {e}"))?;
         m.insert(c.identity().serial.clone(), c);
@@ -765,7 +774,7 @@ fn bdev1(c: &Arc<NvmeController>) -> Result<Arc<NvmeBdev>, String> {
 }
 
 fn multi(r: &mut Runner) {
-    let ctrls = match open_all(ControllerOptions::default()) {
+    let ctrls = match open_all(ControllerOptions::default(), false) {
         Ok(c) => c,
         Err(e) => {
             r.test("bringup_two_controllers", || Err(e));
@@ -830,7 +839,7 @@ fn limits(r: &mut Runner) {
         drain_timeout: Duration::ZERO,
         ..ControllerOptions::default()
     };
-    let ctrls = match open_all(opts) {
+    let ctrls = match open_all(opts, false) {
         Ok(c) => c,
         Err(e) => {
             r.test("bringup", || Err(e));
@@ -882,7 +891,7 @@ fn limits(r: &mut Runner) {
 }
 
 fn bench(secs: u64) {
-    let ctrls = match open_all(ControllerOptions::default()) {
+    let ctrls = match open_all(ControllerOptions::default(), true) {
         Ok(c) => c,
         Err(e) => {
             println!("BENCH error: {e}");
