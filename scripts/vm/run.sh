@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# VM tests of the VFIO NVMe driver: boots throwaway QEMU guests (TCG, emulated
+# intel-iommu, QEMU's NVMe model) with a busybox initramfs and runs the static
+# `nvme-vm-tests` binary inside them. See /work/shared/VM.md for the recipe.
+#
+#   bash scripts/vm/run.sh            # all configurations
+#   VM_CONFIGS="multi" bash scripts/vm/run.sh
+#
+# Exit status: 0 when every test passed (or when the VM tools are missing and
+# neither CI=true nor VM_TESTS_REQUIRED=1), 1 otherwise.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+WORK="${VM_WORK:-/tmp/nvme-vm}"
+TARGET_DIR="${VM_TARGET_DIR:-/work/tgt-pcie-vm}"
+TIMEOUT="${VM_TIMEOUT:-150}"
+CONFIGS="${VM_CONFIGS:-multi limits}"
+T0=$SECONDS
+
+required() { [ "${CI:-}" = "true" ] || [ "${VM_TESTS_REQUIRED:-}" = "1" ]; }
+
+skip() {
+    echo "======================================================================"
+    echo "SKIPPED: VM tests need qemu-system-x86 linux-image-amd64 busybox-static" \
+         "(apt-get install -y --no-install-recommends qemu-system-x86 linux-image-amd64 busybox-static)"
+    echo "  missing: $*"
+    echo "======================================================================"
+    if required; then exit 1; fi
+    exit 0
+}
+
+# ---- (a) tools --------------------------------------------------------------
+missing=()
+command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86_64)
+KERNEL="$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n1)"
+[ -n "$KERNEL" ] || missing+=("/boot/vmlinuz-*")
+BUSYBOX="$(command -v busybox || true)"
+if [ -n "$BUSYBOX" ] && ! file -L "$BUSYBOX" 2>/dev/null | grep -q static \
+   && ! ldd "$BUSYBOX" 2>&1 | grep -q "not a dynamic"; then
+    [ -x /bin/busybox ] && BUSYBOX=/bin/busybox
+fi
+[ -n "$BUSYBOX" ] || missing+=(busybox-static)
+command -v cpio >/dev/null || missing+=(cpio)
+[ ${#missing[@]} -eq 0 ] || skip "${missing[*]}"
+KVER="${KERNEL#/boot/vmlinuz-}"
+MODDIR="/lib/modules/$KVER/kernel"
+[ -d "$MODDIR" ] || skip "modules for $KVER in $MODDIR"
+
+mkdir -p "$WORK"
+echo "vm: kernel $KERNEL, work dir $WORK"
+
+# ---- (b) static test binary --------------------------------------------------
+tb=$SECONDS
+echo "vm: building nvme-vm-tests (static, CARGO_TARGET_DIR=$TARGET_DIR)"
+if ! (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --release -q -p pcie-driver --bin nvme-vm-tests \
+        --target x86_64-unknown-linux-gnu); then
+    echo "vm: build failed"
+    exit 1
+fi
+BIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvme-vm-tests"
+echo "vm: build took $((SECONDS - tb)) s"
+
+# ---- (c) initramfs -------------------------------------------------------------
+# Decompresses .ko.xz / .ko.zst / .ko.gz modules at pack time: busybox insmod
+# takes plain modules only.
+copy_module() {
+    local rel="$1" dst="$2" src
+    for src in "$MODDIR/$rel" "$MODDIR/$rel.xz" "$MODDIR/$rel.zst" "$MODDIR/$rel.gz"; do
+        [ -f "$src" ] || continue
+        case "$src" in
+            *.xz) xz -dc "$src" >"$dst" ;;
+            *.zst) zstd -qdc "$src" >"$dst" ;;
+            *.gz) gzip -dc "$src" >"$dst" ;;
+            *) cp "$src" "$dst" ;;
+        esac
+        return 0
+    done
+    # Built into the kernel: nothing to load.
+    return 1
+}
+
+build_initramfs() {
+    local out="$1" extra_init="$2" root="$WORK/root"
+    rm -rf "$root"
+    mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,lib/modules,usr/bin,usr/sbin,etc}
+    cp "$BUSYBOX" "$root/bin/busybox"
+    for a in $("$BUSYBOX" --list); do
+        [ "$a" = busybox ] && continue
+        ln -sf /bin/busybox "$root/bin/$a"
+    done
+    : >"$root/modules.order"
+    for m in virt/lib/irqbypass.ko drivers/vfio/vfio.ko drivers/vfio/vfio_iommu_type1.ko \
+             drivers/vfio/vfio_virqfd.ko drivers/vfio/pci/vfio-pci-core.ko drivers/vfio/pci/vfio-pci.ko; do
+        local name
+        name="$(basename "$m")"
+        if copy_module "$m" "$root/lib/modules/$name"; then
+            echo "$name" >>"$root/modules.order"
+        fi
+    done
+    cp "$BIN" "$root/nvme-vm-tests"
+    [ -n "$extra_init" ] && eval "$extra_init"
+    cat >"$root/init" <<'INIT'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /modules.order); do insmod /lib/modules/$m || echo "init: insmod $m failed"; done
+echo 64 > /proc/sys/vm/nr_hugepages 2>/dev/null
+mode=multi
+for a in $(cat /proc/cmdline); do case "$a" in vmtest=*) mode="${a#vmtest=}";; esac; done
+[ -x /extra-init.sh ] && . /extra-init.sh
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/class)" = 0x010802 ] || continue
+  case " $KEEP_KERNEL_NVME " in *" ${d##*/} "*) continue;; esac
+  echo vfio-pci > $d/driver_override; echo ${d##*/} > /sys/bus/pci/drivers_probe
+done
+echo "init: hugepages $(cat /proc/sys/vm/nr_hugepages), mode $mode"
+if [ "$mode" = bench ]; then
+  /nvme-vm-tests bench ${BENCH_SECS:-5}
+  [ -x /bench-kernel.sh ] && /bench-kernel.sh
+else
+  RUST_BACKTRACE=1 /nvme-vm-tests $mode
+fi
+echo "init: VM-DONE rc=$?"
+sync
+poweroff -f
+INIT
+    chmod +x "$root/init"
+    (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out"
+}
+
+# Benchmark extras (scripts/vm/bench.sh): fio with its shared libraries and
+# the kernel's nvme driver, for the second controller.
+bench_extra='
+    for l in $(ldd "$(command -v fio)" | awk "/=>/ {print \$3} /ld-linux/ {print \$1}"); do
+        mkdir -p "$root$(dirname "$l")"; cp -L "$l" "$root$l"
+    done
+    mkdir -p "$root/lib64"; cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
+    cp "$(command -v fio)" "$root/usr/bin/fio"
+    : >"$root/nvme.order"
+    for m in crypto/crct10dif_common.ko lib/crc64.ko crypto/crc64_rocksoft_generic.ko lib/crc-t10dif.ko \
+             lib/crc64-rocksoft.ko block/t10-pi.ko drivers/nvme/host/nvme-core.ko drivers/nvme/host/nvme.ko; do
+        n="$(basename "$m")"; copy_module "$m" "$root/lib/modules/$n" && echo "$n" >>"$root/nvme.order"
+    done
+    cat >"$root/extra-init.sh" <<X
+KEEP_KERNEL_NVME=\$(for d in /sys/bus/pci/devices/*; do [ "\$(cat \$d/class)" = 0x010802 ] && echo \${d##*/}; done | sort | sed -n 2p)
+BENCH_SECS=${BENCH_SECS:-5}
+X
+    cp "$ROOT/scripts/vm/bench-kernel.sh" "$root/bench-kernel.sh"
+    chmod +x "$root/bench-kernel.sh" "$root/extra-init.sh"
+'
+
+ti=$SECONDS
+if [ "${VM_BENCH:-}" = 1 ]; then
+    build_initramfs "$WORK/initrd.gz" "$bench_extra"
+else
+    build_initramfs "$WORK/initrd.gz" ""
+fi
+echo "vm: initramfs $(du -h "$WORK/initrd.gz" | cut -f1) in $((SECONDS - ti)) s"
+
+# ---- (d) boot each configuration ---------------------------------------------
+disk() { rm -f "$1"; truncate -s "$2" "$1"; }
+
+qemu_base=(qemu-system-x86_64 -accel tcg -cpu max
+    -machine q35,kernel-irqchip=split -device intel-iommu,intremap=on,caching-mode=on
+    -m 1024 -smp 2 -nographic -no-reboot -nic none -vga none
+    -kernel "$KERNEL" -initrd "$WORK/initrd.gz")
+
+config_args() {
+    case "$1" in
+        multi)
+            disk "$WORK/a.img" 256M; disk "$WORK/b1.img" 64M; disk "$WORK/b2.img" 64M
+            echo "-drive file=$WORK/a.img,if=none,id=da,format=raw,discard=unmap
+                  -device nvme,serial=ctrla,drive=da
+                  -drive file=$WORK/b1.img,if=none,id=db1,format=raw,discard=unmap
+                  -drive file=$WORK/b2.img,if=none,id=db2,format=raw,discard=unmap
+                  -device nvme,id=cb,serial=ctrlb
+                  -device nvme-ns,bus=cb,drive=db1,nsid=1
+                  -device nvme-ns,bus=cb,drive=db2,nsid=2,logical_block_size=4096,physical_block_size=4096"
+            ;;
+        bench)
+            disk "$WORK/e.img" 1G; disk "$WORK/f.img" 1G
+            echo "-drive file=$WORK/e.img,if=none,id=de,format=raw
+                  -device nvme,serial=bench-vfio,drive=de
+                  -drive file=$WORK/f.img,if=none,id=df,format=raw
+                  -device nvme,serial=bench-kernel,drive=df"
+            ;;
+        limits)
+            disk "$WORK/c.img" 64M; disk "$WORK/d.img" 64M
+            echo "-drive file=$WORK/c.img,if=none,id=dc,format=raw,discard=unmap
+                  -device nvme,serial=mdts2,drive=dc,mdts=2
+                  -drive file=$WORK/d.img,if=none,id=dd,format=raw,discard=unmap
+                  -device nvme,serial=qp1,drive=dd,max_ioqpairs=1"
+            ;;
+    esac
+}
+
+# Checks after poweroff: the pattern a test wrote sits where it should.
+check_images() {
+    case "$1" in
+        multi)
+            check_mark "$WORK/a.img" 512 2000 "ctrla"
+            check_mark "$WORK/b2.img" 4096 100 "ctrlb-ns2"
+            ;;
+        limits)
+            check_mark "$WORK/c.img" 512 3000 "mdts2"
+            ;;
+    esac
+}
+
+total_pass=0
+total_fail=0
+failed_configs=()
+
+check_mark() {
+    local img="$1" bs="$2" lba="$3" tag="$4" want got
+    want="NVME-VM-TEST-PATTERN:$tag"
+    got="$(dd if="$img" bs="$bs" skip="$lba" count=1 2>/dev/null | head -c ${#want})"
+    if [ "$got" = "$want" ]; then
+        echo "TEST image_${tag} ... ok (host sees pattern at LBA $lba of $(basename "$img"))"
+        total_pass=$((total_pass + 1))
+    else
+        echo "TEST image_${tag} ... FAILED: $(basename "$img") LBA $lba holds '$got'"
+        total_fail=$((total_fail + 1))
+    fi
+}
+
+for cfg in $CONFIGS; do
+    log="$WORK/serial-$cfg.log"
+    tq=$SECONDS
+    # shellcheck disable=SC2046
+    timeout --foreground -k 5 "$TIMEOUT" "${qemu_base[@]}" \
+        -append "console=ttyS0 intel_iommu=on quiet panic=-1 vmtest=$cfg" \
+        $(config_args "$cfg") </dev/null 2>&1 | tr -d '\r' >"$log"
+    rc=${PIPESTATUS[0]}
+    dt=$((SECONDS - tq))
+    grep -E "^(TEST|SUMMARY|BENCH|  )" "$log" | grep -v "\.\.\. started$" | sed "s/^/[$cfg] /"
+    if [ "$cfg" = bench ]; then
+        echo "vm: config bench: qemu run ${dt} s (rc $rc), serial log $log"
+        grep -q "^SUMMARY bench done" "$log" || { echo "[bench] no summary"; tail -n 20 "$log"; total_fail=$((total_fail + 1)); }
+        continue
+    fi
+    summary="$(grep -E '^SUMMARY passed=[0-9]+ failed=[0-9]+' "$log" | tail -n1)"
+    if [ -z "$summary" ]; then
+        echo "[$cfg] no SUMMARY line (qemu rc=$rc after ${dt}s; guest hang or crash). Last lines:"
+        tail -n 25 "$log" | sed "s/^/[$cfg]   /"
+        last="$(grep -E '\.\.\. started$' "$log" | tail -n1)"
+        [ -n "$last" ] && echo "[$cfg] last test started: $last"
+        total_fail=$((total_fail + 1))
+        failed_configs+=("$cfg")
+    else
+        p="$(sed -E 's/.*passed=([0-9]+).*/\1/' <<<"$summary")"
+        f="$(sed -E 's/.*failed=([0-9]+).*/\1/' <<<"$summary")"
+        total_pass=$((total_pass + p))
+        total_fail=$((total_fail + f))
+        [ "$f" -eq 0 ] || failed_configs+=("$cfg")
+        check_images "$cfg"
+    fi
+    echo "vm: config $cfg: qemu run ${dt} s (rc $rc), serial log $log"
+done
+
+echo "vm: ${total_pass} passed, ${total_fail} failed (total $((SECONDS - T0)) s)"
+[ "$total_fail" -eq 0 ] || { echo "vm: failing configs: ${failed_configs[*]}"; exit 1; }
+exit 0
