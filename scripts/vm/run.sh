@@ -12,7 +12,7 @@ set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 WORK="${VM_WORK:-/tmp/nvme-vm}"
-TARGET_DIR="${VM_TARGET_DIR:-/work/tgt-pcie-vm}"
+TARGET_DIR="${VM_TARGET_DIR:-$ROOT/target/vm}"
 TIMEOUT="${VM_TIMEOUT:-150}"
 CONFIGS="${VM_CONFIGS:-multi limits}"
 T0=$SECONDS

@@ -219,6 +219,24 @@ fn connect_queue(
     Ok((rings, cqe))
 }
 
+/// Connects I/O queue pairs of one controller; cheap to clone and send.
+#[derive(Clone, Debug)]
+pub struct QpairConnector(Arc<Assoc>);
+
+impl QpairConnector {
+    /// Connects queue `qid` with `depth` entries (waits, bounded, for the
+    /// controller to be ready; fails once the association is gone).
+    pub fn connect(&self, qid: u16, depth: u16) -> Result<HostQpair, HostError> {
+        let rings = self.0.connect_io_queue(qid, depth)?;
+        Ok(HostQpair::new(self.0.clone(), qid, depth, rings))
+    }
+
+    /// Controller ID.
+    pub fn cntlid(&self) -> u16 {
+        self.0.cntlid
+    }
+}
+
 /// A connected host controller (one association).
 pub struct HostController {
     assoc: Arc<Assoc>,
@@ -421,8 +439,13 @@ impl HostController {
 
     /// Connects one more I/O queue pair.
     pub fn create_qpair(&self, qid: u16, depth: u16) -> Result<HostQpair, HostError> {
-        let rings = self.assoc.connect_io_queue(qid, depth)?;
-        Ok(HostQpair::new(self.assoc.clone(), qid, depth, rings))
+        self.connector().connect(qid, depth)
+    }
+
+    /// A handle that connects I/O queue pairs of this controller from any
+    /// thread, without borrowing the controller (which a reset needs).
+    pub fn connector(&self) -> QpairConnector {
+        QpairConnector(self.assoc.clone())
     }
 
     /// Property Get.

@@ -29,5 +29,5 @@ mod qpair;
 mod wait;
 
 pub use error::{HostError, SubmitError};
-pub use host::{AsyncEvent, ConnectOptions, HostController, LoopTransport};
+pub use host::{AsyncEvent, ConnectOptions, HostController, LoopTransport, QpairConnector};
 pub use qpair::{HostCompletion, HostQpair, HostQpairStats, QpairState};
