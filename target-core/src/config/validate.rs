@@ -53,7 +53,7 @@ fn pci_addr_ok(s: &str) -> bool {
         && b[10] == b'.'
         && s.char_indices()
             .all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
-        && (b[11] as char).to_digit(8).is_some()
+        && (b[11] as char).is_digit(8)
 }
 
 pub(super) fn validate(cfg: &TargetConfig, file: &str, text: &str) -> Result<(), ConfigError> {
