@@ -479,12 +479,12 @@ impl IoChannel for NvmeChannel {
                 }) {
                     Ok(0) => {
                         self.polls = self.polls.wrapping_add(1);
-                        if self.polls % HEALTH_EVERY == 0 {
+                        if self.polls.is_multiple_of(HEALTH_EVERY) {
                             check_health = true;
-                            if let Some((cid, t)) = qp.oldest() {
-                                if t.elapsed() > self.ctrl.options().io_timeout {
-                                    timed_out = Some((cid, t));
-                                }
+                            if let Some((cid, t)) = qp.oldest()
+                                && t.elapsed() > self.ctrl.options().io_timeout
+                            {
+                                timed_out = Some((cid, t));
                             }
                         }
                     }
@@ -494,10 +494,11 @@ impl IoChannel for NvmeChannel {
             }
             self.collect(&mut g);
         }
-        if check_health && self.ctrl.health_check() {
-            if let Some((cid, t)) = timed_out {
-                self.handle_timeout(cid, t);
-            }
+        if check_health
+            && self.ctrl.health_check()
+            && let Some((cid, t)) = timed_out
+        {
+            self.handle_timeout(cid, t);
         }
         let mut n = 0;
         while let Some(c) = self.ready.pop_front() {

@@ -742,10 +742,10 @@ impl Drop for NvmeController {
         // Every channel is gone (they hold an Arc). Shut down cleanly, and
         // in any case make sure the device cannot DMA before the queues'
         // memory is unmapped.
-        if matches!(self.state(), CtrlState::Running | CtrlState::Resetting) {
-            if let Err(e) = self.shutdown() {
-                tracing::warn!("shutdown on drop: {e}");
-            }
+        if matches!(self.state(), CtrlState::Running | CtrlState::Resetting)
+            && let Err(e) = self.shutdown()
+        {
+            tracing::warn!("shutdown on drop: {e}");
         }
         let adm = self.lock_admin();
         if self.disable(&adm).is_err() {

@@ -214,7 +214,7 @@ impl DmaRegion {
     /// Volatile 16-bit load.
     pub fn read_u16(&self, off: usize) -> u16 {
         let p = self.at(off, 2);
-        assert!(off % 2 == 0);
+        assert!(off.is_multiple_of(2));
         // SAFETY: in bounds and aligned; plain integer from mapped memory.
         unsafe { p.cast::<u16>().read_volatile() }
     }
@@ -222,7 +222,7 @@ impl DmaRegion {
     /// Volatile 32-bit load.
     pub fn read_u32(&self, off: usize) -> u32 {
         let p = self.at(off, 4);
-        assert!(off % 4 == 0);
+        assert!(off.is_multiple_of(4));
         // SAFETY: in bounds and aligned.
         unsafe { p.cast::<u32>().read_volatile() }
     }
@@ -230,7 +230,7 @@ impl DmaRegion {
     /// Volatile 64-bit store.
     pub fn write_u64(&self, off: usize, v: u64) {
         let p = self.at(off, 8);
-        assert!(off % 8 == 0);
+        assert!(off.is_multiple_of(8));
         // SAFETY: in bounds and aligned.
         unsafe { p.cast::<u64>().write_volatile(v) }
     }

@@ -72,7 +72,7 @@ impl Bar {
 
     fn check(&self, offset: usize, width: usize) -> Result<*mut u8, MmioError> {
         let end = offset.checked_add(width);
-        if offset % width != 0 || end.is_none_or(|e| e > self.len) {
+        if !offset.is_multiple_of(width) || end.is_none_or(|e| e > self.len) {
             return Err(MmioError::OutOfBounds {
                 offset,
                 width,

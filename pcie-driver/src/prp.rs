@@ -45,7 +45,7 @@ fn for_each_entry(segs: &[(u64, usize)], mut f: impl FnMut(usize, u64)) -> Resul
     let mut n = 0;
     for (k, &(iova, len)) in segs_nz.enumerate() {
         let is_last = k + 1 == count;
-        if (k > 0 && iova % pg != 0) || (!is_last && (iova + len as u64) % pg != 0) {
+        if (k > 0 && iova % pg != 0) || (!is_last && !(iova + len as u64).is_multiple_of(pg)) {
             return Err(PrpError::NotPageAligned);
         }
         let start = iova & !(pg - 1);

@@ -87,11 +87,11 @@ impl Tracker {
     /// Gives back a slot taken by `alloc` whose command was never submitted.
     pub fn unalloc(&mut self, cid: u16) {
         let idx = self.index_of(cid);
-        if let Some(s) = self.slots.get_mut(idx) {
-            if s.active {
-                s.active = false;
-                self.free.push(idx as u16);
-            }
+        if let Some(s) = self.slots.get_mut(idx)
+            && s.active
+        {
+            s.active = false;
+            self.free.push(idx as u16);
         }
     }
 

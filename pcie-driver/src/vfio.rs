@@ -183,13 +183,12 @@ pub fn precheck(addr: &str) -> Result<u32, DriverError> {
         .read(true)
         .write(true)
         .open(&node)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
     {
-        if e.kind() == std::io::ErrorKind::PermissionDenied {
-            return Err(DriverError::PermissionDenied { path: node });
-        }
-        // EBUSY: already open in this process (another controller of the
-        // same group); VfioContainer reuses its own handle then.
+        return Err(DriverError::PermissionDenied { path: node });
     }
+    // EBUSY: already open in this process (another controller of the
+    // same group); VfioContainer reuses its own handle then.
     Ok(group)
 }
 

@@ -233,7 +233,7 @@ impl TargetConfig {
             });
             if left.len() == before {
                 // Cycles are rejected by validation; don't loop forever.
-                out.extend(left.drain(..));
+                out.append(&mut left);
             }
         }
         out

@@ -187,9 +187,9 @@ impl PollGroup {
         }
         work += self.poll_channels();
         self.polls = self.polls.wrapping_add(1);
-        if self.polls % TIMER_EVERY == 0 || work == 0 || self.draining > 0 {
+        if self.polls.is_multiple_of(TIMER_EVERY) || work == 0 || self.draining > 0 {
             self.now_ms = self.engine.now_ms();
-            if self.polls % TIMER_EVERY == 0 || self.draining > 0 {
+            if self.polls.is_multiple_of(TIMER_EVERY) || self.draining > 0 {
                 self.timers();
             }
         }

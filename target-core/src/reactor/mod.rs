@@ -328,7 +328,7 @@ fn run_loop(
         // Timers, counters and the stop flag every 256 iterations (or when
         // idle), keeping clock reads and shared cache lines off the
         // per-iteration path.
-        if iter % 256 == 0 || did == 0 {
+        if iter.is_multiple_of(256) || did == 0 {
             if !core.timers.is_empty() {
                 work += core.run_timers(Instant::now()) as u64;
             }
