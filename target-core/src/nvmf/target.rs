@@ -271,8 +271,15 @@ impl NvmfTarget {
 
     /// Registers a block device under its name.
     pub fn add_bdev(&self, bdev: BdevRef) -> Result<(), TargetError> {
-        self.check_running()?;
         let name = bdev.info().name.clone();
+        self.add_bdev_as(&name, bdev)
+    }
+
+    /// Registers a block device under `name` (a config's name for a device
+    /// whose own name is fixed, like an NVMe namespace).
+    pub fn add_bdev_as(&self, name: &str, bdev: BdevRef) -> Result<(), TargetError> {
+        self.check_running()?;
+        let name = name.to_owned();
         let mut b = lock(&self.bdevs);
         if b.contains_key(&name) {
             return Err(TargetError::Exists(format!("backend {name}")));
@@ -286,9 +293,12 @@ impl NvmfTarget {
         lock(&self.bdevs).get(name).cloned()
     }
 
-    /// Every block device.
-    pub fn bdevs(&self) -> Vec<BdevRef> {
-        lock(&self.bdevs).values().cloned().collect()
+    /// Every block device, by registered name.
+    pub fn bdevs(&self) -> Vec<(String, BdevRef)> {
+        lock(&self.bdevs)
+            .iter()
+            .map(|(n, b)| (n.clone(), b.clone()))
+            .collect()
     }
 
     /// Unregisters a block device no namespace uses.
