@@ -40,5 +40,5 @@ pub mod workload;
 //pub use cli::{Cli, jobs_from_cli};
 pub use error::UsageError;
 pub use job::{JobSpec, RwMode};
-//pub use stats::{JobResult, LiveStats, Recorder};
+pub use stats::{JobResult, LiveStats, Recorder};
 pub use workload::{IoSpec, Op, Workload};
