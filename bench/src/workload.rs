@@ -121,7 +121,7 @@ impl Workload {
 
     /// The next I/O to issue.
     #[inline]
-    pub fn next(&mut self) -> IoSpec {
+    pub fn next_io(&mut self) -> IoSpec {
         let (op, slot) = match self.rw {
             RwMode::Read => (Op::Read, self.next_seq()),
             RwMode::Write => (Op::Write, self.next_seq()),
@@ -240,9 +240,9 @@ mod tests {
             size: Some(3 * 4096 + 512),
             ..JobSpec::default()
         });
-        let lbas: Vec<u64> = (0..5).map(|_| w.next().lba).collect();
+        let lbas: Vec<u64> = (0..5).map(|_| w.next_io().lba).collect();
         assert_eq!(lbas, [16, 24, 32, 16, 24]);
-        assert_eq!(w.next().blocks, 8);
+        assert_eq!(w.next_io().blocks, 8);
     }
 
     #[test]
@@ -259,15 +259,15 @@ mod tests {
         let mut b = wl(spec.clone());
         let mut reads = 0;
         for _ in 0..10_000 {
-            let x = a.next();
-            assert_eq!(x, b.next());
+            let x = a.next_io();
+            assert_eq!(x, b.next_io());
             assert_eq!(x.lba % 8, 0);
             assert!(x.lba >= 2048 && x.lba + 16 <= 4096, "{x:?}");
             reads += u32::from(x.op == Op::Read);
         }
         assert!((4500..5500).contains(&reads), "{reads}");
         let mut c = wl(JobSpec { seed: 7, ..spec });
-        assert!((0..10).any(|_| c.next() != a.next()));
+        assert!((0..10).any(|_| c.next_io() != a.next_io()));
     }
 
     #[test]
@@ -277,7 +277,7 @@ mod tests {
             size: Some(4 * 4096),
             ..JobSpec::default()
         });
-        let seen: HashSet<u64> = (0..1000).map(|_| w.next().lba).collect();
+        let seen: HashSet<u64> = (0..1000).map(|_| w.next_io().lba).collect();
         assert_eq!(seen, HashSet::from([0, 8, 16, 24]));
     }
 
@@ -301,7 +301,7 @@ mod tests {
                     written.insert(done.lba);
                 }
             }
-            let io = w.next();
+            let io = w.next_io();
             assert!(inflight.iter().all(|o| o.lba != io.lba), "overlap at {i}");
             if io.op == Op::Read {
                 assert!(written.contains(&io.lba), "read before write at {i}");
