@@ -1,1 +1,44 @@
-//! bench
+//! `nvmf-bench`: a bdevperf/fio-like benchmark for the NVMe-oF target.
+//!
+//! # Architecture
+//!
+//! The binary (`main.rs` + `runner.rs`) drives jobs against a target over
+//! the loop transport, inline on a reactor, or directly on a backend. This
+//! library holds everything that does not depend on the engine, so it can
+//! be tested without a target:
+//!
+//! * [`cli`]: command line and TOML job files, merged into [`job::JobSpec`]s.
+//! * [`job`]: one job's parameters and their validation against a namespace.
+//! * [`workload`]: the I/O sequence of a job (sequential, random, mixed,
+//!   verify), deterministic for a seed, no allocation per I/O.
+//! * [`verify`]: self-describing block contents and the checker.
+//! * [`stats`]: per-job lock-free recording (HdrHistogram), per-second
+//!   intervals, merged results; [`stats::LiveStats`] for the progress line.
+//! * [`progress`]: the one-line live status.
+//! * [`report`]: summary table, `.hlog`, `.hgrm`, `summary.json`, SVG plots.
+//!
+//! # Not implemented
+//!
+//! Latency targets (fio `latency_target`), rate limiting, trim/flush mixes,
+//! zoned namespaces, think time.
+//!
+//! # Key constants
+//!
+//! Latencies are recorded in nanoseconds with 3 significant digits up to
+//! [`stats::MAX_LATENCY_NS`] (60 s); larger values saturate.
+
+pub mod cli;
+pub mod error;
+pub mod job;
+pub mod progress;
+pub mod report;
+pub mod stats;
+pub mod units;
+pub mod verify;
+pub mod workload;
+
+pub use cli::{Cli, jobs_from_cli};
+pub use error::UsageError;
+pub use job::{JobSpec, RwMode};
+pub use stats::{JobResult, LiveStats, Recorder};
+pub use workload::{IoSpec, Op, Workload};
