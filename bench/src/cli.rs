@@ -26,7 +26,9 @@ use crate::job::{JobSpec, RwMode};
 use crate::units::{parse_cpu_list, parse_duration, parse_size};
 
 /// The target configuration used without `--config`: a RAM namespace.
-pub const DEFAULT_TARGET_CONFIG: &str = include_str!("default_target.toml");
+/// The target used without `--config`: the embedded default of the
+/// target itself (a 256 MiB RAM namespace 1 and a null namespace 2).
+pub const DEFAULT_TARGET_CONFIG: &str = target_core::config::DEFAULT_TOML;
 
 /// How the jobs reach the namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -97,7 +99,7 @@ Examples:
     max_term_width = 100
 )]
 pub struct Cli {
-    /// Target configuration (TOML); default: one 1 GiB RAM namespace
+    /// Target configuration (TOML); default: the embedded one (ns 1: 256 MiB RAM, ns 2: null)
     #[arg(long, value_name = "FILE", help_heading = "Target")]
     pub config: Option<PathBuf>,
 

@@ -32,6 +32,8 @@ pub mod error;
 pub mod job;
 pub mod progress;
 pub mod report;
+pub mod runner;
+pub mod signal;
 pub mod stats;
 pub mod units;
 pub mod verify;

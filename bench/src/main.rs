@@ -1,23 +1,226 @@
-//! `nvmf-bench` entry point (placeholder: the runner replaces it). Parses
-//! the command line and prints the resolved jobs.
+//! `nvmf-bench`: runs benchmark jobs against the target and writes the
+//! results (summary table, JSON, HdrHistogram logs, plots).
 
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime};
 
-use bench::{Cli, jobs_from_cli};
+use bench::progress::{Progress, ProgressMode};
+use bench::runner::{self, InlineJob, JobOutcome, JobRun, LoopPort, Port};
+use bench::stats::{JobResult, LiveStats};
+use bench::{Cli, JobSpec, jobs_from_cli, report, signal};
 use clap::Parser;
+use target_core::config::TargetConfig;
+use tgt::{StartOptions, Target};
+use transport_loop::{ConnectOptions, HostController};
+
+const HOSTNQN: &str = "nqn.2026-11.io.nvmf-rs:nvmf-bench";
+
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("nvmf-bench: {msg}");
+    ExitCode::from(2)
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match jobs_from_cli(&cli) {
-        Ok(jobs) => {
-            for j in &jobs {
-                println!("{j:?}");
-            }
-            ExitCode::SUCCESS
-        }
+    let jobs = match jobs_from_cli(&cli) {
+        Ok(j) => j,
+        Err(e) => return usage(e),
+    };
+    let (origin, text) = match cli.target_config() {
+        Ok(t) => t,
+        Err(e) => return usage(e),
+    };
+    let mut cfg = match TargetConfig::from_str(&text, Path::new(&origin)) {
+        Ok(c) => c,
+        Err(e) => return usage(e),
+    };
+    if let Some(cores) = &cli.reactor_cores {
+        cfg.reactors.cores = toml::Spanned::new(0..0, cores.0.clone());
+    }
+    signal::install();
+    match run(&cli, &cfg, jobs) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("nvmf-bench: {e}");
-            ExitCode::from(2)
+            ExitCode::FAILURE
         }
     }
+}
+
+struct Prepared {
+    job: JobRun,
+    port: Box<dyn Port>,
+    inline: bool,
+}
+
+fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, String> {
+    let target = Target::start(
+        cfg,
+        &StartOptions {
+            unpinned: false,
+            idle_backoff: Some(Duration::ZERO),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut hosts: Vec<HostController> = Vec::new();
+    let mut prepared = Vec::new();
+    let mut live = Vec::new();
+    let default_nqn = cfg
+        .subsystems
+        .first()
+        .map(|s| s.nqn.get_ref().clone())
+        .unwrap_or_default();
+    let reactor_cores = cfg.reactors.cores.get_ref().clone();
+    for spec in &jobs {
+        let nqn = spec
+            .subsystem
+            .clone()
+            .unwrap_or_else(|| default_nqn.clone());
+        let nsid = cli.nsid.unwrap_or(spec.nsid);
+        let sub = target.nvmf().subsystem(&nqn).map_err(|e| e.to_string())?;
+        let ns = sub
+            .namespace(nsid)
+            .ok_or_else(|| format!("subsystem {nqn} has no namespace {nsid}"))?;
+        let (bs, blocks) = (ns.block_size(), ns.num_blocks());
+        for inst in spec.instances(blocks * bs as u64) {
+            let l = LiveStats::new();
+            let job = JobRun::new(inst.clone(), bs, blocks, l.clone(), stop.clone())
+                .map_err(|e| format!("job {}: {e}", inst.name))?;
+            let port: Box<dyn Port> = match cli.target {
+                bench::cli::TargetKind::Direct => Box::new(runner::direct_port(&ns.bdev)?),
+                bench::cli::TargetKind::Loop => {
+                    let mut o = ConnectOptions::new(&nqn, HOSTNQN);
+                    o.queue_depth = (inst.iodepth + 1).min(4096) as u16;
+                    let mut c = target
+                        .transport()
+                        .connect(o)
+                        .map_err(|e| format!("connect to {nqn}: {e}"))?;
+                    let qp = c.take_qpairs().pop().ok_or("no I/O queue granted")?;
+                    hosts.push(c);
+                    Box::new(LoopPort { qp, nsid })
+                }
+            };
+            live.push(l);
+            prepared.push(Prepared {
+                job,
+                port,
+                inline: inst.inline,
+            });
+        }
+    }
+    let total = jobs
+        .iter()
+        .map(|j| j.ramp + j.runtime.unwrap_or_default())
+        .max()
+        .filter(|_| jobs.iter().all(|j| j.runtime.is_some()));
+    let mode = if cli.quiet {
+        ProgressMode::Hidden
+    } else {
+        ProgressMode::Auto
+    };
+    let mut progress = Progress::new(live, total, mode, Instant::now());
+    let start_wall = SystemTime::now();
+    let (tx, rx) = mpsc::channel::<(usize, JobOutcome)>();
+    let host_cores: Vec<usize> = match &cli.host_cores {
+        Some(c) => c.0.clone(),
+        None => target_core::reactor::affinity::allowed_cores()
+            .into_iter()
+            .filter(|c| !reactor_cores.contains(c))
+            .collect(),
+    };
+    let n = prepared.len();
+    for (i, p) in prepared.into_iter().enumerate() {
+        if p.inline {
+            let (otx, orx) = mpsc::channel();
+            let poller = InlineJob::new(p.job, p.port, otx);
+            let r = i % target.nvmf().reactor_count().max(1);
+            target
+                .nvmf()
+                .run_on_reactor(
+                    r,
+                    Box::new(move |core| {
+                        core.add_poller(Box::new(poller));
+                    }),
+                )
+                .map_err(|e| e.to_string())?;
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                if let Ok(o) = orx.recv() {
+                    let _ = tx.send((i, o));
+                }
+            });
+        } else {
+            let core = (!host_cores.is_empty()).then(|| host_cores[i % host_cores.len()]);
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name(format!("bench-job-{i}"))
+                .spawn(move || {
+                    if let Some(c) = core {
+                        let _ = target_core::reactor::affinity::pin_current_thread(c);
+                    }
+                    let _ = tx.send((i, runner::run_on_thread(p.job, p.port)));
+                })
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    drop(tx);
+    let mut outcomes: Vec<Option<JobOutcome>> = (0..n).map(|_| None).collect();
+    let mut got = 0;
+    let mut next_tick = Instant::now() + Duration::from_secs(1);
+    while got < n {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok((i, o)) => {
+                outcomes[i] = Some(o);
+                got += 1;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if signal::stop_requested() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        if Instant::now() >= next_tick {
+            progress.update(Instant::now());
+            next_tick += Duration::from_secs(1);
+        }
+    }
+    progress.finish();
+    for c in hosts {
+        let _ = c.disconnect();
+    }
+    if let Err(e) = target.stop() {
+        eprintln!("nvmf-bench: target stop: {e}");
+    }
+    let mut results: Vec<JobResult> = Vec::new();
+    let mut mismatch = None;
+    for o in outcomes.into_iter().flatten() {
+        if mismatch.is_none() {
+            mismatch = o.mismatch;
+        }
+        results.push(o.result);
+    }
+    if results.len() < n {
+        return Err(format!("{} of {n} jobs did not report", n - results.len()));
+    }
+    let total = JobResult::merge("total", &results);
+    let dir = cli.output_dir(start_wall);
+    let table =
+        report::write_report(&dir, &results, &total, start_wall).map_err(|e| e.to_string())?;
+    if cli.json {
+        let json = std::fs::read_to_string(dir.join("summary.json")).map_err(|e| e.to_string())?;
+        print!("{json}");
+        eprint!("{table}");
+    } else {
+        print!("{table}");
+    }
+    eprintln!("results: {}", dir.display());
+    if let Some(m) = mismatch {
+        eprintln!("nvmf-bench: verify FAILED: {m}");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -197,6 +197,26 @@ impl NvmfTarget {
             .collect()
     }
 
+    /// Runs `msg` on reactor `idx` (e.g. to add a poller that should share
+    /// the reactor's core, like an inline benchmark job).
+    pub fn run_on_reactor(
+        &self,
+        idx: usize,
+        msg: crate::reactor::Message,
+    ) -> Result<(), TargetError> {
+        let rs = lock(&self.reactors);
+        let r = rs
+            .get(idx)
+            .ok_or_else(|| TargetError::NotFound(format!("reactor {idx}")))?;
+        r.send(msg);
+        Ok(())
+    }
+
+    /// Number of reactor threads (0 in manual mode).
+    pub fn reactor_count(&self) -> usize {
+        lock(&self.reactors).len()
+    }
+
     /// `true` in manual mode.
     pub fn is_manual(&self) -> bool {
         self.manual.is_some()

@@ -1,0 +1,409 @@
+//! Runs jobs against a target: host threads over the loop transport,
+//! pollers on a reactor (`--inline`, like bdevperf), or straight on a block
+//! device (`--target direct`, the backend without the NVMe-oF layer).
+//!
+//! One job is one loop: keep `iodepth` I/Os in flight, time each from
+//! submission to completion, feed the recorder, stop on runtime, I/O count,
+//! Ctrl-C, or a verify mismatch (which names the LBA). Buffers are
+//! allocated once per job and reused, so the loop does not allocate.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use target_core::bdev::{BdevIo, BdevRef, IoChannel, IoOp};
+use target_core::iobuf::{DataBuf, IoBuf};
+use target_core::reactor::Poller;
+use transport_loop::HostQpair;
+
+use crate::job::JobSpec;
+use crate::stats::{JobResult, LiveStats, Recorder};
+use crate::verify::{Mismatch, Verifier};
+use crate::workload::{IoSpec, Op, Workload};
+
+/// Where a job's I/O goes.
+pub trait Port: Send {
+    /// Submits; gives the buffer back when the queue is full or closed.
+    fn submit(&mut self, op: Op, lba: u64, blocks: u32, buf: IoBuf, tag: u64) -> Result<(), IoBuf>;
+    /// Delivers completions as `(tag, ok, buffer)`.
+    fn poll(&mut self, f: &mut dyn FnMut(u64, bool, DataBuf)) -> usize;
+    /// `false` once the queue can take no more (torn down).
+    fn alive(&self) -> bool {
+        true
+    }
+}
+
+/// A loop-transport queue pair and the namespace it targets.
+#[derive(Debug)]
+pub struct LoopPort {
+    /// The queue pair.
+    pub qp: HostQpair,
+    /// Namespace ID.
+    pub nsid: u32,
+}
+
+impl Port for LoopPort {
+    #[inline]
+    fn submit(&mut self, op: Op, lba: u64, blocks: u32, buf: IoBuf, tag: u64) -> Result<(), IoBuf> {
+        let buf = DataBuf::One(buf);
+        let r = match op {
+            Op::Read => self.qp.read(self.nsid, lba, blocks, buf, tag),
+            Op::Write => self.qp.write(self.nsid, lba, blocks, buf, tag),
+        };
+        r.map(|_| ()).map_err(|e| match e.into_buf() {
+            DataBuf::One(b) => b,
+            _ => IoBuf::new(0),
+        })
+    }
+
+    #[inline]
+    fn poll(&mut self, f: &mut dyn FnMut(u64, bool, DataBuf)) -> usize {
+        self.qp
+            .poll(64, &mut |c| f(c.tag, c.status().is_success(), c.buf))
+    }
+
+    fn alive(&self) -> bool {
+        self.qp.state() == transport_loop::QpairState::Live || self.qp.outstanding() > 0
+    }
+}
+
+/// A block-device channel used directly.
+#[derive(Debug)]
+pub struct DirectPort {
+    /// The channel (opened on the job's thread or reactor).
+    pub ch: Box<dyn IoChannel>,
+}
+
+impl Port for DirectPort {
+    #[inline]
+    fn submit(&mut self, op: Op, lba: u64, blocks: u32, buf: IoBuf, tag: u64) -> Result<(), IoBuf> {
+        let io = BdevIo {
+            tag,
+            op: if op == Op::Read {
+                IoOp::Read
+            } else {
+                IoOp::Write
+            },
+            lba,
+            blocks,
+            fua: false,
+            buf: DataBuf::One(buf),
+        };
+        self.ch.submit(io).map_err(|io| match io.buf {
+            DataBuf::One(b) => b,
+            _ => IoBuf::new(0),
+        })
+    }
+
+    #[inline]
+    fn poll(&mut self, f: &mut dyn FnMut(u64, bool, DataBuf)) -> usize {
+        self.ch.poll(&mut |c| f(c.tag, c.result.is_ok(), c.buf))
+    }
+}
+
+/// Opens a direct port on `bdev`.
+pub fn direct_port(bdev: &BdevRef) -> Result<DirectPort, String> {
+    bdev.open_channel()
+        .map(|ch| DirectPort { ch })
+        .map_err(|e| e.to_string())
+}
+
+#[derive(Debug)]
+struct Slot {
+    io: IoSpec,
+    start: Instant,
+    seq: u64,
+    busy: bool,
+}
+
+/// How a job ended.
+#[derive(Debug)]
+pub struct JobOutcome {
+    /// Figures.
+    pub result: JobResult,
+    /// The first verify mismatch, if any.
+    pub mismatch: Option<Mismatch>,
+}
+
+/// One job's state: what [`JobRun::step`] advances.
+pub struct JobRun {
+    spec: JobSpec,
+    block_size: u32,
+    workload: Workload,
+    verifier: Option<Verifier>,
+    recorder: Option<Recorder>,
+    slots: Vec<Slot>,
+    bufs: Vec<Option<IoBuf>>,
+    free: Vec<u32>,
+    issued: u64,
+    in_flight: u32,
+    deadline: Option<Instant>,
+    stop: Arc<AtomicBool>,
+    mismatch: Option<Mismatch>,
+    draining: bool,
+    /// Completions of the current step, timestamped after reaping.
+    reaped: Vec<(u64, bool, DataBuf)>,
+}
+
+impl std::fmt::Debug for JobRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobRun")
+            .field("name", &self.spec.name)
+            .finish()
+    }
+}
+
+impl JobRun {
+    /// Prepares a job on a namespace of `ns_blocks` blocks of `block_size`.
+    pub fn new(
+        spec: JobSpec,
+        block_size: u32,
+        ns_blocks: u64,
+        live: Arc<LiveStats>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, String> {
+        let ns_bytes = ns_blocks * block_size as u64;
+        spec.validate(ns_bytes, block_size)
+            .map_err(|e| e.to_string())?;
+        let workload = Workload::new(&spec, block_size, ns_bytes).map_err(|e| e.to_string())?;
+        let verifier = spec.verify.then(|| {
+            let (start, blocks) = workload.range();
+            Verifier::new(start, blocks, block_size)
+        });
+        let qd = spec.iodepth.max(1) as usize;
+        let now = Instant::now();
+        let recorder = Recorder::new(&spec.name, spec.histogram, live, now, spec.ramp);
+        Ok(Self {
+            deadline: spec.runtime.map(|r| now + spec.ramp + r),
+            block_size,
+            workload,
+            verifier,
+            recorder: Some(recorder),
+            slots: (0..qd)
+                .map(|_| Slot {
+                    io: IoSpec {
+                        op: Op::Read,
+                        lba: 0,
+                        blocks: 0,
+                    },
+                    start: now,
+                    seq: 0,
+                    busy: false,
+                })
+                .collect(),
+            bufs: (0..qd)
+                .map(|_| Some(IoBuf::new(spec.bs as usize)))
+                .collect(),
+            free: (0..qd as u32).rev().collect(),
+            issued: 0,
+            in_flight: 0,
+            stop,
+            mismatch: None,
+            draining: false,
+            reaped: Vec::with_capacity(qd),
+            spec,
+        })
+    }
+
+    fn done_issuing(&self, now: Instant) -> bool {
+        self.draining
+            || self.stop.load(Ordering::Relaxed)
+            || self.mismatch.is_some()
+            || self.deadline.is_some_and(|d| now >= d)
+            || self.spec.io_count.is_some_and(|n| self.issued >= n)
+    }
+
+    /// One pass: reap completions, submit up to the queue depth. Returns
+    /// `true` when the job has finished (nothing in flight, nothing more to
+    /// issue).
+    #[inline]
+    pub fn step(&mut self, port: &mut dyn Port) -> bool {
+        let Self {
+            slots,
+            bufs,
+            free,
+            workload,
+            verifier,
+            recorder,
+            in_flight,
+            mismatch,
+            block_size,
+            reaped,
+            ..
+        } = self;
+        let Some(rec) = recorder.as_mut() else {
+            return true;
+        };
+        port.poll(&mut |tag, ok, buf| reaped.push((tag, ok, buf)));
+        // One clock read after reaping: every completion is stamped no
+        // earlier than it arrived (latencies err high by the batch, never low).
+        let now = Instant::now();
+        for (tag, ok, buf) in reaped.drain(..) {
+            let i = tag as usize;
+            let Some(s) = slots.get_mut(i) else { continue };
+            if !s.busy {
+                continue;
+            }
+            s.busy = false;
+            *in_flight -= 1;
+            let bytes = s.io.blocks as u64 * *block_size as u64;
+            if ok {
+                rec.record(
+                    s.io.op,
+                    now.saturating_duration_since(s.start).as_nanos() as u64,
+                    bytes,
+                );
+            } else {
+                rec.error();
+            }
+            let b = match buf {
+                DataBuf::One(b) => b,
+                _ => IoBuf::new(bytes as usize),
+            };
+            if let Some(v) = verifier.as_mut() {
+                match (s.io.op, ok) {
+                    (Op::Write, true) => v.on_write_done(s.io.lba, s.io.blocks, s.seq),
+                    (Op::Write, false) => v.on_write_failed(s.io.lba, s.io.blocks),
+                    (Op::Read, true) => {
+                        if let Err(m) =
+                            v.check(&b.as_slice()[..bytes as usize], s.io.lba, s.io.blocks)
+                            && mismatch.is_none()
+                        {
+                            *mismatch = Some(m);
+                        }
+                    }
+                    (Op::Read, false) => {}
+                }
+            }
+            workload.complete(&s.io);
+            bufs[i] = Some(b);
+            free.push(i as u32);
+        }
+        rec.tick(now);
+        if !self.done_issuing(now) && port.alive() {
+            while let Some(i) = self.free.pop() {
+                if self.spec.io_count.is_some_and(|n| self.issued >= n) {
+                    self.free.push(i);
+                    break;
+                }
+                let io = self.workload.next_io();
+                let Some(mut buf) = self.bufs[i as usize].take() else {
+                    self.free.push(i);
+                    break;
+                };
+                let bytes = io.blocks as usize * self.block_size as usize;
+                let mut seq = 0;
+                if io.op == Op::Write
+                    && let Some(v) = self.verifier.as_mut()
+                {
+                    seq = v.fill(&mut buf.as_mut_slice()[..bytes], io.lba, io.blocks);
+                }
+                let start = Instant::now();
+                match port.submit(io.op, io.lba, io.blocks, buf, i as u64) {
+                    Ok(()) => {
+                        self.slots[i as usize] = Slot {
+                            io,
+                            start,
+                            seq,
+                            busy: true,
+                        };
+                        self.in_flight += 1;
+                        self.issued += 1;
+                    }
+                    Err(b) => {
+                        self.bufs[i as usize] = Some(b);
+                        self.free.push(i);
+                        // Give the slot back to the workload (verify mode).
+                        self.workload.complete(&io);
+                        if !port.alive() {
+                            self.draining = true;
+                        }
+                        break;
+                    }
+                }
+            }
+        } else if !port.alive() && self.in_flight > 0 {
+            // The queue died with I/O outstanding; its completions still come.
+            self.draining = true;
+        }
+        self.in_flight == 0 && (self.done_issuing(now) || !port.alive())
+    }
+
+    /// Closes the recorder.
+    pub fn finish(&mut self) -> JobOutcome {
+        let now = Instant::now();
+        let result = match self.recorder.take() {
+            Some(r) => r.finish(now),
+            None => JobResult::merge(&self.spec.name, &[]),
+        };
+        JobOutcome {
+            result,
+            mismatch: self.mismatch.take(),
+        }
+    }
+
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+/// Runs a job on the calling thread until it finishes.
+pub fn run_on_thread(mut job: JobRun, mut port: Box<dyn Port>) -> JobOutcome {
+    let mut idle = 0u32;
+    loop {
+        if job.step(port.as_mut()) {
+            break;
+        }
+        idle = idle.wrapping_add(1);
+        if idle % 4096 == 0 {
+            std::hint::spin_loop();
+        }
+    }
+    job.finish()
+}
+
+/// A job as a reactor poller: host work shares the reactor's core.
+pub struct InlineJob {
+    job: JobRun,
+    port: Box<dyn Port>,
+    done: Option<mpsc::Sender<JobOutcome>>,
+}
+
+impl std::fmt::Debug for InlineJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineJob").field("job", &self.job).finish()
+    }
+}
+
+impl InlineJob {
+    /// Wraps a job; the outcome is sent on `done` when it finishes.
+    pub fn new(job: JobRun, port: Box<dyn Port>, done: mpsc::Sender<JobOutcome>) -> Self {
+        Self {
+            job,
+            port,
+            done: Some(done),
+        }
+    }
+}
+
+impl Poller for InlineJob {
+    fn poll(&mut self) -> usize {
+        let Some(tx) = &self.done else { return 0 };
+        if self.job.step(self.port.as_mut()) {
+            let _ = tx.send(self.job.finish());
+            self.done = None;
+        }
+        1
+    }
+
+    fn stop(&mut self) {
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(self.job.finish());
+        }
+    }
+}
+
+/// How long to wait for a job's last completions after it stopped issuing.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
