@@ -482,14 +482,14 @@ impl FileCtx<'_> {
             |s| s.parse(),
         )?;
         let rwmixread: Option<u32> = self.int(&r.rwmixread, "rwmixread")?;
-        if let (Some(p), Some(s)) = (rwmixread, &r.rwmixread) {
-            if p > 100 {
-                return Err(self.err(
-                    &s.span(),
-                    "rwmixread",
-                    format!("{p} is not a percentage (0-100)"),
-                ));
-            }
+        if let (Some(p), Some(s)) = (rwmixread, &r.rwmixread)
+            && p > 100
+        {
+            return Err(self.err(
+                &s.span(),
+                "rwmixread",
+                format!("{p} is not a percentage (0-100)"),
+            ));
         }
         Ok(Layer {
             name: self.string(&r.name, "name")?,

@@ -178,7 +178,7 @@ impl JobSpec {
             ));
         }
         let bsz = u64::from(block_size);
-        if self.bs == 0 || self.bs % block_size != 0 {
+        if self.bs == 0 || !self.bs.is_multiple_of(block_size) {
             return err(format!(
                 "bs={} is not a multiple of the namespace block size ({block_size})",
                 self.bs
@@ -190,13 +190,13 @@ impl JobSpec {
                 format_size(self.bs.into())
             ));
         }
-        if self.align == 0 || self.align % block_size != 0 {
+        if self.align == 0 || !self.align.is_multiple_of(block_size) {
             return err(format!(
                 "align={} is not a multiple of the namespace block size ({block_size})",
                 self.align
             ));
         }
-        if self.offset % bsz != 0 {
+        if !self.offset.is_multiple_of(bsz) {
             return err(format!(
                 "offset={} is not a multiple of the block size ({block_size})",
                 self.offset

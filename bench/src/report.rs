@@ -123,13 +123,13 @@ pub fn write_report(
             fs::write(&p, buf).map_err(io_err(&p))?;
         }
     }
-    if jobs.len() > 1 {
-        if let Some(h) = &total.histogram {
-            let p = dir.join("total.hgrm");
-            let mut buf = Vec::new();
-            write_hgrm(&mut buf, h, 1000.0).map_err(io_err(&p))?;
-            fs::write(&p, buf).map_err(io_err(&p))?;
-        }
+    if jobs.len() > 1
+        && let Some(h) = &total.histogram
+    {
+        let p = dir.join("total.hgrm");
+        let mut buf = Vec::new();
+        write_hgrm(&mut buf, h, 1000.0).map_err(io_err(&p))?;
+        fs::write(&p, buf).map_err(io_err(&p))?;
     }
     let p = dir.join("latency.svg");
     latency_svg(&p, jobs).map_err(fmt_err(&p))?;

@@ -357,7 +357,7 @@ pub fn run_on_thread(mut job: JobRun, mut port: Box<dyn Port>) -> JobOutcome {
             break;
         }
         idle = idle.wrapping_add(1);
-        if idle % 4096 == 0 {
+        if idle.is_multiple_of(4096) {
             std::hint::spin_loop();
         }
     }

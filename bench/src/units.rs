@@ -91,7 +91,7 @@ pub fn format_size(bytes: u64) -> String {
     let mut i = 0;
     while i + 1 < UNITS.len()
         && bytes >= (1u64 << (10 * (i + 1)))
-        && bytes % (1u64 << (10 * (i + 1))) == 0
+        && bytes.is_multiple_of(1u64 << (10 * (i + 1)))
     {
         i += 1;
     }
