@@ -43,10 +43,31 @@ fn main() -> ExitCode {
     signal::install();
     match run(&cli, &cfg, jobs) {
         Ok(code) => code,
-        Err(e) => {
+        Err(RunError::Usage(e)) => usage(e),
+        Err(RunError::Failed(e)) => {
             eprintln!("nvmf-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Why a run did not produce results.
+enum RunError {
+    /// The jobs do not fit the target (exit 2).
+    Usage(String),
+    /// Something broke while running (exit 1).
+    Failed(String),
+}
+
+impl From<String> for RunError {
+    fn from(s: String) -> Self {
+        RunError::Failed(s)
+    }
+}
+
+impl From<&str> for RunError {
+    fn from(s: &str) -> Self {
+        RunError::Failed(s.to_owned())
     }
 }
 
@@ -56,7 +77,7 @@ struct Prepared {
     inline: bool,
 }
 
-fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, String> {
+fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, RunError> {
     let target = Target::start(
         cfg,
         &StartOptions {
@@ -81,15 +102,21 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, St
             .clone()
             .unwrap_or_else(|| default_nqn.clone());
         let nsid = cli.nsid.unwrap_or(spec.nsid);
-        let sub = target.nvmf().subsystem(&nqn).map_err(|e| e.to_string())?;
+        let sub = target
+            .nvmf()
+            .subsystem(&nqn)
+            .map_err(|e| RunError::Usage(e.to_string()))?;
         let ns = sub
             .namespace(nsid)
-            .ok_or_else(|| format!("subsystem {nqn} has no namespace {nsid}"))?;
+            .ok_or_else(|| RunError::Usage(format!("subsystem {nqn} has no namespace {nsid}")))?;
         let (bs, blocks) = (ns.block_size(), ns.num_blocks());
         for inst in spec.instances(blocks * bs as u64) {
             let l = LiveStats::new();
-            let job = JobRun::new(inst.clone(), bs, blocks, l.clone(), stop.clone())
-                .map_err(|e| format!("job {}: {e}", inst.name))?;
+            let job =
+                JobRun::new(inst.clone(), bs, blocks, l.clone(), stop.clone()).map_err(|e| {
+                    let _ = target.stop();
+                    RunError::Usage(e)
+                })?;
             let port: Box<dyn Port> = match cli.target {
                 bench::cli::TargetKind::Direct => Box::new(runner::direct_port(&ns.bdev)?),
                 bench::cli::TargetKind::Loop => {
@@ -204,7 +231,10 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, St
         results.push(o.result);
     }
     if results.len() < n {
-        return Err(format!("{} of {n} jobs did not report", n - results.len()));
+        return Err(RunError::Failed(format!(
+            "{} of {n} jobs did not report",
+            n - results.len()
+        )));
     }
     let total = JobResult::merge("total", &results);
     let dir = cli.output_dir(start_wall);

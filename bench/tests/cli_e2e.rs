@@ -1,0 +1,199 @@
+//! The `nvmf-bench` binary end to end: a verify run passes, a corrupting
+//! backend is caught at the right LBA, the result files agree with each
+//! other and with the I/O count, and bad input exits 2 with one line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nvmf-bench"))
+        .args(["--quiet", "--reactor-cores", "0"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn json(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn verify_run_over_loop_passes_and_files_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r");
+    let o = bench(&[
+        "--rw",
+        "verify",
+        "--bs",
+        "4k",
+        "-q",
+        "16",
+        "--io-count",
+        "20000",
+        "--size",
+        "8MiB",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let j = json(&out);
+    let job = &j["jobs"][0];
+    let ios =
+        job["read"]["total_ios"].as_u64().unwrap() + job["write"]["total_ios"].as_u64().unwrap();
+    assert_eq!(ios, 20000, "{j}");
+    assert_eq!(job["errors"].as_u64(), Some(0));
+    let table = std::fs::read_to_string(out.join("summary.txt")).unwrap();
+    assert!(table.contains("20000 I/Os"), "{table}");
+    // The interval log reads back with hdrhistogram's reader; counts add up.
+    let hlog =
+        std::fs::read(out.join(format!("{}.hlog", job["jobname"].as_str().unwrap()))).unwrap();
+    let mut total = 0;
+    let mut de = Deserializer::new();
+    for e in IntervalLogIterator::new(&hlog) {
+        if let LogEntry::Interval(h) = e.unwrap() {
+            let mut raw = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                h.encoded_histogram(),
+            )
+            .unwrap();
+            let hist: hdrhistogram::Histogram<u64> = de.deserialize(&mut raw.as_slice()).unwrap();
+            raw.clear();
+            total += hist.len();
+        }
+    }
+    assert_eq!(total, ios);
+    for f in ["latency.svg", "iops.svg"] {
+        assert!(std::fs::metadata(out.join(f)).unwrap().len() > 500, "{f}");
+    }
+}
+
+#[test]
+fn corrupting_backend_is_caught_with_its_lba() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("corrupt.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[reactors]
+cores = [0]
+[[backend]]
+name = "ram"
+kind = "malloc"
+size = "4MiB"
+[[backend]]
+name = "bad"
+kind = "error"
+base = "ram"
+  [[backend.inject]]
+  op = "read"
+  lba_start = 808
+  lba_end = 809
+  action = "corrupt"
+[[subsystem]]
+nqn = "nqn.2026-11.io.nvmf-rs:corrupt"
+allow_any_host = true
+  [[subsystem.namespace]]
+  nsid = 1
+  backend = "bad"
+[[listener]]
+transport = "loop"
+subsystem = "*"
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("r");
+    let o = bench(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--rw",
+        "verify",
+        "--bs",
+        "4k",
+        "-q",
+        "4",
+        "--io-count",
+        "20000",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("verify FAILED"), "{t}");
+    // Blocks of 512 B: the corrupted 4 KiB read covers LBAs 808..816; the
+    // byte flipped is in the middle of the buffer, LBA 812.
+    assert!(t.contains("LBA 812"), "{t}");
+}
+
+#[test]
+fn bad_arguments_exit_2_with_one_line() {
+    for args in [
+        &["--bs", "3k7"][..],
+        &["--rw", "sideways"],
+        &["--iodepth", "0"],
+        &["--config", "/nonexistent.toml"],
+        &["--job-file", "/nonexistent.toml"],
+    ] {
+        let o = bench(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let lines: Vec<_> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!lines.is_empty(), "{args:?}: no message");
+        assert!(lines.len() <= 3, "{args:?}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let jf = dir.path().join("jobs.toml");
+    std::fs::write(
+        &jf,
+        "[global]\nbs = \"4k\"\n\n[[job]]\nname = \"a\"\niodeph = 4\n",
+    )
+    .unwrap();
+    let o = bench(&["--job-file", jf.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("jobs.toml:6") && err.contains("iodeph"),
+        "{err}"
+    );
+}
+
+#[test]
+fn inline_and_direct_modes_run() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, extra) in [&["--inline"][..], &["--target", "direct"]]
+        .iter()
+        .enumerate()
+    {
+        let out = dir.path().join(format!("r{i}"));
+        let mut args = vec![
+            "--nsid",
+            "2",
+            "--io-count",
+            "50000",
+            "-q",
+            "32",
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = bench(&args);
+        assert!(o.status.success(), "{extra:?}: {}", text(&o));
+        let j = json(&out);
+        assert_eq!(
+            j["jobs"][0]["read"]["total_ios"].as_u64(),
+            Some(50000),
+            "{extra:?}: {j}"
+        );
+    }
+}
