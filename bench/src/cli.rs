@@ -188,12 +188,22 @@ pub struct Cli {
     #[arg(long, help_heading = "Job")]
     pub no_histogram: bool,
 
-    /// TOML job file with [global] and [[job]] tables (see below)
-    #[arg(long, value_name = "FILE", help_heading = "Job")]
+    /// TOML job file with `[global]` and `[[job]]` tables.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Job",
+        help = "TOML job file with [global] and [[job]] tables (see below)"
+    )]
     pub job_file: Option<PathBuf>,
 
-    /// Output folder for summary.json, .hlog, .hgrm and .svg files [default: ./out/bench-<unix-time>]
-    #[arg(long, value_name = "DIR", help_heading = "Output")]
+    /// Output folder, default `./out/bench-<unix-time>`.
+    #[arg(
+        long,
+        value_name = "DIR",
+        help_heading = "Output",
+        help = "Output folder for summary.json, .hlog, .hgrm and .svg files [default: ./out/bench-<unix-time>]"
+    )]
     pub output: Option<PathBuf>,
 
     /// No progress line

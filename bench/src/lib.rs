@@ -17,6 +17,31 @@
 //! * [`progress`]: the one-line live status.
 //! * [`report`]: summary table, `.hlog`, `.hgrm`, `summary.json`, SVG plots.
 //!
+//! # How a runner drives one job instance
+//!
+//! ```text
+//! let jobs = jobs_from_cli(&cli)?;                       // UsageError -> exit 2
+//! for spec in jobs.iter().flat_map(|j| j.instances(ns_bytes)) {
+//!     let mut wl = Workload::new(&spec, block_size, ns_bytes)?;   // validates
+//!     let (start, blocks) = wl.range();
+//!     let mut ver = spec.verify.then(|| Verifier::new(start, blocks, block_size));
+//!     let live = LiveStats::new();                        // Arc, shared with Progress
+//!     let mut rec = Recorder::new(&spec.name, spec.histogram, live.clone(), now, spec.ramp);
+//!     // keep spec.iodepth in flight:
+//!     //   io = wl.next_io(); if Write && verify: seq = ver.fill(buf, io.lba, io.blocks)
+//!     // on completion:
+//!     //   ok:  rec.record(io.op, lat_ns, bytes); Write: ver.on_write_done(lba, blocks, seq)
+//!     //        Read: ver.check(buf, lba, blocks) -> Err(Mismatch) is a verify failure
+//!     //   err: rec.error(); Write: ver.on_write_failed(lba, blocks)
+//!     //   always: wl.complete(&io)
+//!     //   rec.tick(now) often; stop when rec.measured_time(now) >= runtime
+//!     //   or rec.measured_ios() >= io_count
+//!     let result = rec.finish(now);
+//! }
+//! let total = JobResult::merge("total", &results);
+//! let table = report::write_report(&dir, &results, &total, measure_start_wallclock)?;
+//! ```
+//!
 //! # Not implemented
 //!
 //! Latency targets (fio `latency_target`), rate limiting, trim/flush mixes,
