@@ -8,7 +8,14 @@ use super::admin::AdminOutcome;
 use super::ctrlr::{AER_LIMIT, Controller, ERROR_LOG_ENTRIES};
 use super::engine::Engine;
 use super::fabrics::VERSION;
+use zerocopy::IntoBytes;
+
 use crate::iobuf::DataBuf;
+use crate::spec::features::aec;
+use crate::spec::identify::{
+    IdentifyController, IdentifyNamespace, LbaFormat, set_ascii, set_nul_padded,
+};
+use crate::spec::log::{ErrorInformationEntry, SmartHealthLog, u128_le};
 use crate::spec::{Status, SubmissionEntry};
 
 const PAGE: usize = 4096;
@@ -23,17 +30,8 @@ impl Page {
     fn u8(&mut self, off: usize, v: u8) {
         self.0[off] = v;
     }
-    fn u16(&mut self, off: usize, v: u16) {
-        self.0[off..off + 2].copy_from_slice(&v.to_le_bytes());
-    }
     fn u32(&mut self, off: usize, v: u32) {
         self.0[off..off + 4].copy_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, off: usize, v: u64) {
-        self.0[off..off + 8].copy_from_slice(&v.to_le_bytes());
-    }
-    fn u128(&mut self, off: usize, v: u128) {
-        self.0[off..off + 16].copy_from_slice(&v.to_le_bytes());
     }
     fn bytes(&mut self, off: usize, v: &[u8]) {
         self.0[off..off + v.len()].copy_from_slice(v);
@@ -48,11 +46,6 @@ impl Page {
         {
             *d = c;
         }
-    }
-    /// UTF-8 field padded with NULs (SUBNQN).
-    fn nul_str(&mut self, off: usize, len: usize, s: &str) {
-        let n = s.len().min(len - 1);
-        self.0[off..off + n].copy_from_slice(&s.as_bytes()[..n]);
     }
 }
 
@@ -144,53 +137,54 @@ pub(crate) fn identify(
 
 fn identify_controller(engine: &Engine, ctrl: &Controller, p: &mut Page) {
     let s = &ctrl.subsys;
-    p.ascii(4, 20, &s.serial); // SN
-    p.ascii(24, 40, &s.model); // MN
-    p.ascii(64, 8, env!("CARGO_PKG_VERSION")); // FR
-    p.u8(72, 6); // RAB
-    p.u8(76, 1 << 1); // CMIC: may have several controllers
-    p.u8(77, engine.opts.mdts); // MDTS
-    p.u16(78, ctrl.cntlid); // CNTLID
-    p.u32(80, VERSION); // VER
-    p.u32(92, 1 << 8); // OAES: Namespace Attribute Notices
-    p.u32(96, 1); // CTRATT: 128-bit host identifier
-    p.u8(111, 1); // CNTRLTYPE: I/O controller
-    p.u8(258, 3); // ACL (zero-based)
-    p.u8(259, AER_LIMIT as u8 - 1); // AERL (zero-based)
-    p.u8(260, 0x3); // FRMW: one slot, read only
-    p.u8(261, (1 << 1) | (1 << 2)); // LPA: effects log, extended data
-    p.u8(262, ERROR_LOG_ENTRIES as u8 - 1); // ELPE (zero-based)
-    p.u16(266, 0x157); // WCTEMP
-    p.u16(268, 0x175); // CCTEMP
-    p.u16(320, 1); // KAS: 100 ms granularity
-    p.u8(512, 0x66); // SQES
-    p.u8(513, 0x44); // CQES
-    p.u16(514, engine.opts.max_queue_entries); // MAXCMD
-    p.u32(516, s.max_namespaces); // NN
-    p.u16(520, (1 << 2) | (1 << 3)); // ONCS: DSM, Write Zeroes
-    p.u8(525, 0b101); // VWC present; flush to NSID FFFFFFFFh not supported
-    p.u32(536, 1); // SGLS: supported
-    p.u32(540, s.max_namespaces); // MNAN
-    p.nul_str(768, 256, &s.nqn); // SUBNQN
-    p.u32(1792, 4); // IOCCSZ: 64-byte capsules
-    p.u32(1796, 1); // IORCSZ: 16-byte responses
-    p.u8(1803, 1); // MSDBD
+    let mut id = IdentifyController::zeroed();
+    set_ascii(&mut id.sn, &s.serial);
+    set_ascii(&mut id.mn, &s.model);
+    set_ascii(&mut id.fr, env!("CARGO_PKG_VERSION"));
+    id.rab = 6;
+    id.cmic = 1 << 1; // may have several controllers
+    id.mdts = engine.opts.mdts;
+    id.cntlid = ctrl.cntlid;
+    id.ver = VERSION;
+    id.oaes = aec::NAMESPACE_ATTRIBUTE; // Namespace Attribute Notices
+    id.ctratt = 1; // 128-bit host identifier
+    id.cntrltype = 1; // I/O controller
+    id.acl_z = 3;
+    id.aerl_z = AER_LIMIT as u8 - 1;
+    id.frmw = 0x3; // one slot, read only
+    id.lpa = (1 << 1) | (1 << 2); // effects log, extended data
+    id.elpe_z = ERROR_LOG_ENTRIES as u8 - 1;
+    id.wctemp = 0x157;
+    id.cctemp = 0x175;
+    id.kas = 1; // 100 ms granularity
+    id.sqes = 0x66;
+    id.cqes = 0x44;
+    id.maxcmd = engine.opts.max_queue_entries;
+    id.nn = s.max_namespaces;
+    id.oncs = (1 << 2) | (1 << 3); // Dataset Management, Write Zeroes
+    id.vwc = 0b101; // present; flush to NSID FFFFFFFFh not supported
+    id.sgls = 1;
+    id.mnan = s.max_namespaces;
+    set_nul_padded(&mut id.subnqn, &s.nqn);
+    id.ioccsz = 4; // 64-byte capsules
+    id.iorcsz = 1; // 16-byte responses
+    id.msdbd = 1;
+    p.bytes(0, id.as_bytes());
 }
 
 fn identify_namespace(ns: &super::subsystem::Namespace, p: &mut Page) {
     let info = ns.bdev.info();
-    p.u64(0, info.num_blocks); // NSZE
-    p.u64(8, info.num_blocks); // NCAP
-    p.u64(16, info.num_blocks); // NUSE
-    p.u8(25, 0); // NLBAF: one format
-    p.u8(26, 0); // FLBAS: format 0
-    p.u8(30, 1); // NMIC: may be shared
-    // DLFEAT: deallocated blocks read as zeros; write zeroes may deallocate.
-    p.u8(33, if info.supports_deallocate { 0b1001 } else { 0 });
-    p.u8(99, ns.read_only as u8); // NSATTR: write protected
-    p.bytes(104, &ns.nguid); // NGUID
-    // LBAF0: MS 0, LBADS, RP best.
-    p.u8(128 + 2, info.block_size.trailing_zeros() as u8);
+    let mut id = IdentifyNamespace::zeroed();
+    id.nsze = info.num_blocks;
+    id.ncap = info.num_blocks;
+    id.nuse = info.num_blocks;
+    id.nmic = 1; // may be shared
+    // Deallocated blocks read as zeros; write zeroes may deallocate.
+    id.dlfeat = if info.supports_deallocate { 0b1001 } else { 0 };
+    id.nsattr = ns.read_only as u8; // write protected
+    id.nguid = ns.nguid;
+    id.lbaf[0] = LbaFormat::with_block_size(info.block_size);
+    p.bytes(0, id.as_bytes());
 }
 
 /// Log page identifiers served.
@@ -247,15 +241,18 @@ pub(crate) fn get_log_page(
         }
         lid::ERROR => {
             let st = ctrl.state();
-            for (i, e) in st.errors.iter().enumerate().take(PAGE / 64) {
-                let o = i * 64;
-                p.u64(o, e.error_count);
-                p.u16(o + 8, e.sqid);
-                p.u16(o + 10, e.cid);
-                p.u16(o + 12, e.status << 1);
-                p.u16(o + 14, 0xffff); // parameter error location: n/a
-                p.u64(o + 16, e.lba);
-                p.u32(o + 24, e.nsid);
+            for (i, e) in st.errors.iter().enumerate().take(ERROR_LOG_ENTRIES) {
+                let entry = ErrorInformationEntry {
+                    error_count: e.error_count,
+                    sqid: e.sqid,
+                    cid: e.cid,
+                    status: e.status << 1,
+                    parameter_error_location: 0xffff,
+                    lba: e.lba,
+                    nsid: e.nsid,
+                    ..Default::default()
+                };
+                p.bytes(i * 64, entry.as_bytes());
             }
             deliver(&p.0[..ERROR_LOG_ENTRIES * 64], buf, offset, len)
         }
@@ -273,14 +270,16 @@ pub(crate) fn get_log_page(
                 t.errors += n.errors;
             }
             let units = |b: u64| (b.div_ceil(512)).div_ceil(1000) as u128;
-            p.u16(1, 0x13b); // composite temperature, 42 °C
-            p.u8(3, 100); // available spare
-            p.u8(4, 10); // available spare threshold
-            p.u128(32, units(t.bytes_read));
-            p.u128(48, units(t.bytes_written));
-            p.u128(64, t.reads as u128);
-            p.u128(80, t.writes as u128);
-            p.u128(176, ctrl.state().error_count as u128);
+            let mut log: SmartHealthLog = zerocopy::FromZeros::new_zeroed();
+            log.composite_temperature = 0x13bu16.to_le_bytes(); // 42 °C
+            log.available_spare = 100;
+            log.available_spare_threshold = 10;
+            log.data_units_read = u128_le(units(t.bytes_read));
+            log.data_units_written = u128_le(units(t.bytes_written));
+            log.host_read_commands = u128_le(t.reads as u128);
+            log.host_write_commands = u128_le(t.writes as u128);
+            log.number_of_error_log_entries = u128_le(ctrl.state().error_count as u128);
+            p.bytes(0, log.as_bytes());
             deliver(&p.0[..512], buf, offset, len)
         }
         lid::FIRMWARE_SLOT => {

@@ -11,20 +11,14 @@ use std::time::{Duration, Instant};
 use super::target::NvmfTarget;
 use super::transport::{Capsule, QueueRings, Response, RingTransport};
 use crate::iobuf::{DataBuf, IoBuf};
+use zerocopy::IntoBytes;
+
+use crate::spec::fabrics::ConnectData;
 use crate::spec::{CompletionEntry, FabricsType, SubmissionEntry};
 
 /// Builds the 1024-byte Connect data (NVMe-oF 1.1a Figure 20).
 pub fn connect_data(hostid: &[u8; 16], cntlid: u16, subnqn: &str, hostnqn: &str) -> IoBuf {
-    let mut data = IoBuf::new(1024);
-    let d = data.as_mut_slice();
-    d[0..16].copy_from_slice(hostid);
-    d[16..18].copy_from_slice(&cntlid.to_le_bytes());
-    for (off, s) in [(256usize, subnqn), (512, hostnqn)] {
-        let b = s.as_bytes();
-        let n = b.len().min(255);
-        d[off..off + n].copy_from_slice(&b[..n]);
-    }
-    data
+    IoBuf::from_slice(ConnectData::new(*hostid, cntlid, subnqn, hostnqn).as_bytes())
 }
 
 /// A Fabrics Connect command for queue `qid` with `entries` entries.
