@@ -317,6 +317,7 @@ impl HostController {
         let (_, buf) = self.identify_raw(1, 0)?;
         buf.copy_out(0, &mut self.identify[..]);
         self.set_queues(opts.io_queues)?;
+        self.mark_ready();
         let mqes = (self.cap & 0xffff) as u16 + 1;
         let depth = opts.queue_depth.min(mqes);
         for qid in 1..=opts.io_queues.min(self.granted) {
@@ -327,7 +328,7 @@ impl HostController {
         Ok(())
     }
 
-    /// CC.EN = 1, wait for CSTS.RDY, submit AERs; I/O queues may connect.
+    /// CC.EN = 1, wait for CSTS.RDY, submit AERs.
     fn enable(&mut self) -> Result<(), HostError> {
         self.property_set(CC, CC_ENABLE)?;
         let to = Duration::from_millis(((self.cap >> 24) & 0xff).max(1) * 500);
@@ -349,14 +350,17 @@ impl HostController {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        {
-            let mut a = lock(&self.admin);
-            while a.aer_cids.len() < self.aers {
-                a.submit_aer()?;
-            }
+        let mut a = lock(&self.admin);
+        while a.aer_cids.len() < self.aers {
+            a.submit_aer()?;
         }
-        self.assoc.ready.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// I/O queues may connect now. Only after Number of Queues: a queue
+    /// connected earlier would make that Set Features a sequence error.
+    fn mark_ready(&self) {
+        self.assoc.ready.store(true, Ordering::Release);
     }
 
     fn set_queues(&mut self, n: u16) -> Result<(), HostError> {
@@ -629,6 +633,7 @@ impl HostController {
         self.enable()?;
         let n = self.granted;
         self.set_queues(n)?;
+        self.mark_ready();
         Ok(())
     }
 
