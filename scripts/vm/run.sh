@@ -53,12 +53,13 @@ echo "vm: kernel $KERNEL, work dir $WORK"
 tb=$SECONDS
 echo "vm: building nvme-vm-tests (static, CARGO_TARGET_DIR=$TARGET_DIR)"
 if ! (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build --release -q -p pcie-driver --bin nvme-vm-tests \
+        cargo build --release -q -p pcie-driver --bin nvme-vm-tests -p tests --bin nvmf-vm-loop \
         --target x86_64-unknown-linux-gnu); then
     echo "vm: build failed"
     exit 1
 fi
 BIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvme-vm-tests"
+LOOPBIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvmf-vm-loop"
 echo "vm: build took $((SECONDS - tb)) s"
 
 # ---- (c) initramfs -------------------------------------------------------------
@@ -99,6 +100,7 @@ build_initramfs() {
         fi
     done
     cp "$BIN" "$root/nvme-vm-tests"
+    cp "$LOOPBIN" "$root/nvmf-vm-loop"
     [ -n "$extra_init" ] && eval "$extra_init"
     cat >"$root/init" <<'INIT'
 #!/bin/sh
@@ -121,6 +123,8 @@ if [ "$mode" = bench ]; then
   [ -x /bench-kernel.sh ] && /bench-kernel.sh
 else
   RUST_BACKTRACE=1 /nvme-vm-tests $mode
+  # The driver's namespace exported through a subsystem and the loop transport.
+  [ "$mode" = multi ] && RUST_BACKTRACE=1 /nvmf-vm-loop
 fi
 echo "init: VM-DONE rc=$?"
 sync
@@ -201,6 +205,7 @@ check_images() {
     case "$1" in
         multi)
             check_mark "$WORK/a.img" 512 2000 "ctrla"
+            check_mark "$WORK/a.img" 512 2500 "loop-export"
             check_mark "$WORK/b2.img" 4096 100 "ctrlb-ns2"
             ;;
         limits)
@@ -241,7 +246,8 @@ for cfg in $CONFIGS; do
         grep -q "^SUMMARY bench done" "$log" || { echo "[bench] no summary"; tail -n 20 "$log"; total_fail=$((total_fail + 1)); }
         continue
     fi
-    summary="$(grep -E '^SUMMARY passed=[0-9]+ failed=[0-9]+' "$log" | tail -n1)"
+    # One SUMMARY per test binary run in the guest; add them up.
+    summary="$(grep -E '^SUMMARY passed=[0-9]+ failed=[0-9]+' "$log" | awk -F'[= ]' '{p+=$3; f+=$5} END {if (NR) printf "SUMMARY passed=%d failed=%d", p, f}')"
     if [ -z "$summary" ]; then
         echo "[$cfg] no SUMMARY line (qemu rc=$rc after ${dt}s; guest hang or crash). Last lines:"
         tail -n 25 "$log" | sed "s/^/[$cfg]   /"
