@@ -82,7 +82,7 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, Ru
         cfg,
         &StartOptions {
             unpinned: false,
-            idle_backoff: Some(Duration::ZERO),
+            idle_backoff: None,
         },
     )
     .map_err(|e| e.to_string())?;
