@@ -211,12 +211,38 @@ impl DataBuf {
         }
     }
 
-    /// Copies `len` bytes starting at byte `offset` out into `dst`.
+    /// Calls `f(segment_bytes, position_in_range)` for each piece of
+    /// `[offset, offset + len)`; returns the bytes covered (short when the
+    /// buffer is).
+    fn walk(&mut self, offset: usize, len: usize, mut f: impl FnMut(&mut [u8], usize)) -> usize {
+        let mut done = 0;
+        let mut skip = offset;
+        for seg in self.segments_mut() {
+            if done == len {
+                break;
+            }
+            let s = seg.as_mut_slice();
+            if skip >= s.len() {
+                skip -= s.len();
+                continue;
+            }
+            let n = (s.len() - skip).min(len - done);
+            f(&mut s[skip..skip + n], done);
+            done += n;
+            skip = 0;
+        }
+        done
+    }
+
+    /// Copies bytes starting at byte `offset` out into `dst`.
     /// Returns the number of bytes copied (short when the buffer is).
     pub fn copy_out(&self, offset: usize, dst: &mut [u8]) -> usize {
         let mut done = 0;
         let mut skip = offset;
         for seg in self.segments() {
+            if done == dst.len() {
+                break;
+            }
             let s = seg.as_slice();
             if skip >= s.len() {
                 skip -= s.len();
@@ -226,53 +252,20 @@ impl DataBuf {
             dst[done..done + n].copy_from_slice(&s[skip..skip + n]);
             done += n;
             skip = 0;
-            if done == dst.len() {
-                break;
-            }
         }
         done
     }
 
     /// Copies `src` in starting at byte `offset`. Returns bytes copied.
     pub fn copy_in(&mut self, offset: usize, src: &[u8]) -> usize {
-        let mut done = 0;
-        let mut skip = offset;
-        for seg in self.segments_mut() {
-            let s = seg.as_mut_slice();
-            if skip >= s.len() {
-                skip -= s.len();
-                continue;
-            }
-            let n = (s.len() - skip).min(src.len() - done);
-            s[skip..skip + n].copy_from_slice(&src[done..done + n]);
-            done += n;
-            skip = 0;
-            if done == src.len() {
-                break;
-            }
-        }
-        done
+        self.walk(offset, src.len(), |seg, at| {
+            seg.copy_from_slice(&src[at..at + seg.len()])
+        })
     }
 
     /// Fills `len` bytes from `offset` with zeros. Returns bytes written.
     pub fn fill_zero(&mut self, offset: usize, len: usize) -> usize {
-        let mut done = 0;
-        let mut skip = offset;
-        for seg in self.segments_mut() {
-            let s = seg.as_mut_slice();
-            if skip >= s.len() {
-                skip -= s.len();
-                continue;
-            }
-            let n = (s.len() - skip).min(len - done);
-            s[skip..skip + n].fill(0);
-            done += n;
-            skip = 0;
-            if done == len {
-                break;
-            }
-        }
-        done
+        self.walk(offset, len, |seg, _| seg.fill(0))
     }
 }
 

@@ -105,17 +105,18 @@ pub(crate) fn execute(
     }
 }
 
-/// Feature identifiers handled here (Base 2.0c Figure 317).
+/// Feature identifiers handled here, as raw bytes for matching.
 mod fid {
-    pub const ARBITRATION: u8 = 0x01;
-    pub const POWER_MANAGEMENT: u8 = 0x02;
-    pub const TEMPERATURE_THRESHOLD: u8 = 0x04;
-    pub const ERROR_RECOVERY: u8 = 0x05;
-    pub const VOLATILE_WRITE_CACHE: u8 = 0x06;
-    pub const NUMBER_OF_QUEUES: u8 = 0x07;
-    pub const ASYNC_EVENT_CONFIGURATION: u8 = 0x0b;
-    pub const KEEP_ALIVE_TIMER: u8 = 0x0f;
-    pub const HOST_IDENTIFIER: u8 = 0x81;
+    use crate::spec::features::FeatureId;
+    pub const ARBITRATION: u8 = FeatureId::ARBITRATION.0;
+    pub const POWER_MANAGEMENT: u8 = FeatureId::POWER_MANAGEMENT.0;
+    pub const TEMPERATURE_THRESHOLD: u8 = FeatureId::TEMPERATURE_THRESHOLD.0;
+    pub const ERROR_RECOVERY: u8 = FeatureId::ERROR_RECOVERY.0;
+    pub const VOLATILE_WRITE_CACHE: u8 = FeatureId::VOLATILE_WRITE_CACHE.0;
+    pub const NUMBER_OF_QUEUES: u8 = FeatureId::NUMBER_OF_QUEUES.0;
+    pub const ASYNC_EVENT_CONFIGURATION: u8 = FeatureId::ASYNC_EVENT_CONFIGURATION.0;
+    pub const KEEP_ALIVE_TIMER: u8 = FeatureId::KEEP_ALIVE_TIMER.0;
+    pub const HOST_IDENTIFIER: u8 = FeatureId::HOST_IDENTIFIER.0;
 }
 
 /// Asynchronous event configuration bits we can report: SMART critical

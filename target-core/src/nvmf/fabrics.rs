@@ -27,30 +27,23 @@ mod connect_data {
 const IPO_QID: u32 = 42;
 const IPO_SQSIZE: u32 = 44;
 
-/// Controller property offsets (Base 2.0c §3.1.4).
-pub mod prop {
-    /// Controller Capabilities (8 bytes).
-    pub const CAP: u32 = 0x00;
-    /// Version.
-    pub const VS: u32 = 0x08;
-    /// Controller Configuration.
-    pub const CC: u32 = 0x14;
-    /// Controller Status.
-    pub const CSTS: u32 = 0x1c;
-    /// NVM Subsystem Reset.
-    pub const NSSR: u32 = 0x20;
-}
+use crate::spec::properties::{Cap, Cc, offset as prop};
 
 /// The version this target implements: 2.0.0.
 pub const VERSION: u32 = 0x0002_0000;
 
 /// CAP.TO in 500 ms units: how long a host should wait for CSTS.RDY.
-const CAP_TO: u64 = 30;
+const CAP_TO: u8 = 30;
 
 /// CAP as the target advertises it.
 pub fn cap_value(engine: &Engine) -> u64 {
-    let mqes_z = engine.opts.max_queue_entries.saturating_sub(1) as u64;
-    mqes_z | (1 << 16) /* CQR */ | (CAP_TO << 24) | (1u64 << 37) /* CSS: NVM */
+    Cap::new(
+        engine.opts.max_queue_entries.saturating_sub(1),
+        true,
+        CAP_TO,
+        true,
+    )
+    .0
 }
 
 /// Connect Invalid Parameters with IATTR/IPO pointing at the field.
@@ -266,29 +259,6 @@ fn property_get(engine: &Engine, qp: &Qpair, sqe: &SubmissionEntry) -> AdminOutc
     }
 }
 
-/// CC fields (Base 2.0c Figure 41).
-mod cc {
-    pub const EN: u32 = 1;
-    pub fn css(v: u32) -> u32 {
-        (v >> 4) & 0x7
-    }
-    pub fn mps(v: u32) -> u32 {
-        (v >> 7) & 0xf
-    }
-    pub fn ams(v: u32) -> u32 {
-        (v >> 11) & 0x7
-    }
-    pub fn shn(v: u32) -> u32 {
-        (v >> 14) & 0x3
-    }
-    pub fn iosqes(v: u32) -> u32 {
-        (v >> 16) & 0xf
-    }
-    pub fn iocqes(v: u32) -> u32 {
-        (v >> 20) & 0xf
-    }
-}
-
 fn property_set(qp: &mut Qpair, sqe: &SubmissionEntry) -> AdminOutcome {
     let Some(ctrl) = qp.ctrl.clone() else {
         return AdminOutcome::status(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
@@ -307,20 +277,20 @@ fn property_set(qp: &mut Qpair, sqe: &SubmissionEntry) -> AdminOutcome {
     if st.teardown.is_some() {
         return AdminOutcome::status(Status::COMMAND_SEQUENCE_ERROR);
     }
-    let old = st.cc;
+    let (old, new_cc) = (Cc(st.cc), Cc(new));
     st.cc = new;
-    if cc::shn(new) != 0 && cc::shn(old) == 0 {
+    if new_cc.shn() != 0 && old.shn() == 0 {
         return AdminOutcome::Teardown(TeardownKind::Shutdown);
     }
-    if old & cc::EN != 0 && new & cc::EN == 0 {
+    if old.en() && !new_cc.en() {
         return AdminOutcome::Teardown(TeardownKind::Reset);
     }
-    if old & cc::EN == 0 && new & cc::EN != 0 {
-        let valid = cc::iosqes(new) == 6
-            && cc::iocqes(new) == 4
-            && cc::mps(new) == 0
-            && cc::css(new) == 0
-            && cc::ams(new) == 0;
+    if !old.en() && new_cc.en() {
+        let valid = new_cc.iosqes() == 6
+            && new_cc.iocqes() == 4
+            && new_cc.mps() == 0
+            && new_cc.css() == 0
+            && new_cc.ams() == 0;
         if valid {
             st.csts &= !(csts::SHST_MASK | csts::CFS);
             ctrl.set_ready(&mut st, true);
