@@ -13,7 +13,7 @@ use bench::workload::{Op, Workload};
 use criterion::{Criterion, criterion_group, criterion_main};
 use target_core::iobuf::DataBuf;
 use target_core::nvmf::io::{NsLimits, plan};
-use target_core::nvmf::transport::{Capsule, QpairTransport, QueueRings, RingTransport};
+use target_core::nvmf::transport::{Capsule, QpairTransport, QueueRings};
 use target_core::spec::{NvmOpcode, SubmissionEntry};
 
 fn sqe(c: &mut Criterion) {
@@ -42,8 +42,7 @@ fn sqe(c: &mut Criterion) {
 }
 
 fn ring(c: &mut Criterion) {
-    let rings = QueueRings::new(128);
-    let mut target = RingTransport::new(rings.clone());
+    let (mut rings, mut target) = QueueRings::pair(128);
     let mut spare = Some(Capsule {
         sqe: SubmissionEntry::nvm_rw(NvmOpcode::READ.0, 1, 1, 0, 8),
         buf: DataBuf::None,

@@ -3,7 +3,7 @@
 //! held only to submit or to reap, never while waiting.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use target_core::iobuf::DataBuf;
@@ -15,7 +15,7 @@ use crate::HostError;
 /// Admin queue state.
 #[derive(Debug)]
 pub(crate) struct AdminQueue {
-    pub rings: Arc<QueueRings>,
+    pub rings: QueueRings,
     next_cid: u16,
     pending: HashMap<u16, Option<(CompletionEntry, DataBuf)>>,
     pub aer_cids: Vec<u16>,
@@ -25,7 +25,7 @@ pub(crate) struct AdminQueue {
 }
 
 impl AdminQueue {
-    pub fn new(rings: Arc<QueueRings>) -> Self {
+    pub fn new(rings: QueueRings) -> Self {
         Self {
             rings,
             next_cid: 1,

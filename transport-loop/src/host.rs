@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use target_core::iobuf::{DataBuf, IoBuf};
 use target_core::nvmf::raw;
-use target_core::nvmf::transport::RingTransport;
 use target_core::nvmf::{Capsule, NvmfTarget, QueueRings};
 use target_core::spec::{AdminOpcode, CompletionEntry, FabricsType, Status, SubmissionEntry};
 
@@ -159,11 +158,7 @@ pub(crate) struct Assoc {
 }
 
 impl Assoc {
-    pub(crate) fn connect_io_queue(
-        &self,
-        qid: u16,
-        depth: u16,
-    ) -> Result<Arc<QueueRings>, HostError> {
+    pub(crate) fn connect_io_queue(&self, qid: u16, depth: u16) -> Result<QueueRings, HostError> {
         let target = self.transport.target.clone();
         wait::until(&target, self.timeout, "controller ready", || {
             (self.ready.load(Ordering::Acquire) || self.gone.load(Ordering::Acquire)).then_some(())
@@ -183,11 +178,11 @@ fn connect_queue(
     qid: u16,
     depth: u16,
     cntlid: u16,
-) -> Result<(Arc<QueueRings>, CompletionEntry), HostError> {
-    let rings = QueueRings::new(depth as usize);
+) -> Result<(QueueRings, CompletionEntry), HostError> {
+    let (mut rings, tr) = QueueRings::pair(depth as usize);
     a.transport
         .target
-        .accept(Box::new(RingTransport::new(rings.clone())), depth)
+        .accept(Box::new(tr), depth)
         .map_err(|e| HostError::Target(e.to_string()))?;
     let data = raw::connect_data(&a.hostid, cntlid, &a.subnqn, &a.hostnqn);
     let sqe = raw::connect_sqe(qid, depth, a.kato_ms);
@@ -245,7 +240,9 @@ pub struct HostController {
     vs: u32,
     identify: Box<[u8; 4096]>,
     granted: u16,
-    qpairs: Vec<HostQpair>,
+    /// Queue pairs not yet taken (behind a mutex so the controller stays
+    /// `Sync`: ring ends are `Send` only).
+    qpairs: Mutex<Vec<HostQpair>>,
     events: Arc<Mutex<Vec<AsyncEvent>>>,
     stop: Arc<AtomicBool>,
     poller: Option<JoinHandle<()>>,
@@ -293,7 +290,7 @@ impl HostController {
             vs: 0,
             identify: Box::new([0u8; 4096]),
             granted: 0,
-            qpairs: Vec::new(),
+            qpairs: Mutex::new(Vec::new()),
             events: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
             poller: None,
@@ -323,6 +320,8 @@ impl HostController {
         for qid in 1..=opts.io_queues.min(self.granted) {
             let rings = self.assoc.connect_io_queue(qid, depth)?;
             self.qpairs
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
                 .push(HostQpair::new(self.assoc.clone(), qid, depth, rings));
         }
         Ok(())
@@ -438,7 +437,7 @@ impl HostController {
 
     /// Takes the I/O queue pairs (each is then owned by one thread).
     pub fn take_qpairs(&mut self) -> Vec<HostQpair> {
-        std::mem::take(&mut self.qpairs)
+        std::mem::take(self.qpairs.get_mut().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Connects one more I/O queue pair.
@@ -663,7 +662,7 @@ impl HostController {
     /// its I/O queues, then the admin queue).
     pub fn disconnect(mut self) -> Result<(), HostError> {
         self.close_admin();
-        let rings = lock(&self.admin).rings.clone();
+        let rings = lock(&self.admin).rings.state();
         let target = self.target().clone();
         wait::until(&target, self.assoc.timeout, "controller deletion", || {
             rings.target_done().then_some(())

@@ -80,7 +80,7 @@ pub struct HostQpair {
     assoc: Arc<Assoc>,
     qid: u16,
     depth: u16,
-    rings: Arc<QueueRings>,
+    rings: QueueRings,
     slots: Box<[HostSlot]>,
     free: Vec<u16>,
     outstanding: u32,
@@ -88,7 +88,7 @@ pub struct HostQpair {
 }
 
 impl HostQpair {
-    pub(crate) fn new(assoc: Arc<Assoc>, qid: u16, depth: u16, rings: Arc<QueueRings>) -> Self {
+    pub(crate) fn new(assoc: Arc<Assoc>, qid: u16, depth: u16, rings: QueueRings) -> Self {
         // One entry stays free so the target can always post a completion.
         let usable = depth.saturating_sub(1).max(1);
         Self {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::target::NvmfTarget;
-use super::transport::{Capsule, QueueRings, Response, RingTransport};
+use super::transport::{Capsule, QueueRings, Response};
 use crate::iobuf::{DataBuf, IoBuf};
 use zerocopy::IntoBytes;
 
@@ -34,7 +34,7 @@ pub fn connect_sqe(qid: u16, entries: u16, kato_ms: u32) -> SubmissionEntry {
 #[derive(Debug)]
 pub struct RawQueue {
     target: Arc<NvmfTarget>,
-    rings: Arc<QueueRings>,
+    rings: QueueRings,
     next_cid: u16,
     /// Bound for every wait.
     pub timeout: Duration,
@@ -43,8 +43,8 @@ pub struct RawQueue {
 impl RawQueue {
     /// Opens a queue pair of `entries` entries on `target` (not yet connected).
     pub fn open(target: &Arc<NvmfTarget>, entries: u16) -> Result<Self, super::TargetError> {
-        let rings = QueueRings::new(entries as usize);
-        target.accept(Box::new(RingTransport::new(rings.clone())), entries)?;
+        let (rings, tr) = QueueRings::pair(entries as usize);
+        target.accept(Box::new(tr), entries)?;
         Ok(Self {
             target: target.clone(),
             rings,
@@ -54,7 +54,7 @@ impl RawQueue {
     }
 
     /// The rings (to check their state).
-    pub fn rings(&self) -> &Arc<QueueRings> {
+    pub fn rings(&self) -> &QueueRings {
         &self.rings
     }
 
@@ -73,7 +73,7 @@ impl RawQueue {
     }
 
     /// Waits (bounded) for the next response.
-    pub fn next_response(&self) -> Option<Response> {
+    pub fn next_response(&mut self) -> Option<Response> {
         let deadline = Instant::now() + self.timeout;
         loop {
             if let Some(r) = self.rings.reap() {

@@ -2,16 +2,16 @@
 //!
 //! A transport is deliberately small (SPDK's `spdk_nvmf_transport_ops` in
 //! spirit): the engine pulls capsules from a queue pair and pushes
-//! responses back. [`QueueRings`] is the in-memory implementation that the
+//! responses back. [`QueueRings::pair`] is the in-memory implementation that the
 //! loop transport and the engine's own tests use: two lock-free rings of
 //! real 64-byte SQEs and 16-byte CQEs, with data buffers moved along by
 //! ownership (zero copy).
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
-use crossbeam_queue::ArrayQueue;
+use rtrb::{Consumer, Producer, PushError, RingBuffer};
 
 use crate::iobuf::DataBuf;
 use crate::spec::{CompletionEntry, SubmissionEntry};
@@ -56,69 +56,129 @@ const TARGET_CLOSING: u8 = 1;
 const HOST_CLOSED: u8 = 2;
 const TARGET_DONE: u8 = 3;
 
-/// The two rings of one queue pair, shared by host and target.
-pub struct QueueRings {
-    sq: ArrayQueue<Capsule>,
-    cq: ArrayQueue<Response>,
+/// What both ends of a queue pair share: its state, and the submission
+/// ring's consumer once the target gives it back.
+struct Shared {
     state: AtomicU8,
+    returned_sq: Mutex<Option<Consumer<Capsule>>>,
+}
+
+/// The host's end of a queue pair: it produces submissions and consumes
+/// completions. Each ring has exactly one producer and one consumer
+/// (single-producer rings publish one index per operation instead of
+/// fighting over shared counters, which is what makes the loop fast).
+pub struct QueueRings {
+    sq: Producer<Capsule>,
+    cq: Consumer<Response>,
+    reclaim: Option<Consumer<Capsule>>,
+    shared: Arc<Shared>,
+    entries: usize,
 }
 
 impl fmt::Debug for QueueRings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QueueRings")
-            .field("sq", &self.sq.len())
-            .field("cq", &self.cq.len())
-            .field("state", &self.state.load(Ordering::Relaxed))
+            .field("entries", &self.entries)
+            .field("state", &self.shared.state.load(Ordering::Relaxed))
             .finish()
     }
 }
 
+/// A view of a queue pair's state that can be kept apart from its rings.
+#[derive(Clone)]
+pub struct RingState(Arc<Shared>);
+
+impl fmt::Debug for RingState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RingState")
+            .field(&self.0.state.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl RingState {
+    /// `true` once the target destroyed the queue and posted its last response.
+    pub fn target_done(&self) -> bool {
+        self.0.state.load(Ordering::Acquire) == TARGET_DONE
+    }
+}
+
 impl QueueRings {
-    /// Rings for a queue of `entries` commands. The completion ring has room
-    /// for every command the submission ring can hold, so a target that only
-    /// answers fetched commands can never find it full.
-    pub fn new(entries: usize) -> Arc<Self> {
+    /// Rings for a queue of `entries` commands: the host's end and the
+    /// target's. The completion ring has room for every command the
+    /// submission ring can hold, so a target that only answers fetched
+    /// commands can never find it full.
+    pub fn pair(entries: usize) -> (Self, RingTransport) {
         let entries = entries.max(2);
-        Arc::new(Self {
-            sq: ArrayQueue::new(entries),
-            cq: ArrayQueue::new(entries + 1),
+        let (sq_p, sq_c) = RingBuffer::new(entries);
+        let (cq_p, cq_c) = RingBuffer::new(entries + 1);
+        let shared = Arc::new(Shared {
             state: AtomicU8::new(LIVE),
-        })
+            returned_sq: Mutex::new(None),
+        });
+        (
+            Self {
+                sq: sq_p,
+                cq: cq_c,
+                reclaim: None,
+                shared: shared.clone(),
+                entries,
+            },
+            RingTransport {
+                sq: Some(sq_c),
+                cq: cq_p,
+                shared,
+            },
+        )
     }
 
     /// Host side: submits a capsule. `Err` when the ring is full or the
     /// target has destroyed the queue.
-    pub fn submit(&self, c: Capsule) -> Result<(), Capsule> {
-        if self.state.load(Ordering::Acquire) != LIVE {
+    #[inline]
+    pub fn submit(&mut self, c: Capsule) -> Result<(), Capsule> {
+        if self.shared.state.load(Ordering::Acquire) != LIVE {
             return Err(c);
         }
-        self.sq.push(c)
+        self.sq.push(c).map_err(|PushError::Full(c)| c)
     }
 
     /// Host side: takes the next response.
-    pub fn reap(&self) -> Option<Response> {
-        self.cq.pop()
+    #[inline]
+    pub fn reap(&mut self) -> Option<Response> {
+        self.cq.pop().ok()
     }
 
-    /// Host side: takes back a capsule the target never fetched (after the
-    /// target destroyed the queue, or when the host closes it). Each capsule
-    /// is popped by exactly one side, so it is completed exactly once.
-    pub fn reclaim(&self) -> Option<Capsule> {
-        self.sq.pop()
+    /// Host side: takes back a capsule the target never fetched. Only
+    /// after the target is done, when it has handed the submission ring's
+    /// consumer back: each capsule is popped by exactly one side, so it is
+    /// completed exactly once.
+    pub fn reclaim(&mut self) -> Option<Capsule> {
+        if self.reclaim.is_none() && self.target_done() {
+            self.reclaim = self
+                .shared
+                .returned_sq
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        }
+        self.reclaim.as_mut()?.pop().ok()
     }
 
     /// Host side: closes the host's end (a transport disconnect).
     pub fn host_close(&self) {
-        let _ = self
-            .state
-            .compare_exchange(LIVE, HOST_CLOSED, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.shared.state.compare_exchange(
+            LIVE,
+            HOST_CLOSED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// `true` once the target started destroying the queue: submissions
     /// are refused from now on.
     pub fn target_closed(&self) -> bool {
         matches!(
-            self.state.load(Ordering::Acquire),
+            self.shared.state.load(Ordering::Acquire),
             TARGET_CLOSING | TARGET_DONE
         )
     }
@@ -126,58 +186,68 @@ impl QueueRings {
     /// `true` once the target destroyed the queue and posted its last
     /// response: what is left in the submission ring was never fetched.
     pub fn target_done(&self) -> bool {
-        self.state.load(Ordering::Acquire) == TARGET_DONE
+        self.shared.state.load(Ordering::Acquire) == TARGET_DONE
     }
 
     /// `true` while neither side has closed the queue.
     pub fn is_live(&self) -> bool {
-        self.state.load(Ordering::Acquire) == LIVE
+        self.shared.state.load(Ordering::Acquire) == LIVE
     }
 
-    /// Capsules waiting to be fetched.
-    pub fn sq_len(&self) -> usize {
-        self.sq.len()
+    /// A state view to keep after the rings move elsewhere.
+    pub fn state(&self) -> RingState {
+        RingState(self.shared.clone())
     }
 
     /// Capacity of the submission ring.
     pub fn entries(&self) -> usize {
-        self.sq.capacity()
+        self.entries
     }
 }
 
-/// The target's end of a [`QueueRings`].
-#[derive(Debug)]
+/// The target's end of a queue pair.
 pub struct RingTransport {
-    rings: Arc<QueueRings>,
+    sq: Option<Consumer<Capsule>>,
+    cq: Producer<Response>,
+    shared: Arc<Shared>,
 }
 
-impl RingTransport {
-    /// Wraps the shared rings for the target.
-    pub fn new(rings: Arc<QueueRings>) -> Self {
-        Self { rings }
+impl fmt::Debug for RingTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingTransport")
+            .field("state", &self.shared.state.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
 impl QpairTransport for RingTransport {
     #[inline]
     fn recv(&mut self) -> Option<Capsule> {
-        self.rings.sq.pop()
+        self.sq.as_mut()?.pop().ok()
     }
 
     #[inline]
     fn send(&mut self, resp: Response) -> Result<(), Response> {
-        self.rings.cq.push(resp)
+        self.cq.push(resp).map_err(|PushError::Full(r)| r)
     }
 
     fn host_closed(&self) -> bool {
-        self.rings.state.load(Ordering::Acquire) == HOST_CLOSED
+        self.shared.state.load(Ordering::Acquire) == HOST_CLOSED
     }
 
     fn close(&mut self) {
-        self.rings.state.store(TARGET_CLOSING, Ordering::Release);
+        self.shared.state.store(TARGET_CLOSING, Ordering::Release);
     }
 
     fn finish(&mut self) {
-        self.rings.state.store(TARGET_DONE, Ordering::Release);
+        // Hand the submission ring's consumer to the host first, so that
+        // when it sees DONE it can take back what was never fetched.
+        let sq = self.sq.take();
+        *self
+            .shared
+            .returned_sq
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = sq;
+        self.shared.state.store(TARGET_DONE, Ordering::Release);
     }
 }
