@@ -13,7 +13,7 @@ use bench::stats::{JobResult, LiveStats};
 use bench::{Cli, JobSpec, jobs_from_cli, report, signal};
 use clap::Parser;
 use target_core::config::TargetConfig;
-use tgt::{StartOptions, Target};
+use target_facade::{StartOptions, Target};
 use transport_loop::{ConnectOptions, HostController};
 
 const HOSTNQN: &str = "nqn.2026-11.io.nvmf-rs:nvmf-bench";

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use target_core::config::TargetConfig;
-use tgt::{StartOptions, Target};
+use target_facade::{StartOptions, Target};
 
 /// Runs an NVMe-oF target from a TOML config until SIGINT or SIGTERM.
 #[derive(Parser, Debug)]

@@ -92,3 +92,35 @@ fn threaded_target_serves_io() {
     c.disconnect().unwrap();
     t.stop().unwrap();
 }
+
+#[test]
+fn server_side_latency_histogram_counts_every_command() {
+    let (t, lt) = target(threaded(2));
+    // Off by default: no histogram.
+    assert!(t.ns_latency(NQN, 1, false).unwrap().is_none());
+    t.set_latency_tracking(NQN, 1, true).unwrap();
+    let mut c = lt.connect(host_opts(2, 64)).unwrap();
+    let mut qps = c.take_qpairs();
+    for q in qps.iter_mut() {
+        for i in 0..50u64 {
+            q.write(1, i, 1, DataBuf::One(IoBuf::new(512)), i).unwrap();
+        }
+        q.drain(std::time::Duration::from_secs(10), &mut |c| {
+            assert!(c.status().is_success())
+        })
+        .unwrap();
+    }
+    // Both queue pairs' poll groups contribute; reset clears atomically.
+    let h = t.ns_latency(NQN, 1, true).unwrap().unwrap();
+    assert_eq!(h.len(), 100);
+    assert!(h.max() > 0);
+    let per_reactor = t.reactor_latency().unwrap();
+    assert_eq!(per_reactor.len(), 2);
+    let total: u64 = per_reactor.iter().flatten().map(|h| h.len()).sum();
+    assert_eq!(total, 0, "reset cleared every poll group");
+    t.set_latency_tracking(NQN, 1, false).unwrap();
+    assert!(t.ns_latency(NQN, 1, false).unwrap().is_none());
+    assert!(t.ns_latency(NQN, 9, false).is_err());
+    c.disconnect().ok();
+    t.stop().unwrap();
+}

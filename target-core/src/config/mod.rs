@@ -66,6 +66,10 @@ pub struct TargetSection {
     pub keep_alive_timeout_ms: u32,
     /// Bounded wait for in-flight I/O during teardown before a backend reset.
     pub drain_timeout_ms: u64,
+    /// Namespaces keep a server-side latency histogram (fetch to backend
+    /// completion) unless they say otherwise; off by default (it costs a
+    /// clock read per poll pass and a record per command).
+    pub latency_histograms: bool,
     /// JSON-RPC control socket path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rpc_socket: Option<String>,
@@ -82,6 +86,7 @@ impl Default for TargetSection {
             max_io_queues: 16,
             keep_alive_timeout_ms: 120_000,
             drain_timeout_ms: 5_000,
+            latency_histograms: false,
             rpc_socket: None,
             metrics_addr: None,
         }
@@ -162,6 +167,10 @@ pub struct NamespaceConfig {
     /// UUID, 8-4-4-4-12 hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<Spanned<String>>,
+    /// Latency histogram for this namespace (default: the target's
+    /// `latency_histograms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_histogram: Option<bool>,
 }
 
 /// `[[listener]]`.

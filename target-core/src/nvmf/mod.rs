@@ -22,6 +22,7 @@ pub mod ctrlr;
 pub mod engine;
 pub(crate) mod fabrics;
 pub mod io;
+pub mod latency;
 pub mod nqn;
 pub(crate) mod pages;
 pub mod poll_group;

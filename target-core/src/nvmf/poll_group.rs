@@ -23,6 +23,7 @@ use super::admin::{self, AdminOutcome};
 use super::ctrlr::{Controller, QpairRef, TeardownKind, csts};
 use super::engine::{Countdown, Engine, PgMsg, PgStats, bump};
 use super::io::{self, NsLimits};
+use super::latency::{LatencyHistogram, new_latency_histogram};
 use super::qpair::{Drain, QpState, Qpair};
 use super::stats::NsIoStats;
 use super::subsystem::Namespace;
@@ -55,6 +56,10 @@ pub(crate) struct NsView {
     outstanding: u32,
     pause_waiters: Vec<Box<dyn FnOnce() + Send>>,
     stats: Arc<NsIoStats>,
+    /// Latency from fetch to backend completion, ns; `None` when tracking
+    /// is off. Owned by this poll group, so recording takes no lock; others
+    /// get a copy by message.
+    lat: Option<Box<LatencyHistogram>>,
 }
 
 /// Namespace views indexed by subsystem and NSID.
@@ -116,6 +121,11 @@ pub struct PollGroup {
     polls: u32,
     now_ms: u64,
     draining: usize,
+    /// Views with latency tracking on; the clock is read only when > 0.
+    lat_views: usize,
+    /// Clock of the current fetch or completion pass (ns since the engine
+    /// epoch), read once per pass rather than once per command.
+    now_ns: u64,
 }
 
 impl std::fmt::Debug for PollGroup {
@@ -157,6 +167,8 @@ impl PollGroup {
             polls: 0,
             now_ms: 0,
             draining: 0,
+            lat_views: 0,
+            now_ns: 0,
         }
     }
 
@@ -182,8 +194,14 @@ impl PollGroup {
                 None => break,
             }
         }
+        if self.lat_views > 0 {
+            self.now_ns = self.engine.now_ns();
+        }
         for qi in 0..self.qps.len() {
             work += self.poll_qpair(qi as u32);
+        }
+        if self.lat_views > 0 {
+            self.now_ns = self.engine.now_ns();
         }
         work += self.poll_channels();
         self.polls = self.polls.wrapping_add(1);
@@ -240,6 +258,7 @@ impl PollGroup {
             stats,
             id,
             now_ms,
+            now_ns,
             ..
         } = self;
         let entry = &mut qps[qi as usize];
@@ -258,7 +277,7 @@ impl PollGroup {
             generation: qgen,
         };
         if let Some(cap) = qp.parked.take() {
-            if !Self::exec(engine, ns, qp, me, cap, false, *now_ms) {
+            if !Self::exec(engine, ns, qp, me, cap, false, *now_ms, *now_ns) {
                 return work;
             }
             work += 1;
@@ -267,7 +286,7 @@ impl PollGroup {
         while n < FETCH_BATCH && qp.state != QpState::Draining && !qp.backlogged() {
             let Some(cap) = qp.tr.recv() else { break };
             n += 1;
-            if !Self::exec(engine, ns, qp, me, cap, true, *now_ms) {
+            if !Self::exec(engine, ns, qp, me, cap, true, *now_ms, *now_ns) {
                 break;
             }
         }
@@ -282,6 +301,7 @@ impl PollGroup {
 
     /// Executes one capsule. Returns `false` when it was parked (stop fetching).
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn exec(
         engine: &Arc<Engine>,
         ns: &mut NsTable,
@@ -290,6 +310,7 @@ impl PollGroup {
         cap: Capsule,
         fresh: bool,
         now_ms: u64,
+        now_ns: u64,
     ) -> bool {
         if fresh {
             qp.advance_sqhd();
@@ -301,11 +322,11 @@ impl PollGroup {
             Self::exec_admin(engine, qp, me, cap, now_ms);
             return true;
         }
-        Self::exec_io(ns, qp, me, cap)
+        Self::exec_io(ns, qp, me, cap, now_ns)
     }
 
     #[inline]
-    fn exec_io(ns: &mut NsTable, qp: &mut Qpair, me: QpairRef, cap: Capsule) -> bool {
+    fn exec_io(ns: &mut NsTable, qp: &mut Qpair, me: QpairRef, cap: Capsule, now_ns: u64) -> bool {
         let sqe = cap.sqe;
         let cid = sqe.cid();
         if let Err(s) = io::check_common(&sqe) {
@@ -369,6 +390,7 @@ impl PollGroup {
                 slot.busy = true;
                 slot.cid = cid;
                 slot.view = vi;
+                slot.start_ns = now_ns;
                 qp.in_backend += 1;
                 qp.set_cid(cid, true);
                 view.outstanding += 1;
@@ -408,7 +430,14 @@ impl PollGroup {
     // ---- completions -----------------------------------------------------
 
     fn poll_channels(&mut self) -> usize {
-        let Self { qps, ns, stats, .. } = self;
+        let Self {
+            qps,
+            ns,
+            stats,
+            now_ns,
+            ..
+        } = self;
+        let now_ns = *now_ns;
         let mut total = 0;
         for view in ns.views.iter_mut().flatten() {
             if view.outstanding == 0 {
@@ -417,6 +446,7 @@ impl PollGroup {
             let mut done = 0u32;
             let mut late = 0u64;
             let vstats = &view.stats;
+            let lat = &mut view.lat;
             view.ch.poll(&mut |c: BdevCompletion| {
                 done += 1;
                 let (qi, qgen, si, sgen) = decode_tag(c.tag);
@@ -443,6 +473,9 @@ impl PollGroup {
                 slot.busy = false;
                 slot.generation = slot.generation.wrapping_add(1);
                 let cid = slot.cid;
+                if let Some(h) = lat.as_deref_mut() {
+                    h.saturating_record(now_ns.saturating_sub(slot.start_ns).max(1));
+                }
                 qp.free.push(si);
                 qp.in_backend -= 1;
                 qp.set_cid(cid, false);
@@ -825,6 +858,10 @@ impl PollGroup {
         if let Some(old) = self.ns.remove(sid, ns.nsid) {
             tracing::warn!(nsid = old.nsid, "replacing an existing namespace view");
         }
+        let lat = ns
+            .latency_tracking
+            .load(Ordering::Relaxed)
+            .then(|| Box::new(new_latency_histogram()));
         self.ns.insert(NsView {
             sid,
             nsid: ns.nsid,
@@ -835,8 +872,65 @@ impl PollGroup {
             outstanding: 0,
             pause_waiters: Vec::new(),
             stats,
+            lat,
         });
+        self.count_lat_views();
         Ok(())
+    }
+
+    fn count_lat_views(&mut self) {
+        self.lat_views = self
+            .ns
+            .views
+            .iter()
+            .flatten()
+            .filter(|v| v.lat.is_some())
+            .count();
+    }
+
+    /// Turns latency tracking of a namespace on or off on this poll group
+    /// (on keeps what was recorded; off drops it).
+    pub fn set_ns_latency(&mut self, sid: u32, nsid: u32, on: bool) {
+        if let Some(vi) = self.ns.lookup(sid, nsid)
+            && let Some(v) = self.ns.views[vi as usize].as_mut()
+        {
+            match (on, v.lat.is_some()) {
+                (true, false) => v.lat = Some(Box::new(new_latency_histogram())),
+                (false, true) => v.lat = None,
+                _ => {}
+            }
+        }
+        self.count_lat_views();
+    }
+
+    /// A copy of this poll group's latency histogram of a namespace
+    /// (`None`: no view here or tracking off); `reset` clears it after.
+    pub fn ns_latency(&mut self, sid: u32, nsid: u32, reset: bool) -> Option<LatencyHistogram> {
+        let vi = self.ns.lookup(sid, nsid)?;
+        let h = self.ns.views[vi as usize].as_mut()?.lat.as_deref_mut()?;
+        let copy = h.clone();
+        if reset {
+            h.reset();
+        }
+        Some(copy)
+    }
+
+    /// Every namespace's latency on this poll group, merged.
+    pub fn latency(&self) -> Option<LatencyHistogram> {
+        let mut out: Option<LatencyHistogram> = None;
+        for h in self
+            .ns
+            .views
+            .iter()
+            .flatten()
+            .filter_map(|v| v.lat.as_deref())
+        {
+            match &mut out {
+                Some(o) => super::latency::merge_into(o, h),
+                None => out = Some(h.clone()),
+            }
+        }
+        out
     }
 
     /// Pauses a namespace: its new commands park; `done` runs once the

@@ -31,6 +31,9 @@ pub struct Slot {
     pub cid: u16,
     /// Namespace view the command went to.
     pub view: u32,
+    /// When it was fetched (ns since the engine epoch; 0 when latency
+    /// tracking is off).
+    pub start_ns: u64,
 }
 
 /// A drain in progress.

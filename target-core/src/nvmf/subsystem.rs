@@ -27,6 +27,8 @@ pub struct Namespace {
     pub uuid: [u8; 16],
     /// I/O counters, one set per poll group (index = poll group id).
     pub stats: Vec<Arc<super::stats::NsIoStats>>,
+    /// Latency histograms on (read by poll groups when they open a view).
+    pub latency_tracking: std::sync::atomic::AtomicBool,
 }
 
 impl Namespace {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::ctrlr::{AEN_NS_ATTR_CHANGED, QpairRef, TeardownKind};
 use super::engine::{Countdown, Engine, EngineOptions, PgHandle};
+use super::latency::{LatencyHistogram, merge_into};
 use super::poll_group::PollGroup;
 use super::stats::NsIoStats;
 use super::subsystem::{Namespace, Subsystem, SubsystemParams};
@@ -106,6 +107,8 @@ pub struct NamespaceParams {
     pub nguid: Option<[u8; 16]>,
     /// UUID (zero = derive one).
     pub uuid: Option<[u8; 16]>,
+    /// Latency histogram (`None`: the engine's default).
+    pub latency_histogram: Option<bool>,
 }
 
 /// A running target.
@@ -123,6 +126,17 @@ impl fmt::Debug for NvmfTarget {
             .field("pgs", &self.engine.pgs().len())
             .finish()
     }
+}
+
+fn merge_all(parts: Vec<Option<LatencyHistogram>>) -> Option<LatencyHistogram> {
+    let mut out: Option<LatencyHistogram> = None;
+    for h in parts.into_iter().flatten() {
+        match &mut out {
+            Some(o) => merge_into(o, &h),
+            None => out = Some(h),
+        }
+    }
+    out
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -467,6 +481,10 @@ impl NvmfTarget {
                 .iter()
                 .map(|_| Arc::new(NsIoStats::default()))
                 .collect(),
+            latency_tracking: AtomicBool::new(
+                p.latency_histogram
+                    .unwrap_or(self.engine.opts.latency_histograms),
+            ),
         });
         let sid = s.id;
         let ns2 = ns.clone();
@@ -559,6 +577,50 @@ impl NvmfTarget {
                 h.send(move |pg| pg.deliver_events(admin));
             }
         }
+    }
+
+    // ---- latency ---------------------------------------------------------
+
+    /// Turns a namespace's latency histogram on or off on every poll group.
+    pub fn set_latency_tracking(&self, nqn: &str, nsid: u32, on: bool) -> Result<(), TargetError> {
+        self.check_running()?;
+        let s = self.subsystem(nqn)?;
+        let ns = s
+            .namespace(nsid)
+            .ok_or_else(|| TargetError::NotFound(format!("namespace {nsid} of {nqn}")))?;
+        ns.latency_tracking.store(on, Ordering::Relaxed);
+        let sid = s.id;
+        self.broadcast("latency tracking", move |pg| {
+            pg.set_ns_latency(sid, nsid, on)
+        })?;
+        Ok(())
+    }
+
+    /// A namespace's latency histogram merged over every poll group
+    /// (`None` when tracking is off); `reset` clears it in the same message,
+    /// so nothing recorded between the copy and the reset is lost.
+    pub fn ns_latency(
+        &self,
+        nqn: &str,
+        nsid: u32,
+        reset: bool,
+    ) -> Result<Option<LatencyHistogram>, TargetError> {
+        let s = self.subsystem(nqn)?;
+        if s.namespace(nsid).is_none() {
+            return Err(TargetError::NotFound(format!("namespace {nsid} of {nqn}")));
+        }
+        let sid = s.id;
+        let parts = self.broadcast("latency snapshot", move |pg| {
+            pg.ns_latency(sid, nsid, reset)
+        })?;
+        Ok(merge_all(parts))
+    }
+
+    /// Each poll group's latency over all its namespaces, by poll group.
+    pub fn reactor_latency(&self) -> Result<Vec<Option<LatencyHistogram>>, TargetError> {
+        let mut v = self.broadcast("reactor latency", |pg| (pg.id(), pg.latency()))?;
+        v.sort_by_key(|(id, _)| *id);
+        Ok(v.into_iter().map(|(_, h)| h).collect())
     }
 
     // ---- controllers -----------------------------------------------------

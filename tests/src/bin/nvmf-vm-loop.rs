@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use pcie_driver::{ControllerOptions, NvmeController};
 use target_core::config::TargetConfig;
 use target_core::iobuf::{DataBuf, IoBuf};
-use tgt::{StartOptions, Target};
+use target_facade::{StartOptions, Target};
 use transport_loop::{ConnectOptions, HostController, HostQpair};
 
 const NQN: &str = "nqn.2026-11.io.nvmf-rs:vm-ssd";
