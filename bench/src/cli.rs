@@ -577,10 +577,41 @@ pub fn jobs_from_cli(cli: &Cli) -> Result<Vec<JobSpec>, UsageError> {
     Ok(jobs)
 }
 
+/// The `[[job]]` tables of a target config: the service's host jobs, in
+/// the job-file format. Read from the config file's own text, so errors name
+/// its lines; the config's other sections are left to the config parser.
+pub fn jobs_from_target_config(path: &Path, text: &str) -> Result<Vec<JobSpec>, UsageError> {
+    /// Only the job tables; other keys are ignored (not denied) here.
+    #[derive(Deserialize)]
+    struct RawConfigJobs {
+        #[serde(default)]
+        job: Vec<RawJob>,
+    }
+    let ctx = FileCtx { path, text };
+    let raw: RawConfigJobs = toml::from_str(text).map_err(|e| {
+        let line = e.span().map_or(1, |s| ctx.line(&s));
+        UsageError::new(format!("{}:{line}: {}", path.display(), e.message().trim()))
+    })?;
+    if raw.job.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tables = raw
+        .job
+        .iter()
+        .map(|j| ctx.layer(j))
+        .collect::<Result<Vec<_>, _>>()?;
+    name_jobs(path, Layer::default(), tables)
+}
+
 fn jobs_from_text(path: &Path, text: &str, cmdline: Layer) -> Result<Vec<JobSpec>, UsageError> {
-    let default_seed = JobSpec::default().seed;
     let (global, tables) = parse_job_file(path, text)?;
-    let base = global.over(cmdline);
+    name_jobs(path, global.over(cmdline), tables)
+}
+
+/// Layers each job table over `base`, names and seeds them, and checks the
+/// names are unique.
+fn name_jobs(path: &Path, base: Layer, tables: Vec<Layer>) -> Result<Vec<JobSpec>, UsageError> {
+    let default_seed = JobSpec::default().seed;
     let jobs: Vec<JobSpec> = if tables.is_empty() {
         vec![base.into_spec("job0", default_seed)]
     } else {

@@ -64,7 +64,7 @@ pub mod units;
 pub mod verify;
 pub mod workload;
 
-pub use cli::{Cli, jobs_from_cli};
+pub use cli::{Cli, jobs_from_cli, jobs_from_target_config};
 pub use error::UsageError;
 pub use job::{JobSpec, RwMode};
 pub use stats::{JobResult, LiveStats, Recorder};

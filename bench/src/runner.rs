@@ -330,6 +330,61 @@ impl JobRun {
         self.in_flight == 0 && (self.done_issuing(now) || !port.alive())
     }
 
+    /// Reads back every block whose last write was acknowledged and checks
+    /// it: after a run (or a target stop) this proves no acknowledged write
+    /// was lost. Uses its own buffer, one read at a time; `Ok(blocks)`
+    /// checked, `Err` names the first bad block or a failed read. A job
+    /// without verify checks nothing.
+    pub fn read_back(&self, port: &mut dyn Port, limit: Duration) -> Result<u64, String> {
+        let Some(v) = &self.verifier else {
+            return Ok(0);
+        };
+        let max_blocks = (self.spec.bs / self.block_size).max(1);
+        let deadline = Instant::now() + limit;
+        let mut buf = Some(IoBuf::new((max_blocks * self.block_size) as usize));
+        let mut checked = 0u64;
+        for (lba, blocks) in v.acknowledged_runs(max_blocks) {
+            let Some(b) = buf.take() else {
+                return Err("read-back buffer lost".into());
+            };
+            if let Err(_b) = port.submit(Op::Read, lba, blocks, b, u64::MAX) {
+                return Err(format!("read-back of LBA {lba}: queue refused the read"));
+            }
+            let mut got: Option<(bool, DataBuf)> = None;
+            while got.is_none() {
+                port.poll(&mut |_, ok, b| got = Some((ok, b)));
+                if got.is_none() && Instant::now() > deadline {
+                    return Err(format!(
+                        "read-back of LBA {lba}: no completion in {limit:?}"
+                    ));
+                }
+            }
+            let Some((ok, data)) = got else { break };
+            let DataBuf::One(b) = data else {
+                return Err(format!("read-back of LBA {lba}: buffer not returned"));
+            };
+            if !ok {
+                return Err(format!("read-back of LBA {lba}: read failed"));
+            }
+            let bytes = (blocks * self.block_size) as usize;
+            v.check(&b.as_slice()[..bytes], lba, blocks)
+                .map_err(|m| m.to_string())?;
+            checked += blocks as u64;
+            buf = Some(b);
+        }
+        Ok(checked)
+    }
+
+    /// `true` when the job checks its data.
+    pub fn verifies(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    /// The job's spec.
+    pub fn spec(&self) -> &JobSpec {
+        &self.spec
+    }
+
     /// Closes the recorder.
     pub fn finish(&mut self) -> JobOutcome {
         let now = Instant::now();

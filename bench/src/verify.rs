@@ -178,6 +178,33 @@ impl Verifier {
         Ok(())
     }
 
+    /// Runs of blocks whose last write was acknowledged, as `(lba, blocks)`
+    /// with at most `max_blocks` per run: what a read-back after the run
+    /// must find intact.
+    pub fn acknowledged_runs(&self, max_blocks: u32) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        let mut run: Option<(u64, u32)> = None;
+        for (i, &seq) in self.last.iter().enumerate() {
+            let lba = self.start_lba + i as u64;
+            let acked = seq != NEVER && seq != UNKNOWN;
+            run = match (run, acked) {
+                (Some((start, n)), true) if n < max_blocks.max(1) => Some((start, n + 1)),
+                (Some(r), true) => {
+                    out.push(r);
+                    Some((lba, 1))
+                }
+                (None, true) => Some((lba, 1)),
+                (Some(r), false) => {
+                    out.push(r);
+                    None
+                }
+                (None, false) => None,
+            };
+        }
+        out.extend(run);
+        out
+    }
+
     fn set(&mut self, lba: u64, blocks: u32, seq: u64) {
         if let Some(i) = lba.checked_sub(self.start_lba) {
             let i = i as usize;
@@ -354,5 +381,14 @@ mod tests {
             v.check(&[0u8; BS], 10, 2).unwrap_err().reason,
             MismatchReason::OutOfRange
         );
+    }
+
+    #[test]
+    fn acknowledged_runs_split_and_skip() {
+        let mut v = Verifier::new(10, 10, 512);
+        v.on_write_done(10, 3, 1);
+        v.on_write_failed(12, 1);
+        v.on_write_done(15, 5, 2);
+        assert_eq!(v.acknowledged_runs(4), vec![(10, 2), (15, 4), (19, 1)]);
     }
 }

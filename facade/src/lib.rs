@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use pcie_driver::{ControllerOptions, NvmeController};
@@ -14,9 +14,12 @@ use target_core::bdev::{
     BdevError, BdevRef, DelayBdev, DelayParams, ErrorBdev, ErrorParams, FileBdev, FileParams,
     Latency, MallocBdev, MallocParams, NullBdev, NullParams,
 };
-use target_core::config::{BackendSpec, TargetConfig, parse_nguid};
+use target_core::config::{
+    BackendConfig, BackendSpec, NamespaceConfig, SubsystemConfig, TargetConfig, parse_nguid,
+};
 use target_core::nvmf::target::{NamespaceParams, ReactorMode};
 use target_core::nvmf::{EngineOptions, NvmfTarget, SubsystemParams, TargetError, TargetOptions};
+use toml::Spanned;
 use transport_loop::LoopTransport;
 
 /// Why a target did not start.
@@ -54,13 +57,17 @@ pub struct Target {
     nvmf: Arc<NvmfTarget>,
     transport: Arc<LoopTransport>,
     config: TargetConfig,
-    controllers: Vec<Arc<NvmeController>>,
+    controllers: Mutex<HashMap<String, Arc<NvmeController>>>,
 }
 
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Target").field("nvmf", &self.nvmf).finish()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn backend_err(name: &str, e: impl fmt::Display) -> StartError {
@@ -98,17 +105,22 @@ impl Target {
                 source,
             }
         })?;
-        let mut target = Self {
+        let target = Self {
             transport: LoopTransport::new(nvmf.clone()),
             nvmf,
             config: cfg.clone(),
-            controllers: Vec::new(),
+            controllers: Mutex::new(HashMap::new()),
         };
-        if let Err(e) = target.build(cfg) {
-            let _ = target.stop();
-            return Err(e);
+        match target.build(cfg) {
+            Ok(resolved) => Ok(Self {
+                config: resolved,
+                ..target
+            }),
+            Err(e) => {
+                let _ = target.stop();
+                Err(e)
+            }
         }
-        Ok(target)
     }
 
     /// Loads a config file and starts it.
@@ -117,174 +129,198 @@ impl Target {
         Self::start(&cfg, opts).map_err(|e| e.to_string())
     }
 
-    fn build(&mut self, cfg: &TargetConfig) -> Result<(), StartError> {
-        let mut built: HashMap<String, BdevRef> = HashMap::new();
-        let mut ctrls: HashMap<String, Arc<NvmeController>> = HashMap::new();
+    /// Builds what `cfg` describes; returns it with every namespace's NSID
+    /// made explicit, so a saved config reproduces the same NSIDs.
+    fn build(&self, cfg: &TargetConfig) -> Result<TargetConfig, StartError> {
+        let mut resolved = cfg.clone();
         for b in cfg.backends_in_build_order() {
-            let name = b.name.get_ref().clone();
-            let base = |n: &str| {
-                built
-                    .get(n)
-                    .cloned()
-                    .ok_or_else(|| backend_err(&name, format!("base \"{n}\" was not built")))
-            };
-            let dev: BdevRef = match b.spec() {
-                BackendSpec::Null {
-                    block_size,
-                    num_blocks,
-                    read_zeroes,
-                } => Arc::new(
-                    NullBdev::new(NullParams {
-                        name: name.clone(),
-                        block_size,
-                        num_blocks,
-                        read_zeroes,
-                    })
-                    .map_err(|e| backend_err(&name, e))?,
-                ),
-                BackendSpec::Malloc {
-                    block_size,
-                    num_blocks,
-                } => Arc::new(
-                    MallocBdev::new(MallocParams {
-                        name: name.clone(),
-                        block_size,
-                        num_blocks,
-                    })
-                    .map_err(|e| backend_err(&name, e))?,
-                ),
-                BackendSpec::Delay {
-                    base: b,
-                    min_us,
-                    max_us,
-                    seed,
-                } => {
-                    let latency = if min_us == max_us {
-                        Latency::Fixed(Duration::from_micros(min_us))
-                    } else {
-                        Latency::Uniform {
-                            min: Duration::from_micros(min_us),
-                            max: Duration::from_micros(max_us),
-                        }
-                    };
-                    Arc::new(
-                        DelayBdev::new(
-                            DelayParams {
-                                name: name.clone(),
-                                latency,
-                                seed,
-                            },
-                            base(&b)?,
-                        )
-                        .map_err(|e| backend_err(&name, e))?,
-                    )
-                }
-                BackendSpec::Error {
-                    base: b,
-                    rules,
-                    seed,
-                } => {
-                    let rules = rules
-                        .iter()
-                        .map(|r| {
-                            r.rule().map_err(|(k, _, reason)| {
-                                backend_err(&name, format!("{k}: {reason}"))
-                            })
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Arc::new(
-                        ErrorBdev::new(
-                            ErrorParams {
-                                name: name.clone(),
-                                rules,
-                                seed,
-                            },
-                            base(&b)?,
-                        )
-                        .map_err(|e| backend_err(&name, e))?,
-                    )
-                }
-                BackendSpec::File {
-                    path,
-                    block_size,
-                    size,
-                    direct,
-                    queue_depth,
-                } => Arc::new(
-                    FileBdev::new(FileParams {
-                        name: name.clone(),
-                        path: path.into(),
-                        block_size,
-                        size,
-                        direct,
-                        queue_depth,
-                    })
-                    .map_err(|e: BdevError| backend_err(&name, e))?,
-                ),
-                BackendSpec::Nvme { pci_addr, nsid } => {
-                    let ctrl = match ctrls.get(&pci_addr) {
-                        Some(c) => c.clone(),
-                        None => {
-                            let opts = ControllerOptions {
-                                max_io_queues: cfg.reactors.cores.get_ref().len() as u16,
-                                drain_timeout: Duration::from_millis(cfg.target.drain_timeout_ms),
-                                ..ControllerOptions::default()
-                            };
-                            let c = NvmeController::open(&pci_addr, opts)
-                                .map_err(|e| backend_err(&name, format!("{pci_addr}: {e}")))?;
-                            ctrls.insert(pci_addr.clone(), c.clone());
-                            self.controllers.push(c.clone());
-                            c
-                        }
-                    };
-                    ctrl.bdev(nsid).map_err(|e| backend_err(&name, e))?
-                }
-            };
-            self.nvmf
-                .add_bdev_as(&name, dev.clone())
-                .map_err(|source| StartError::Target {
-                    what: format!("backend {name}"),
-                    source,
-                })?;
-            built.insert(name, dev);
+            self.add_backend(b, cfg.reactors.cores.get_ref().len())?;
         }
-        for s in &cfg.subsystems {
+        for s in resolved.subsystems.iter_mut() {
+            self.add_subsystem(s)?;
             let nqn = s.nqn.get_ref().clone();
-            let tgt_err = |what: String| move |source| StartError::Target { what, source };
-            self.nvmf
-                .add_subsystem(SubsystemParams {
-                    nqn: nqn.clone(),
-                    serial: s.serial.get_ref().clone(),
-                    model: s.model.get_ref().clone(),
-                    max_namespaces: s.max_namespaces,
-                    allow_any_host: s.allow_any_host,
-                    hosts: s.hosts.iter().map(|h| h.get_ref().clone()).collect(),
-                })
-                .map_err(tgt_err(format!("subsystem {nqn}")))?;
-            for ns in &s.namespaces {
-                let uuid = ns.uuid.as_ref().and_then(|u| parse_nguid(u.get_ref()));
-                self.nvmf
-                    .add_namespace(
-                        &nqn,
-                        NamespaceParams {
-                            nsid: ns.nsid.as_ref().map(|n| *n.get_ref()),
-                            bdev: ns.backend.get_ref().clone(),
-                            read_only: ns.read_only,
-                            nguid: ns.nguid.as_ref().and_then(|g| parse_nguid(g.get_ref())),
-                            uuid,
-                            latency_histogram: ns.latency_histogram,
-                        },
-                    )
-                    .map_err(tgt_err(format!(
-                        "subsystem {nqn} namespace on {}",
-                        ns.backend.get_ref()
-                    )))?;
+            for ns in s.namespaces.iter_mut() {
+                let nsid = self.add_namespace(&nqn, ns)?;
+                ns.nsid = Some(Spanned::new(0..0, nsid));
             }
         }
         for l in &cfg.listeners {
             self.transport.listen(l.subsystem.get_ref());
         }
-        Ok(())
+        Ok(resolved)
+    }
+
+    /// Builds one backend from its config and registers it (its base, for
+    /// `delay` and `error`, must already be registered). `nvme` backends
+    /// share one controller per PCI address, opened with one I/O queue per
+    /// reactor.
+    pub fn add_backend(&self, b: &BackendConfig, reactors: usize) -> Result<(), StartError> {
+        let name = b.name.get_ref().clone();
+        let base = |n: &str| {
+            self.nvmf
+                .bdev(n)
+                .ok_or_else(|| backend_err(&name, format!("base \"{n}\" does not exist")))
+        };
+        let dev: BdevRef = match b.spec() {
+            BackendSpec::Null {
+                block_size,
+                num_blocks,
+                read_zeroes,
+            } => Arc::new(
+                NullBdev::new(NullParams {
+                    name: name.clone(),
+                    block_size,
+                    num_blocks,
+                    read_zeroes,
+                })
+                .map_err(|e| backend_err(&name, e))?,
+            ),
+            BackendSpec::Malloc {
+                block_size,
+                num_blocks,
+            } => Arc::new(
+                MallocBdev::new(MallocParams {
+                    name: name.clone(),
+                    block_size,
+                    num_blocks,
+                })
+                .map_err(|e| backend_err(&name, e))?,
+            ),
+            BackendSpec::Delay {
+                base: b,
+                min_us,
+                max_us,
+                seed,
+            } => {
+                let latency = if min_us == max_us {
+                    Latency::Fixed(Duration::from_micros(min_us))
+                } else {
+                    Latency::Uniform {
+                        min: Duration::from_micros(min_us),
+                        max: Duration::from_micros(max_us),
+                    }
+                };
+                Arc::new(
+                    DelayBdev::new(
+                        DelayParams {
+                            name: name.clone(),
+                            latency,
+                            seed,
+                        },
+                        base(&b)?,
+                    )
+                    .map_err(|e| backend_err(&name, e))?,
+                )
+            }
+            BackendSpec::Error {
+                base: b,
+                rules,
+                seed,
+            } => {
+                let rules = rules
+                    .iter()
+                    .map(|r| {
+                        r.rule()
+                            .map_err(|(k, _, reason)| backend_err(&name, format!("{k}: {reason}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Arc::new(
+                    ErrorBdev::new(
+                        ErrorParams {
+                            name: name.clone(),
+                            rules,
+                            seed,
+                        },
+                        base(&b)?,
+                    )
+                    .map_err(|e| backend_err(&name, e))?,
+                )
+            }
+            BackendSpec::File {
+                path,
+                block_size,
+                size,
+                direct,
+                queue_depth,
+            } => Arc::new(
+                FileBdev::new(FileParams {
+                    name: name.clone(),
+                    path: path.into(),
+                    block_size,
+                    size,
+                    direct,
+                    queue_depth,
+                })
+                .map_err(|e: BdevError| backend_err(&name, e))?,
+            ),
+            BackendSpec::Nvme { pci_addr, nsid } => {
+                let ctrl = {
+                    let mut ctrls = lock(&self.controllers);
+                    match ctrls.get(&pci_addr) {
+                        Some(c) => c.clone(),
+                        None => {
+                            let opts = ControllerOptions {
+                                max_io_queues: reactors.max(1) as u16,
+                                drain_timeout: Duration::from_millis(
+                                    self.config.target.drain_timeout_ms,
+                                ),
+                                ..ControllerOptions::default()
+                            };
+                            let c = NvmeController::open(&pci_addr, opts)
+                                .map_err(|e| backend_err(&name, format!("{pci_addr}: {e}")))?;
+                            ctrls.insert(pci_addr.clone(), c.clone());
+                            c
+                        }
+                    }
+                };
+                ctrl.bdev(nsid).map_err(|e| backend_err(&name, e))?
+            }
+        };
+        self.nvmf
+            .add_bdev_as(&name, dev)
+            .map_err(|source| StartError::Target {
+                what: format!("backend {name}"),
+                source,
+            })
+    }
+
+    /// Creates a subsystem (without its namespaces) from its config.
+    pub fn add_subsystem(&self, s: &SubsystemConfig) -> Result<(), StartError> {
+        let nqn = s.nqn.get_ref().clone();
+        self.nvmf
+            .add_subsystem(SubsystemParams {
+                nqn: nqn.clone(),
+                serial: s.serial.get_ref().clone(),
+                model: s.model.get_ref().clone(),
+                max_namespaces: s.max_namespaces,
+                allow_any_host: s.allow_any_host,
+                hosts: s.hosts.iter().map(|h| h.get_ref().clone()).collect(),
+            })
+            .map(|_| ())
+            .map_err(|source| StartError::Target {
+                what: format!("subsystem {nqn}"),
+                source,
+            })
+    }
+
+    /// Adds a namespace from its config; returns its NSID.
+    pub fn add_namespace(&self, nqn: &str, ns: &NamespaceConfig) -> Result<u32, StartError> {
+        self.nvmf
+            .add_namespace(
+                nqn,
+                NamespaceParams {
+                    nsid: ns.nsid.as_ref().map(|n| *n.get_ref()),
+                    bdev: ns.backend.get_ref().clone(),
+                    read_only: ns.read_only,
+                    nguid: ns.nguid.as_ref().and_then(|g| parse_nguid(g.get_ref())),
+                    uuid: ns.uuid.as_ref().and_then(|u| parse_nguid(u.get_ref())),
+                    latency_histogram: ns.latency_histogram,
+                },
+            )
+            .map_err(|source| StartError::Target {
+                what: format!("subsystem {nqn} namespace on {}", ns.backend.get_ref()),
+                source,
+            })
     }
 
     /// The engine (control operations, statistics).
@@ -297,7 +333,8 @@ impl Target {
         &self.transport
     }
 
-    /// The config it was started from.
+    /// The config it was started from, NSIDs resolved (the service tracks
+    /// later changes).
     pub fn config(&self) -> &TargetConfig {
         &self.config
     }
@@ -343,7 +380,7 @@ impl Target {
     /// controllers shut down (their DMA memory is unmapped only after).
     pub fn stop(&self) -> Result<(), TargetError> {
         let r = self.nvmf.stop();
-        for c in &self.controllers {
+        for c in lock(&self.controllers).values() {
             if let Err(e) = c.shutdown() {
                 tracing::warn!(error = %e, "NVMe controller shutdown");
             }

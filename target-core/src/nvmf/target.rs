@@ -399,6 +399,7 @@ impl NvmfTarget {
     /// Deletes a subsystem: its controllers are torn down (drained), then
     /// its namespaces removed.
     pub fn remove_subsystem(&self, nqn: &str) -> Result<(), TargetError> {
+        self.check_running()?;
         let s = self.subsystem(nqn)?;
         self.delete_all_controllers(&s)?;
         for nsid in s.active_nsids() {
@@ -410,6 +411,7 @@ impl NvmfTarget {
 
     /// Lets `hostnqn` connect.
     pub fn allow_host(&self, nqn: &str, hostnqn: &str) -> Result<(), TargetError> {
+        self.check_running()?;
         if let Err(reason) = super::nqn::validate(hostnqn) {
             return Err(TargetError::Invalid {
                 what: "host NQN",
@@ -427,6 +429,7 @@ impl NvmfTarget {
 
     /// Stops `hostnqn` from making new connections (existing ones stay).
     pub fn disallow_host(&self, nqn: &str, hostnqn: &str) -> Result<(), TargetError> {
+        self.check_running()?;
         let s = self.subsystem(nqn)?;
         let mut st = s.state();
         let before = st.hosts.len();
@@ -505,6 +508,7 @@ impl NvmfTarget {
     /// group first, so no acknowledged write is lost; connected hosts get a
     /// namespace-change event.
     pub fn remove_namespace(&self, nqn: &str, nsid: u32) -> Result<(), TargetError> {
+        self.check_running()?;
         let s = self.subsystem(nqn)?;
         self.remove_namespace_inner(&s, nsid, true)
     }
@@ -628,6 +632,7 @@ impl NvmfTarget {
     /// Tears a controller down (as if its host disconnected): I/O queues
     /// drained and destroyed, then the admin queue.
     pub fn delete_controller(&self, nqn: &str, cntlid: u16) -> Result<(), TargetError> {
+        self.check_running()?;
         let s = self.subsystem(nqn)?;
         let c = s
             .state()
@@ -636,6 +641,44 @@ impl NvmfTarget {
             .cloned()
             .ok_or_else(|| TargetError::NotFound(format!("controller {cntlid} of {nqn}")))?;
         self.teardown_and_wait(&s, &[c.admin], TeardownKind::Delete)
+    }
+
+    /// Resets a controller from the target side, as if its host had cleared
+    /// CC.EN: its I/O queues are quiesced, drained and destroyed, CSTS.RDY
+    /// drops, and the host must enable it again and reconnect its queues.
+    /// The admin queue (and the association) stays.
+    pub fn reset_controller(&self, nqn: &str, cntlid: u16) -> Result<(), TargetError> {
+        self.check_running()?;
+        let s = self.subsystem(nqn)?;
+        let c = s
+            .state()
+            .controllers
+            .get(&cntlid)
+            .cloned()
+            .ok_or_else(|| TargetError::NotFound(format!("controller {cntlid} of {nqn}")))?;
+        let admin = c.admin;
+        if let Some(h) = self.engine.pgs().get(admin.pg) {
+            h.send(move |pg| pg.start_ctrl_teardown(admin, TeardownKind::Reset));
+        }
+        let deadline = Instant::now() + self.control_limit();
+        loop {
+            {
+                let st = c.state();
+                if st.teardown.is_none() && st.csts & 1 == 0 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(TargetError::Timeout(format!(
+                    "reset of controller {cntlid} of {nqn}"
+                )));
+            }
+            if self.manual.is_some() {
+                self.poll();
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     fn delete_all_controllers(&self, s: &Arc<Subsystem>) -> Result<(), TargetError> {

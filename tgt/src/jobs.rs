@@ -1,0 +1,306 @@
+//! Host jobs: the daemon's own workloads (`[[job]]` tables of its config,
+//! in the bench's job format) run against its subsystems through loop
+//! hosts, each on a background thread. This is the soak-test mode; the
+//! control socket reports their figures.
+//!
+//! On stop, the job threads are told to stop issuing *while the target
+//! drains*, so the drain meets real in-flight I/O; afterwards each verify
+//! job reads back, straight from its backend, every block whose write was
+//! acknowledged: the proof that the stop lost nothing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bench::JobSpec;
+use bench::runner::{self, JobOutcome, JobRun, LoopPort, Port};
+use bench::stats::LiveStats;
+use serde_json::{Value, json};
+use target_core::bdev::BdevRef;
+use target_facade::Target;
+use transport_loop::{ConnectOptions, HostController};
+
+/// Host NQN the jobs connect with.
+pub const JOB_HOSTNQN: &str = "nqn.2026-11.io.nvmf-rs:nvmf-tgt-job";
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a job is in its life.
+#[derive(Debug)]
+enum State {
+    Running,
+    /// Stopped issuing; the run is back for its read-back and figures.
+    Stopped(Box<JobRun>),
+    Done {
+        outcome: Box<JobOutcome>,
+        readback: Option<Result<u64, String>>,
+    },
+}
+
+/// One running job instance.
+#[derive(Debug)]
+pub struct HostJob {
+    spec: JobSpec,
+    nqn: String,
+    bdev: BdevRef,
+    live: Arc<LiveStats>,
+    stop: Arc<AtomicBool>,
+    /// The service is stopping: keep the run for its read-back.
+    keep: AtomicBool,
+    started: Instant,
+    state: Mutex<State>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl HostJob {
+    /// Its figures, as the control socket reports them.
+    pub fn status(&self) -> Value {
+        let snap = self.live.snapshot();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let mut v = json!({
+            "name": self.spec.name,
+            "subsystem": self.nqn,
+            "nsid": self.spec.nsid,
+            "rw": self.spec.rw.to_string(),
+            "bs": self.spec.bs,
+            "iodepth": self.spec.iodepth,
+            "verify": self.spec.verify,
+            "ios": snap.ios,
+            "bytes": snap.bytes,
+            "errors": snap.errors,
+            "iops": (snap.ios as f64 / secs).round(),
+            "p99_ns": snap.p99_ns,
+            "elapsed_s": (secs * 10.0).round() / 10.0,
+        });
+        let (state, verify_result) = match &*lock(&self.state) {
+            State::Running => ("running", Value::Null),
+            State::Stopped(_) => ("stopping", Value::Null),
+            State::Done { outcome, readback } => {
+                let r = match (&outcome.mismatch, readback) {
+                    (Some(m), _) => json!(format!("FAILED: {m}")),
+                    (None, Some(Err(e))) => json!(format!("FAILED: read-back: {e}")),
+                    (None, Some(Ok(n))) => json!(format!("ok ({n} blocks read back)")),
+                    (None, None) if self.spec.verify => json!("ok"),
+                    (None, None) => Value::Null,
+                };
+                ("done", r)
+            }
+        };
+        v["state"] = json!(state);
+        v["verify_result"] = verify_result;
+        v
+    }
+
+    /// `true` when it verified and found something wrong.
+    pub fn failed(&self) -> bool {
+        match &*lock(&self.state) {
+            State::Done { outcome, readback } => {
+                outcome.mismatch.is_some() || matches!(readback, Some(Err(_)))
+            }
+            _ => false,
+        }
+    }
+
+    /// Name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+/// The daemon's jobs.
+#[derive(Debug, Default)]
+pub struct Jobs {
+    list: Mutex<Vec<Arc<HostJob>>>,
+}
+
+impl Jobs {
+    /// Starts every instance of `specs` against `target`. Errors name the
+    /// job (a namespace that does not exist, a range that does not fit).
+    pub fn start(&self, target: &Target, specs: &[JobSpec]) -> Result<(), String> {
+        let default_nqn = target
+            .config()
+            .subsystems
+            .first()
+            .map(|s| s.nqn.get_ref().clone())
+            .unwrap_or_default();
+        for spec in specs {
+            let nqn = spec
+                .subsystem
+                .clone()
+                .unwrap_or_else(|| default_nqn.clone());
+            let sub = target
+                .nvmf()
+                .subsystem(&nqn)
+                .map_err(|e| format!("job '{}': {e}", spec.name))?;
+            let ns = sub.namespace(spec.nsid).ok_or_else(|| {
+                format!("job '{}': {nqn} has no namespace {}", spec.name, spec.nsid)
+            })?;
+            let (bs, blocks) = (ns.block_size(), ns.num_blocks());
+            for inst in spec.instances(blocks * bs as u64) {
+                if inst.inline {
+                    return Err(format!(
+                        "job '{}': inline jobs are a benchmark mode; the service runs host threads",
+                        inst.name
+                    ));
+                }
+                let live = LiveStats::new();
+                let stop = Arc::new(AtomicBool::new(false));
+                let run = JobRun::new(inst.clone(), bs, blocks, live.clone(), stop.clone())?;
+                let mut o = ConnectOptions::new(&nqn, JOB_HOSTNQN);
+                o.queue_depth = (inst.iodepth + 1).min(4096) as u16;
+                let mut host = target
+                    .transport()
+                    .connect(o)
+                    .map_err(|e| format!("job '{}': connect to {nqn}: {e}", inst.name))?;
+                let qp = host
+                    .take_qpairs()
+                    .pop()
+                    .ok_or_else(|| format!("job '{}': no I/O queue granted", inst.name))?;
+                let job = Arc::new(HostJob {
+                    spec: inst.clone(),
+                    nqn: nqn.clone(),
+                    bdev: ns.bdev.clone(),
+                    live,
+                    stop,
+                    keep: AtomicBool::new(false),
+                    started: Instant::now(),
+                    state: Mutex::new(State::Running),
+                    thread: Mutex::new(None),
+                });
+                let port = LoopPort {
+                    qp,
+                    nsid: inst.nsid,
+                };
+                let j2 = job.clone();
+                let h = std::thread::Builder::new()
+                    .name(format!("job-{}", inst.name))
+                    .spawn(move || run_job(j2, run, port, host))
+                    .map_err(|e| e.to_string())?;
+                *lock(&job.thread) = Some(h);
+                tracing::info!(
+                    job = inst.name,
+                    subsystem = nqn,
+                    nsid = inst.nsid,
+                    rw = %inst.rw,
+                    "host job started"
+                );
+                lock(&self.list).push(job);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every job.
+    pub fn all(&self) -> Vec<Arc<HostJob>> {
+        lock(&self.list).clone()
+    }
+
+    /// The service is about to stop the target: jobs keep issuing (so the
+    /// drain meets real in-flight I/O) but keep their state for the
+    /// read-back when their queues end.
+    pub fn prepare_stop(&self) {
+        for j in lock(&self.list).iter() {
+            j.keep.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Tells every job to stop issuing (in-flight I/O still completes).
+    pub fn signal_stop(&self) {
+        for j in lock(&self.list).iter() {
+            j.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits (bounded) for every job thread; `false` if some did not end.
+    pub fn join(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        for j in self.all() {
+            while lock(&j.thread).as_ref().is_some_and(|h| !h.is_finished()) {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if let Some(h) = lock(&j.thread).take() {
+                let _ = h.join();
+            }
+        }
+        true
+    }
+
+    /// After the target stopped: each verify job reads back, directly from
+    /// its backend, every block whose write was acknowledged; then every
+    /// job's figures are closed. Returns one summary line per job.
+    pub fn finish(&self, limit: Duration) -> Vec<String> {
+        let mut lines = Vec::new();
+        for j in self.all() {
+            let mut st = lock(&j.state);
+            let run = match std::mem::replace(&mut *st, State::Running) {
+                State::Stopped(run) => run,
+                State::Running => {
+                    lines.push(format!("job {}: did not stop in time", j.name()));
+                    continue;
+                }
+                done @ State::Done { .. } => {
+                    *st = done;
+                    drop(st);
+                    lines.push(format!("job {}: {}", j.name(), j.status()["verify_result"]));
+                    continue;
+                }
+            };
+            let mut run = *run;
+            let readback = run.verifies().then(|| {
+                runner::direct_port(&j.bdev)
+                    .and_then(|mut p| run.read_back(&mut p as &mut dyn Port, limit))
+            });
+            let outcome = run.finish();
+            let r = &outcome.result;
+            let verdict = match (&outcome.mismatch, &readback) {
+                (Some(m), _) => format!(", verify FAILED: {m}"),
+                (None, Some(Err(e))) => format!(", read-back FAILED: {e}"),
+                (None, Some(Ok(n))) => {
+                    format!(", verify ok, {n} acknowledged blocks read back intact")
+                }
+                (None, None) => String::new(),
+            };
+            lines.push(format!(
+                "job {}: {} I/Os, {} errors{verdict}",
+                j.name(),
+                r.ios(),
+                r.errors
+            ));
+            *st = State::Done {
+                outcome: Box::new(outcome),
+                readback,
+            };
+        }
+        lines
+    }
+}
+
+fn run_job(job: Arc<HostJob>, mut run: JobRun, mut port: LoopPort, host: HostController) {
+    while !run.step(&mut port) {}
+    let _ = host.disconnect();
+    let mut st = lock(&job.state);
+    if job.keep.load(Ordering::Relaxed) || job.stop.load(Ordering::Relaxed) {
+        *st = State::Stopped(Box::new(run));
+    } else {
+        // Ran to its end on its own: close it now (no read-back; the target
+        // is still up and the job checked its reads).
+        let outcome = run.finish();
+        tracing::info!(
+            job = job.spec.name,
+            ios = outcome.result.ios(),
+            errors = outcome.result.errors,
+            mismatch = outcome.mismatch.map(|m| m.to_string()),
+            "host job finished"
+        );
+        *st = State::Done {
+            outcome: Box::new(outcome),
+            readback: None,
+        };
+    }
+}
