@@ -230,7 +230,7 @@ fn control_socket_under_io_then_sigterm() {
     let hist: hdrhistogram::Histogram<u64> = Deserializer::new()
         .deserialize(&mut bytes.as_slice())
         .unwrap();
-    assert!(hist.len() > 0);
+    assert!(!hist.is_empty());
     assert_eq!(hist.len(), h["latency_ns"]["count"].as_u64().unwrap());
     assert_eq!(
         hist.value_at_quantile(0.99),
