@@ -44,4 +44,31 @@ fn check_config_accepts_examples_and_names_errors() {
         err.contains("bad.toml:8:1: backend[0].blok_size: unknown field"),
         "{err}"
     );
+    // The service's own keys and its [[job]] tables are checked too.
+    let cases = [
+        (
+            "[target]\nmetrics_addr = \"0.0.0.0:9464\"\n",
+            "bad.toml:2:16: target.metrics_addr: must be a loopback address",
+        ),
+        (
+            "[[backend]]\nname = \"r\"\nkind = \"malloc\"\nsize = \"1MiB\"\n\n[[job]]\nname = \"j\"\nrw = \"verify\"\niodepht = 4\n",
+            "bad.toml:9: unknown field `iodepht`",
+        ),
+        (
+            "[[job]]\nname = \"j\"\nrw = \"sideways\"\n",
+            "bad.toml:3:",
+        ),
+    ];
+    for (text, want) in cases {
+        std::fs::write(&bad, text).unwrap();
+        let out = Command::new(bin)
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(want), "{text}: wanted {want}, got {err}");
+    }
 }
