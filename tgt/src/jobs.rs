@@ -247,7 +247,14 @@ impl Jobs {
                 done @ State::Done { .. } => {
                     *st = done;
                     drop(st);
-                    lines.push(format!("job {}: {}", j.name(), j.status()["verify_result"]));
+                    let st = j.status();
+                    lines.push(format!(
+                        "job {}: ended before the stop: {} I/Os, {} errors, verify {}",
+                        j.name(),
+                        st["ios"],
+                        st["errors"],
+                        st["verify_result"].as_str().unwrap_or("off")
+                    ));
                     continue;
                 }
             };
