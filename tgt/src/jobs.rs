@@ -32,10 +32,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 enum State {
     Running,
-    /// Stopped issuing; the run is back for its read-back and figures.
-    Stopped(Box<JobRun>),
     Done {
         outcome: Box<JobOutcome>,
+        /// Blocks read back intact after the run (verify jobs), or why not.
         readback: Option<Result<u64, String>>,
     },
 }
@@ -48,8 +47,6 @@ pub struct HostJob {
     bdev: BdevRef,
     live: Arc<LiveStats>,
     stop: Arc<AtomicBool>,
-    /// The service is stopping: keep the run for its read-back.
-    keep: AtomicBool,
     started: Instant,
     state: Mutex<State>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -77,12 +74,13 @@ impl HostJob {
         });
         let (state, verify_result) = match &*lock(&self.state) {
             State::Running => ("running", Value::Null),
-            State::Stopped(_) => ("stopping", Value::Null),
             State::Done { outcome, readback } => {
                 let r = match (&outcome.mismatch, readback) {
                     (Some(m), _) => json!(format!("FAILED: {m}")),
                     (None, Some(Err(e))) => json!(format!("FAILED: read-back: {e}")),
-                    (None, Some(Ok(n))) => json!(format!("ok ({n} blocks read back)")),
+                    (None, Some(Ok(n))) => {
+                        json!(format!("ok, {n} acknowledged blocks read back intact"))
+                    }
                     (None, None) if self.spec.verify => json!("ok"),
                     (None, None) => Value::Null,
                 };
@@ -165,7 +163,6 @@ impl Jobs {
                     bdev: ns.bdev.clone(),
                     live,
                     stop,
-                    keep: AtomicBool::new(false),
                     started: Instant::now(),
                     state: Mutex::new(State::Running),
                     thread: Mutex::new(None),
@@ -198,15 +195,6 @@ impl Jobs {
         lock(&self.list).clone()
     }
 
-    /// The service is about to stop the target: jobs keep issuing (so the
-    /// drain meets real in-flight I/O) but keep their state for the
-    /// read-back when their queues end.
-    pub fn prepare_stop(&self) {
-        for j in lock(&self.list).iter() {
-            j.keep.store(true, Ordering::Relaxed);
-        }
-    }
-
     /// Tells every job to stop issuing (in-flight I/O still completes).
     pub fn signal_stop(&self) {
         for j in lock(&self.list).iter() {
@@ -231,83 +219,53 @@ impl Jobs {
         true
     }
 
-    /// After the target stopped: each verify job reads back, directly from
-    /// its backend, every block whose write was acknowledged; then every
-    /// job's figures are closed. Returns one summary line per job.
-    pub fn finish(&self, limit: Duration) -> Vec<String> {
-        let mut lines = Vec::new();
-        for j in self.all() {
-            let mut st = lock(&j.state);
-            let run = match std::mem::replace(&mut *st, State::Running) {
-                State::Stopped(run) => run,
-                State::Running => {
-                    lines.push(format!("job {}: did not stop in time", j.name()));
-                    continue;
-                }
-                done @ State::Done { .. } => {
-                    *st = done;
-                    drop(st);
-                    let st = j.status();
-                    lines.push(format!(
-                        "job {}: ended before the stop: {} I/Os, {} errors, verify {}",
-                        j.name(),
-                        st["ios"],
-                        st["errors"],
-                        st["verify_result"].as_str().unwrap_or("off")
-                    ));
-                    continue;
-                }
-            };
-            let mut run = *run;
-            let readback = run.verifies().then(|| {
-                runner::direct_port(&j.bdev)
-                    .and_then(|mut p| run.read_back(&mut p as &mut dyn Port, limit))
-            });
-            let outcome = run.finish();
-            let r = &outcome.result;
-            let verdict = match (&outcome.mismatch, &readback) {
-                (Some(m), _) => format!(", verify FAILED: {m}"),
-                (None, Some(Err(e))) => format!(", read-back FAILED: {e}"),
-                (None, Some(Ok(n))) => {
-                    format!(", verify ok, {n} acknowledged blocks read back intact")
-                }
-                (None, None) => String::new(),
-            };
-            lines.push(format!(
-                "job {}: {} I/Os, {} errors{verdict}",
-                j.name(),
-                r.ios(),
-                r.errors
-            ));
-            *st = State::Done {
-                outcome: Box::new(outcome),
-                readback,
-            };
-        }
-        lines
+    /// One summary line per job (call after [`Jobs::join`]).
+    pub fn summary(&self) -> Vec<String> {
+        self.all()
+            .iter()
+            .map(|j| {
+                let st = j.status();
+                format!(
+                    "job {}: {}: {} I/Os, {} errors, verify {}",
+                    j.name(),
+                    st["state"].as_str().unwrap_or("?"),
+                    st["ios"],
+                    st["errors"],
+                    st["verify_result"].as_str().unwrap_or("off")
+                )
+            })
+            .collect()
     }
 }
 
+/// Bound on a verify job's read-back.
+const READBACK_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs a job until it ends: its runtime or I/O count, a stop request, or
+/// its queue ending (controller reset or deleted, namespace or subsystem
+/// removed, target stopped). Then a verify job reads back, straight from
+/// its backend, every block whose write was acknowledged. Its queue has
+/// ended by then, so the target has drained it: anything acknowledged is on
+/// the backend, and a block that is not is a lost write.
 fn run_job(job: Arc<HostJob>, mut run: JobRun, mut port: LoopPort, host: HostController) {
     while !run.step(&mut port) {}
     let _ = host.disconnect();
-    let mut st = lock(&job.state);
-    if job.keep.load(Ordering::Relaxed) || job.stop.load(Ordering::Relaxed) {
-        *st = State::Stopped(Box::new(run));
-    } else {
-        // Ran to its end on its own: close it now (no read-back; the target
-        // is still up and the job checked its reads).
-        let outcome = run.finish();
-        tracing::info!(
-            job = job.spec.name,
-            ios = outcome.result.ios(),
-            errors = outcome.result.errors,
-            mismatch = outcome.mismatch.map(|m| m.to_string()),
-            "host job finished"
-        );
-        *st = State::Done {
-            outcome: Box::new(outcome),
-            readback: None,
-        };
-    }
+    drop(port);
+    let readback = run.verifies().then(|| {
+        runner::direct_port(&job.bdev)
+            .and_then(|mut p| run.read_back(&mut p as &mut dyn Port, READBACK_LIMIT))
+    });
+    let outcome = run.finish();
+    tracing::info!(
+        job = job.spec.name,
+        ios = outcome.result.ios(),
+        errors = outcome.result.errors,
+        mismatch = outcome.mismatch.map(|m| m.to_string()),
+        readback = ?readback,
+        "host job ended"
+    );
+    *lock(&job.state) = State::Done {
+        outcome: Box::new(outcome),
+        readback,
+    };
 }

@@ -527,6 +527,11 @@ fn nvmf_delete_subsystem(svc: &Service, p: Value) -> Result<Value, RpcError> {
     let _g = svc.begin_change()?;
     let cfg = svc.edit(|t| {
         let subs = array(t, "subsystem")?;
+        let was_first = subs
+            .first()
+            .and_then(|s| s.get("nqn"))
+            .and_then(toml::Value::as_str)
+            == Some(&nqn);
         let before = subs.len();
         subs.retain(|s| s.get("nqn").and_then(toml::Value::as_str) != Some(&nqn));
         if subs.len() == before {
@@ -534,6 +539,19 @@ fn nvmf_delete_subsystem(svc: &Service, p: Value) -> Result<Value, RpcError> {
                 proto::NOT_FOUND,
                 format!("subsystem {nqn} not found"),
             ));
+        }
+        // Host jobs on it end with it; a saved config must not start them
+        // against a subsystem that is gone (a job without `subsystem` runs
+        // on the first one).
+        array(t, "job")?.retain(|j| match j.get("subsystem").and_then(toml::Value::as_str) {
+            Some(s) => s != nqn,
+            None => !was_first,
+        });
+        if t.get("job")
+            .and_then(toml::Value::as_array)
+            .is_some_and(Vec::is_empty)
+        {
+            t.remove("job");
         }
         array(t, "listener")?
             .retain(|l| l.get("subsystem").and_then(toml::Value::as_str) != Some(&nqn));

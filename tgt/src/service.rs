@@ -116,8 +116,8 @@ impl Service {
     }
 
     /// Stops: refuses new control requests (waiting for one in progress),
-    /// drains and stops the target while host jobs still run, then lets
-    /// the jobs end and reads back what their verify recorded. Returns the
+    /// drains and stops the target while host jobs still run, then waits
+    /// for the jobs, whose verify reads back every acknowledged block. Returns the
     /// jobs' summary lines; `Err` when the drain failed or a job lost data.
     pub fn stop(&self, bound: Duration) -> Result<Vec<String>, String> {
         {
@@ -126,13 +126,14 @@ impl Service {
                 return Ok(Vec::new());
             }
         }
-        self.jobs.prepare_stop();
+        // The jobs keep issuing while the target drains, so the drain meets
+        // real in-flight I/O; their queues end with it.
         let stop = self.target.stop().map_err(|e| e.to_string());
         self.jobs.signal_stop();
         if !self.jobs.join(bound) {
             tracing::warn!("host jobs did not end within {bound:?}");
         }
-        let lines = self.jobs.finish(bound);
+        let lines = self.jobs.summary();
         stop?;
         if self.jobs.all().iter().any(|j| j.failed()) {
             return Err(format!("a host job lost data: {}", lines.join("; ")));

@@ -54,10 +54,7 @@ fn check_config_accepts_examples_and_names_errors() {
             "[[backend]]\nname = \"r\"\nkind = \"malloc\"\nsize = \"1MiB\"\n\n[[job]]\nname = \"j\"\nrw = \"verify\"\niodepht = 4\n",
             "bad.toml:9: unknown field `iodepht`",
         ),
-        (
-            "[[job]]\nname = \"j\"\nrw = \"sideways\"\n",
-            "bad.toml:3:",
-        ),
+        ("[[job]]\nname = \"j\"\nrw = \"sideways\"\n", "bad.toml:3:"),
     ];
     for (text, want) in cases {
         std::fs::write(&bad, text).unwrap();
