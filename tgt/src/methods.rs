@@ -768,24 +768,24 @@ fn nvmf_get_qpairs(svc: &Service, p: Value) -> Result<Value, RpcError> {
     Ok(Value::Array(out))
 }
 
-fn nvmf_reset_controller(svc: &Service, p: Value) -> Result<Value, RpcError> {
+/// A controller operation: validated, serialised with other changes.
+fn controller_op(
+    svc: &Service,
+    p: Value,
+    op: fn(&target_core::nvmf::NvmfTarget, &str, u16) -> Result<(), TargetError>,
+) -> Result<Value, RpcError> {
     let NqnCntlid { nqn, cntlid } = params(p)?;
     let _g = svc.begin_change()?;
-    svc.target
-        .nvmf()
-        .reset_controller(&nqn, cntlid)
-        .map_err(target_err)?;
+    op(svc.target.nvmf(), &nqn, cntlid).map_err(target_err)?;
     Ok(json!({"nqn": nqn, "cntlid": cntlid}))
 }
 
+fn nvmf_reset_controller(svc: &Service, p: Value) -> Result<Value, RpcError> {
+    controller_op(svc, p, |t, nqn, id| t.reset_controller(nqn, id))
+}
+
 fn nvmf_delete_controller(svc: &Service, p: Value) -> Result<Value, RpcError> {
-    let NqnCntlid { nqn, cntlid } = params(p)?;
-    let _g = svc.begin_change()?;
-    svc.target
-        .nvmf()
-        .delete_controller(&nqn, cntlid)
-        .map_err(target_err)?;
-    Ok(json!({"nqn": nqn, "cntlid": cntlid}))
+    controller_op(svc, p, |t, nqn, id| t.delete_controller(nqn, id))
 }
 
 fn nvmf_get_stats(svc: &Service, p: Value) -> Result<Value, RpcError> {

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::ctrlr::{AEN_NS_ATTR_CHANGED, QpairRef, TeardownKind};
+use super::ctrlr::{AEN_NS_ATTR_CHANGED, Controller, QpairRef, TeardownKind};
 use super::engine::{Countdown, Engine, EngineOptions, PgHandle};
 use super::latency::{LatencyHistogram, merge_into};
 use super::poll_group::PollGroup;
@@ -633,6 +633,16 @@ impl NvmfTarget {
     /// drained and destroyed, then the admin queue.
     pub fn delete_controller(&self, nqn: &str, cntlid: u16) -> Result<(), TargetError> {
         self.check_running()?;
+        let (s, c) = self.controller(nqn, cntlid)?;
+        self.teardown_and_wait(&s, &[c.admin], TeardownKind::Delete)
+    }
+
+    /// A live controller and its subsystem.
+    fn controller(
+        &self,
+        nqn: &str,
+        cntlid: u16,
+    ) -> Result<(Arc<Subsystem>, Arc<Controller>), TargetError> {
         let s = self.subsystem(nqn)?;
         let c = s
             .state()
@@ -640,7 +650,7 @@ impl NvmfTarget {
             .get(&cntlid)
             .cloned()
             .ok_or_else(|| TargetError::NotFound(format!("controller {cntlid} of {nqn}")))?;
-        self.teardown_and_wait(&s, &[c.admin], TeardownKind::Delete)
+        Ok((s, c))
     }
 
     /// Resets a controller from the target side, as if its host had cleared
@@ -649,13 +659,7 @@ impl NvmfTarget {
     /// The admin queue (and the association) stays.
     pub fn reset_controller(&self, nqn: &str, cntlid: u16) -> Result<(), TargetError> {
         self.check_running()?;
-        let s = self.subsystem(nqn)?;
-        let c = s
-            .state()
-            .controllers
-            .get(&cntlid)
-            .cloned()
-            .ok_or_else(|| TargetError::NotFound(format!("controller {cntlid} of {nqn}")))?;
+        let (_, c) = self.controller(nqn, cntlid)?;
         let admin = c.admin;
         if let Some(h) = self.engine.pgs().get(admin.pg) {
             h.send(move |pg| pg.start_ctrl_teardown(admin, TeardownKind::Reset));
