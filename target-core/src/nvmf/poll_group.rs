@@ -390,7 +390,8 @@ impl PollGroup {
                 slot.busy = true;
                 slot.cid = cid;
                 slot.view = vi;
-                slot.start_ns = now_ns;
+                // 0: not timed (tracking was off when it was fetched).
+                slot.start_ns = if view.lat.is_some() { now_ns } else { 0 };
                 qp.in_backend += 1;
                 qp.set_cid(cid, true);
                 view.outstanding += 1;
@@ -473,7 +474,9 @@ impl PollGroup {
                 slot.busy = false;
                 slot.generation = slot.generation.wrapping_add(1);
                 let cid = slot.cid;
-                if let Some(h) = lat.as_deref_mut() {
+                if let Some(h) = lat.as_deref_mut()
+                    && slot.start_ns != 0
+                {
                     h.saturating_record(now_ns.saturating_sub(slot.start_ns).max(1));
                 }
                 qp.free.push(si);
