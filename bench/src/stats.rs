@@ -1,12 +1,15 @@
 //! Per-job latency and throughput recording, and the merged results.
 //!
 //! A [`Recorder`] is owned by its job's thread and takes no locks: each
-//! completed I/O is one counter update and one histogram record into the
-//! current one-second interval. When an interval closes ([`Recorder::tick`])
-//! its histograms are added to the job totals and a compact V2-encoded copy
-//! is kept for the `.hlog` interval log and the IOPS-over-time plot (about a
-//! few hundred bytes per second instead of a ~200 KiB histogram). Results of
-//! several jobs are merged once at the end ([`JobResult::merge`]).
+//! completed I/O is one counter update and one increment in a
+//! [`FastHistogram`] of the current one-second interval (a flat array with
+//! HdrHistogram's bucket layout, ~15 instructions). When an
+//! interval closes ([`Recorder::tick`]) its buckets are folded into the job
+//! totals (`hdrhistogram` histograms, bit-identical to recording each value
+//! directly) and a compact V2-encoded copy is kept for the `.hlog` interval
+//! log and the IOPS-over-time plot (about a few hundred bytes per second
+//! instead of a ~200 KiB histogram). Results of several jobs are merged once
+//! at the end ([`JobResult::merge`]).
 //!
 //! The progress line runs on another thread; it reads a [`LiveStats`] (a
 //! few atomics) that the recorder publishes every [`LIVE_PUBLISH_EVERY`]
@@ -36,6 +39,163 @@ pub const LIVE_PUBLISH_EVERY: u32 = 1024;
 #[allow(clippy::expect_used)] // constant, valid bounds
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_NS, SIGFIG).expect("valid histogram bounds")
+}
+
+// HdrHistogram's layout for the bounds above (see `Histogram::new_with_bounds`):
+// the lowest discernible value is 1, so the unit magnitude is 0; bucket 0
+// holds 0..SUB_BUCKET_COUNT at unit resolution, and each further bucket holds
+// the upper half of a sub-bucket range twice as coarse as the previous one.
+
+/// log2 of the sub-bucket count: unit resolution up to 2 * 10^SIGFIG.
+const SUB_BUCKET_MAG: u32 = (2 * 10u32.pow(SIGFIG as u32))
+    .next_power_of_two()
+    .trailing_zeros();
+/// log2 of half the sub-bucket count (the entries each bucket > 0 adds).
+const HALF_MAG: u32 = SUB_BUCKET_MAG - 1;
+/// Values up to this mask land in bucket 0.
+const SUB_BUCKET_MASK: u64 = (1 << SUB_BUCKET_MAG) - 1;
+/// The bucket of `v` is this minus the leading zeros of `v | SUB_BUCKET_MASK`.
+const LZ_BASE: u32 = 64 - SUB_BUCKET_MAG;
+
+/// Buckets needed so that `MAX_LATENCY_NS` is representable.
+const BUCKETS: u32 = {
+    let mut n = 1;
+    let mut untrackable: u64 = 1 << SUB_BUCKET_MAG;
+    while untrackable <= MAX_LATENCY_NS {
+        untrackable <<= 1;
+        n += 1;
+    }
+    n
+};
+/// Number of counts of a histogram from [`new_histogram`].
+const HDR_LEN: usize = ((BUCKETS as usize) + 1) << HALF_MAG;
+/// Smallest value without a bucket: `saturating_record` records it (and
+/// anything larger) as `MAX_LATENCY_NS`. Values between `MAX_LATENCY_NS` and
+/// this are recorded as they are, like HdrHistogram does.
+const SATURATE_FROM: u64 = (1 << SUB_BUCKET_MAG) << (BUCKETS - 1);
+/// Counts of a [`FastHistogram`]: the same layout continued up to
+/// `u64::MAX` (so recording needs no clamp; the part past `HDR_LEN` is
+/// folded as `MAX_LATENCY_NS`), rounded up to a power of two (so a mask
+/// keeps the index in bounds without a check). Only the pages actually
+/// written are ever backed by memory.
+const FAST_LEN: usize = (((LZ_BASE as usize) + 2) << HALF_MAG).next_power_of_two();
+const _: () = assert!(MAX_LATENCY_NS < SATURATE_FROM && SATURATE_FROM <= (MAX_LATENCY_NS << 1));
+const _: () = assert!(HDR_LEN <= FAST_LEN);
+
+/// Index in HdrHistogram's counts array of `v` (for histograms from
+/// [`new_histogram`]); from `HDR_LEN` on, an index past their range.
+#[inline(always)]
+fn fast_index(v: u64) -> usize {
+    let bucket = LZ_BASE - (v | SUB_BUCKET_MASK).leading_zeros();
+    // = ((bucket + 1) << HALF_MAG) + (sub_bucket - half_count)
+    ((u64::from(bucket) << HALF_MAG) + (v >> bucket)) as usize
+}
+
+/// Lowest value of the bucket at `index` (inverse of [`fast_index`]).
+fn fast_value(index: usize) -> u64 {
+    let bucket = ((index >> HALF_MAG) as u32).saturating_sub(1);
+    let sub = index as u64 - (u64::from(bucket) << HALF_MAG);
+    sub << bucket
+}
+
+/// Latency counts with exactly HdrHistogram's bucket layout for
+/// [`new_histogram`], for the per-I/O path: recording is an index
+/// computation (a leading-zero count, two shifts, an add) and one increment,
+/// without the clamping, range checks and min/max/total bookkeeping of
+/// `Histogram::saturating_record`. [`FastHistogram::drain`] folds the counts
+/// into a `Histogram` (`record_n` once per non-zero bucket, typically once
+/// a second); the result is the same as `saturating_record` of each value:
+/// same count at every index, total, min, max, percentiles and encoding.
+pub struct FastHistogram {
+    counts: Box<[u64; FAST_LEN]>,
+    len: u64,
+}
+
+impl Default for FastHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for FastHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastHistogram")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FastHistogram {
+    /// An empty histogram. Allocates its counts once (512 KiB of zeroed
+    /// address space, of which only the touched pages get backed).
+    pub fn new() -> Self {
+        // Built on the heap (a Vec), not on the stack; the conversion
+        // cannot fail as the length matches.
+        let counts = vec![0; FAST_LEN]
+            .into_boxed_slice()
+            .try_into()
+            .unwrap_or_else(|_| Box::new([0; FAST_LEN]));
+        Self { counts, len: 0 }
+    }
+
+    /// Records one latency in ns; values past the range saturate like
+    /// `Histogram::saturating_record` does (when folded).
+    #[inline]
+    pub fn record(&mut self, lat_ns: u64) {
+        // The mask never changes the index (it is < FAST_LEN for any u64);
+        // it lets the compiler drop the bounds check.
+        if let Some(c) = self.counts.get_mut(fast_index(lat_ns) & (FAST_LEN - 1)) {
+            *c += 1;
+        }
+        self.len += 1;
+    }
+
+    /// Values recorded since the last drain.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Nothing recorded since the last drain.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Calls `f(value, count)` for each non-zero bucket, `value` being the
+    /// lowest value of the bucket (`MAX_LATENCY_NS` for saturated ones), and
+    /// empties the histogram. Skips empty stretches a chunk at a time and
+    /// stops after the last recorded value.
+    pub fn drain(&mut self, mut f: impl FnMut(u64, u64)) {
+        const CHUNK: usize = 64;
+        let mut left = self.len;
+        self.len = 0;
+        for (ci, chunk) in self.counts.chunks_mut(CHUNK).enumerate() {
+            if left == 0 {
+                break;
+            }
+            if chunk.iter().fold(0, |a, &c| a | c) == 0 {
+                continue;
+            }
+            for (j, c) in chunk.iter_mut().enumerate() {
+                if *c != 0 {
+                    let i = ci * CHUNK + j;
+                    let v = if i < HDR_LEN {
+                        fast_value(i)
+                    } else {
+                        MAX_LATENCY_NS
+                    };
+                    f(v, *c);
+                    left = left.saturating_sub(*c);
+                    *c = 0;
+                }
+            }
+        }
+    }
+
+    /// Adds the counts to `dst` (a histogram from [`new_histogram`]) and
+    /// empties this one.
+    pub fn drain_into(&mut self, dst: &mut Histogram<u64>) {
+        self.drain(|v, n| dst.saturating_record_n(v, n));
+    }
 }
 
 fn add_into(dst: &mut Histogram<u64>, src: &Histogram<u64>) {
@@ -199,8 +359,9 @@ pub struct Recorder {
     errors: u64,
     /// Job totals per direction (`None` = histograms disabled).
     hist: Option<[Histogram<u64>; 2]>,
-    /// Current interval, per direction.
-    iv_hist: Option<[Histogram<u64>; 2]>,
+    /// Current interval, per direction; folded into `hist` and `scratch`
+    /// when the interval closes.
+    iv_hist: Option<[FastHistogram; 2]>,
     /// Reused to combine the two directions when an interval closes.
     scratch: Option<Histogram<u64>>,
     iv_start: Instant,
@@ -241,7 +402,7 @@ impl Recorder {
             totals: Default::default(),
             errors: 0,
             hist: histogram.then(pair),
-            iv_hist: histogram.then(pair),
+            iv_hist: histogram.then(|| [FastHistogram::new(), FastHistogram::new()]),
             scratch: histogram.then(new_histogram),
             iv_start: now,
             iv: Default::default(),
@@ -273,7 +434,7 @@ impl Recorder {
         c.ios += 1;
         c.bytes += bytes;
         if let Some(h) = &mut self.iv_hist {
-            h[idx(op)].saturating_record(lat_ns);
+            h[idx(op)].record(lat_ns);
         }
     }
 
@@ -384,10 +545,11 @@ impl Recorder {
             (&mut self.iv_hist, &mut self.hist, &mut self.scratch)
         {
             scratch.reset();
-            for d in 0..2 {
-                add_into(scratch, &iv[d]);
-                add_into(&mut tot[d], &iv[d]);
-                iv[d].reset();
+            for (fast, tot) in iv.iter_mut().zip(tot.iter_mut()) {
+                fast.drain(|v, n| {
+                    scratch.saturating_record_n(v, n);
+                    tot.saturating_record_n(v, n);
+                });
             }
             if !scratch.is_empty() {
                 p99_ns = scratch.value_at_quantile(0.99);
@@ -641,6 +803,194 @@ pub(crate) mod tests {
         r.record(Op::Read, u64::MAX, 1);
         let res = r.finish(t0 + INTERVAL);
         assert!(res.histogram.unwrap().max() >= MAX_LATENCY_NS / 2);
+    }
+
+    /// Latencies for the equivalence tests: every magnitude from 0 to
+    /// u64::MAX (log-uniform), dense small values, and the edges of bucket
+    /// 0, of the range and of saturation.
+    fn test_latencies(n: usize, seed: u64) -> Vec<u64> {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut v = vec![
+            0,
+            1,
+            2,
+            2047,
+            2048,
+            2049,
+            4095,
+            4096,
+            MAX_LATENCY_NS - 1,
+            MAX_LATENCY_NS,
+            MAX_LATENCY_NS + 1,
+            SATURATE_FROM - 1,
+            SATURATE_FROM,
+            SATURATE_FROM + 1,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        while v.len() < n {
+            let x = match rng.random_range(0..4u32) {
+                0 => rng.random_range(0..5_000u64),
+                1 => rng.random_range(5_000..2_000_000u64),
+                _ => rng.random::<u64>() >> rng.random_range(0..64u32),
+            };
+            v.push(x);
+        }
+        v
+    }
+
+    fn assert_same(fast: &Histogram<u64>, direct: &Histogram<u64>) {
+        // PartialEq: total count, max(), min_nz() and the count at every index.
+        assert_eq!(fast, direct);
+        assert_eq!(fast.len(), direct.len());
+        assert_eq!(fast.distinct_values(), direct.distinct_values());
+        assert_eq!((fast.min(), fast.max()), (direct.min(), direct.max()));
+        assert_eq!(fast.min_nz(), direct.min_nz());
+        assert_eq!(fast.mean().to_bits(), direct.mean().to_bits());
+        assert_eq!(fast.stdev().to_bits(), direct.stdev().to_bits());
+        for q in [0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0] {
+            assert_eq!(
+                fast.value_at_quantile(q),
+                direct.value_at_quantile(q),
+                "q {q}"
+            );
+        }
+        let a: Vec<_> = fast
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect();
+        let b: Vec<_> = direct
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect();
+        assert_eq!(a, b);
+        assert_eq!(encode(fast), encode(direct));
+    }
+
+    #[test]
+    fn fast_layout_matches_hdrhistogram() {
+        let h = new_histogram();
+        assert_eq!(HDR_LEN, h.distinct_values());
+        assert_eq!(SUB_BUCKET_MAG, 11);
+        assert_eq!(h.buckets() as u32, BUCKETS);
+        assert_eq!(fast_index(SATURATE_FROM - 1), HDR_LEN - 1);
+        assert_eq!(fast_index(SATURATE_FROM), HDR_LEN);
+        assert!(fast_index(u64::MAX) < FAST_LEN);
+        for i in 0..HDR_LEN {
+            let v = fast_value(i);
+            assert_eq!(h.lowest_equivalent(v), v, "index {i}");
+            assert_eq!(fast_index(v), i, "index {i}");
+            assert_eq!(fast_index(h.highest_equivalent(v)), i, "index {i}");
+        }
+        // Each index is one value class: recording its lowest value in
+        // hdrhistogram lands on the same index as all others of the class.
+        let mut direct = new_histogram();
+        let mut fast = FastHistogram::new();
+        for i in 0..HDR_LEN {
+            let (lo, hi) = (fast_value(i), h.highest_equivalent(fast_value(i)));
+            for v in [lo, hi, lo + (hi - lo) / 2] {
+                direct.saturating_record(v);
+                fast.record(v);
+            }
+        }
+        let mut folded = new_histogram();
+        fast.drain_into(&mut folded);
+        assert_same(&folded, &direct);
+        assert_eq!(folded.len(), 3 * HDR_LEN as u64);
+    }
+
+    #[test]
+    fn fast_histogram_equals_saturating_record() {
+        let lats = test_latencies(300_000, 7);
+        let mut direct = new_histogram();
+        let mut fast = FastHistogram::new();
+        for &v in &lats {
+            direct.saturating_record(v);
+            fast.record(v);
+        }
+        assert_eq!(fast.len(), lats.len() as u64);
+        let mut folded = new_histogram();
+        fast.drain_into(&mut folded);
+        assert!(fast.is_empty());
+        assert_same(&folded, &direct);
+        assert_eq!(
+            direct.max(),
+            new_histogram().highest_equivalent(SATURATE_FROM - 1)
+        );
+        // Drained means empty: nothing is folded twice.
+        let mut again = new_histogram();
+        fast.drain_into(&mut again);
+        assert!(again.is_empty());
+
+        // Folding interval by interval into a running total, after the
+        // counts array was reused, is the same as recording it all directly.
+        let mut total = new_histogram();
+        let mut direct_total = new_histogram();
+        for (k, part) in test_latencies(200_000, 11).chunks(30_000).enumerate() {
+            let mut direct_iv = new_histogram();
+            for &v in part {
+                fast.record(v);
+                direct_iv.saturating_record(v);
+                direct_total.saturating_record(v);
+            }
+            let mut iv = new_histogram();
+            fast.drain(|v, n| {
+                iv.saturating_record_n(v, n);
+                total.saturating_record_n(v, n);
+            });
+            assert_same(&iv, &direct_iv);
+            assert_same(&total, &direct_total);
+            assert!(fast.is_empty(), "interval {k}");
+        }
+
+        // Only small values (early stop of the drain) and only zeros.
+        for vals in [
+            vec![0u64; 1000],
+            (0..5000u64).map(|i| 1000 + i % 37).collect(),
+        ] {
+            let mut d = new_histogram();
+            let mut f = new_histogram();
+            for &v in &vals {
+                d.saturating_record(v);
+                fast.record(v);
+            }
+            fast.drain_into(&mut f);
+            assert_same(&f, &d);
+        }
+    }
+
+    #[test]
+    fn recorder_histograms_equal_direct_recording() {
+        let t0 = Instant::now();
+        let lats = test_latencies(200_000, 3);
+        let mut r = Recorder::new("j", true, LiveStats::new(), t0, Duration::ZERO);
+        let mut direct = [new_histogram(), new_histogram()];
+        let mut direct_iv = Vec::new();
+        for (s, part) in lats.chunks(70_000).enumerate() {
+            let mut iv = new_histogram();
+            for (i, &v) in part.iter().enumerate() {
+                let op = if i % 3 == 0 { Op::Write } else { Op::Read };
+                r.record(op, v, 4096);
+                direct[idx(op)].saturating_record(v);
+                iv.saturating_record(v);
+            }
+            direct_iv.push(iv);
+            r.tick(t0 + INTERVAL * (s as u32 + 1));
+        }
+        let res = r.finish(t0 + INTERVAL * 3);
+        assert_eq!(res.intervals.len(), direct_iv.len());
+        for (iv, d) in res.intervals.iter().zip(&direct_iv) {
+            assert_eq!(iv.encoded, encode(d));
+            assert_eq!(iv.p99_ns, d.value_at_quantile(0.99));
+            assert_same(&iv.histogram().unwrap(), d);
+        }
+        assert_same(res.read.histogram.as_ref().unwrap(), &direct[0]);
+        assert_same(res.write.histogram.as_ref().unwrap(), &direct[1]);
+        let mut all = direct[0].clone();
+        all.add(&direct[1]).unwrap();
+        assert_same(res.histogram.as_ref().unwrap(), &all);
     }
 
     #[test]
