@@ -15,6 +15,7 @@
 
 pub mod bdev;
 pub mod config;
+pub mod hist;
 pub mod iobuf;
 pub mod nvmf;
 pub mod reactor;

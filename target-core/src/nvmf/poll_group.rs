@@ -23,7 +23,7 @@ use super::admin::{self, AdminOutcome};
 use super::ctrlr::{Controller, QpairRef, TeardownKind, csts};
 use super::engine::{Countdown, Engine, PgMsg, PgStats, bump};
 use super::io::{self, NsLimits};
-use super::latency::{LatencyHistogram, new_latency_histogram};
+use super::latency::{FastHistogram, LatencyHistogram};
 use super::qpair::{Drain, QpState, Qpair};
 use super::stats::NsIoStats;
 use super::subsystem::Namespace;
@@ -59,7 +59,7 @@ pub(crate) struct NsView {
     /// Latency from fetch to backend completion, ns; `None` when tracking
     /// is off. Owned by this poll group, so recording takes no lock; others
     /// get a copy by message.
-    lat: Option<Box<LatencyHistogram>>,
+    lat: Option<Box<FastHistogram>>,
 }
 
 /// Namespace views indexed by subsystem and NSID.
@@ -477,7 +477,7 @@ impl PollGroup {
                 if let Some(h) = lat.as_deref_mut()
                     && slot.start_ns != 0
                 {
-                    h.saturating_record(now_ns.saturating_sub(slot.start_ns).max(1));
+                    h.record(now_ns.saturating_sub(slot.start_ns).max(1));
                 }
                 qp.free.push(si);
                 qp.in_backend -= 1;
@@ -864,7 +864,7 @@ impl PollGroup {
         let lat = ns
             .latency_tracking
             .load(Ordering::Relaxed)
-            .then(|| Box::new(new_latency_histogram()));
+            .then(|| Box::new(FastHistogram::new()));
         self.ns.insert(NsView {
             sid,
             nsid: ns.nsid,
@@ -898,7 +898,7 @@ impl PollGroup {
             && let Some(v) = self.ns.views[vi as usize].as_mut()
         {
             match (on, v.lat.is_some()) {
-                (true, false) => v.lat = Some(Box::new(new_latency_histogram())),
+                (true, false) => v.lat = Some(Box::new(FastHistogram::new())),
                 (false, true) => v.lat = None,
                 _ => {}
             }
@@ -911,9 +911,9 @@ impl PollGroup {
     pub fn ns_latency(&mut self, sid: u32, nsid: u32, reset: bool) -> Option<LatencyHistogram> {
         let vi = self.ns.lookup(sid, nsid)?;
         let h = self.ns.views[vi as usize].as_mut()?.lat.as_deref_mut()?;
-        let copy = h.clone();
+        let copy = h.to_histogram();
         if reset {
-            h.reset();
+            h.clear();
         }
         Some(copy)
     }
@@ -928,10 +928,8 @@ impl PollGroup {
             .flatten()
             .filter_map(|v| v.lat.as_deref())
         {
-            match &mut out {
-                Some(o) => super::latency::merge_into(o, h),
-                None => out = Some(h.clone()),
-            }
+            let o = out.get_or_insert_with(super::latency::new_histogram);
+            h.visit(|v, n| o.saturating_record_n(v, n));
         }
         out
     }
