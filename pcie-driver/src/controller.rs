@@ -28,6 +28,11 @@ pub const MAX_COMMAND_BYTES: usize = 2 << 20;
 /// Admin queue entries.
 pub const ADMIN_QUEUE_ENTRIES: u16 = 32;
 
+/// Longest a reset or shutdown waits for the controller to report every
+/// announced submission entry fetched before disabling it (see
+/// `NvmeController::settle_fetches`).
+const FETCH_SETTLE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Tunables for [`NvmeController::open`].
 #[derive(Clone, Debug)]
 pub struct ControllerOptions {
@@ -609,6 +614,49 @@ impl NvmeController {
         }
     }
 
+    /// With every queue locked (no doorbell moves any more): waits, bounded
+    /// by [`FETCH_SETTLE_TIMEOUT`], until the controller has reported through
+    /// the SQ Head Pointer of a posted completion that it fetched every entry
+    /// the host announced. Completions are only looked at, not taken: what
+    /// is outstanding stays outstanding for the disable that follows, which
+    /// completes it with [`IoError::Aborted`].
+    ///
+    /// The spec allows CC.EN = 0 (or CC.SHN) at any time; this wait is for
+    /// QEMU's NVMe model (hw/nvme/ctrl.c, seen with QEMU 7.2.22; the reset
+    /// code is the same upstream). Its `nvme_ctrl_reset` drains the
+    /// namespaces' block backends and only then frees the SQs, without first
+    /// stopping SQ processing. When an SQ doorbell came just before CC.EN = 0
+    /// and the SQ bottom half has not run yet, it runs inside that drain and
+    /// fetches the new entries; the block layer parks requests issued in a
+    /// drained section, so the drain returns without them and `nvme_free_sq`
+    /// frees their `NvmeRequest`s. When they complete, QEMU dies with SIGSEGV
+    /// in `nvme_rw_complete_cb` (called from `dma_complete` under
+    /// `blk_aio_write_entry`), or, if it survives, writes data to the disk
+    /// after the host was told the command was aborted. With nothing left to
+    /// fetch, the bottom half finds the SQ empty.
+    fn settle_fetches(&self, guards: &[MutexGuard<'_, IoQueue>]) {
+        let bar = self.bar();
+        let deadline = Instant::now() + FETCH_SETTLE_TIMEOUT;
+        loop {
+            let unfetched: usize = guards.iter().map(|g| g.qp.unfetched()).sum();
+            if unfetched == 0 {
+                return;
+            }
+            let failed = bar
+                .read32_present(regs::CSTS)
+                .map_or(true, |c| c & regs::CSTS_CFS != 0);
+            if failed || Instant::now() >= deadline {
+                tracing::warn!(
+                    unfetched,
+                    failed,
+                    "disabling with submission entries not reported fetched"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
     fn lock_all<'a>(ioqs: &'a [Arc<SharedQueue>]) -> Vec<MutexGuard<'a, IoQueue>> {
         ioqs.iter().map(|q| q.lock()).collect()
     }
@@ -637,6 +685,7 @@ impl NvmeController {
         self.state
             .store(CtrlState::Resetting as u8, Ordering::Release);
         let r = (|| {
+            self.settle_fetches(&guards);
             self.disable(&adm)?;
             for g in guards.iter_mut() {
                 let IoQueue { qp, done } = &mut **g;
@@ -710,6 +759,8 @@ impl NvmeController {
                 for g in guards.iter().rev() {
                     self.delete_io_queue(&mut adm, g.qp.qid())?;
                 }
+            } else {
+                self.settle_fetches(&guards);
             }
             let bar = self.bar();
             let cc = bar.read32(regs::CC)?;

@@ -149,6 +149,39 @@ impl QueuePair {
         self.tracker.active()
     }
 
+    /// Submission entries the controller has not yet reported fetched: the
+    /// distance from the SQ Head Pointer of the newest completion posted so
+    /// far to the tail (0 when nothing is outstanding). Reads the CQ without
+    /// consuming anything. Every submit path rings the doorbell before it
+    /// lets go of the queue, so the tail was announced.
+    pub fn unfetched(&self) -> usize {
+        if self.tracker.active() == 0 {
+            return 0;
+        }
+        let mut sq_head = self.sq_head;
+        let (mut head, mut phase) = (self.cq_head, self.phase);
+        // At most entries - 1 commands are outstanding, so at most that
+        // many new entries.
+        for _ in 1..self.entries {
+            let off = self.cq_off + head as usize * 16;
+            let status = self.mem.read_u16(off + 14);
+            if (status & 1 != 0) != phase {
+                break;
+            }
+            fence(Ordering::Acquire);
+            let cqe = self.mem.read_cqe(off, status);
+            if cqe.sqhd < self.entries {
+                sq_head = cqe.sqhd;
+            }
+            head += 1;
+            if head == self.entries {
+                head = 0;
+                phase = !phase;
+            }
+        }
+        (self.sq_tail as usize + self.entries as usize - sq_head as usize) % self.entries as usize
+    }
+
     /// Oldest outstanding command: (CID, submit time).
     pub fn oldest(&self) -> Option<(u16, Instant)> {
         self.tracker.oldest()

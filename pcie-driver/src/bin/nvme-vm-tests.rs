@@ -835,6 +835,9 @@ fn multi(r: &mut Runner) {
 
 fn limits(r: &mut Runner) {
     // No drain before a reset: in-flight commands meet CC.EN = 0 (the hard path).
+    // The driver still waits for the controller to fetch what it was told
+    // about (NvmeController::settle_fetches): QEMU's NVMe reset crashes on
+    // commands it fetches while resetting.
     let opts = ControllerOptions {
         drain_timeout: Duration::ZERO,
         ..ControllerOptions::default()
