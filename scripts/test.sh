@@ -11,6 +11,9 @@ echo "== cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test --workspace"
 cargo test --workspace --quiet 2>&1 | tee /tmp/nvmf-cargo-test.log
+echo "== fuzz targets (${FUZZ_SECONDS:-30}s each; scripts/fuzz.sh)"
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+scripts/fuzz.sh
 if [ -x scripts/vm/run.sh ]; then
   echo "== VM tests (QEMU + VFIO)"
   scripts/vm/run.sh

@@ -58,6 +58,12 @@ impl RawQueue {
         &self.rings
     }
 
+    /// The rings, to reap responses without waiting (a fuzzer or a test
+    /// that drives the target itself).
+    pub fn rings_mut(&mut self) -> &mut QueueRings {
+        &mut self.rings
+    }
+
     /// Submits `sqe` (its CID replaced by a fresh one) without waiting.
     /// Returns the CID, or the capsule if the ring refused it.
     pub fn submit(&mut self, mut sqe: SubmissionEntry, buf: DataBuf) -> Result<u16, Capsule> {
