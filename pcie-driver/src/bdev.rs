@@ -529,6 +529,7 @@ impl NvmeChannel {
     fn handle_timeout(&mut self, cid: u16, started: Instant) {
         let age = started.elapsed();
         if self.abort_sent != Some(cid) {
+            self.ctrl.note_timeout();
             tracing::warn!(
                 qid = self.q.qid,
                 cid,

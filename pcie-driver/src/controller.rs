@@ -7,7 +7,7 @@
 //! queue's lock, which nobody else takes unless queues are shared or a
 //! reset/shutdown is running.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -147,6 +147,26 @@ struct Admin {
     buf: DmaRegion,
 }
 
+/// Recovery events, counted so that operators (and tests) can tell a
+/// healthy controller from one that keeps timing out.
+#[derive(Debug, Default)]
+struct Counters {
+    timeouts: AtomicU64,
+    aborts_sent: AtomicU64,
+    resets: AtomicU64,
+}
+
+/// A snapshot of a controller's recovery counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ControllerCounters {
+    /// I/O commands seen outstanding longer than `io_timeout`.
+    pub timeouts: u64,
+    /// Abort commands sent for them.
+    pub aborts_sent: u64,
+    /// Controller resets done (by request or by timeout escalation).
+    pub resets: u64,
+}
+
 /// A user-space NVMe controller.
 pub struct NvmeController {
     // Drop order matters: queues (DMA memory) are dropped after Drop::drop
@@ -156,6 +176,7 @@ pub struct NvmeController {
     state: AtomicU8,
     granted_queues: AtomicU32,
     next_channel: AtomicU32,
+    counters: Counters,
     cap: Cap,
     opts: ControllerOptions,
     identity: ControllerIdentity,
@@ -242,6 +263,7 @@ impl NvmeController {
             state: AtomicU8::new(CtrlState::Resetting as u8),
             granted_queues: AtomicU32::new(0),
             next_channel: AtomicU32::new(1),
+            counters: Counters::default(),
             cap,
             opts,
             identity: ControllerIdentity::default(),
@@ -574,8 +596,24 @@ impl NvmeController {
         }
     }
 
+    /// Recovery counters so far.
+    pub fn counters(&self) -> ControllerCounters {
+        let c = &self.counters;
+        ControllerCounters {
+            timeouts: c.timeouts.load(Ordering::Relaxed),
+            aborts_sent: c.aborts_sent.load(Ordering::Relaxed),
+            resets: c.resets.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts an I/O command found outstanding past `io_timeout`.
+    pub(crate) fn note_timeout(&self) {
+        self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Sends Abort for command `cid` of queue `qid` (best effort).
     pub(crate) fn abort_command(&self, qid: u16, cid: u16) {
+        self.counters.aborts_sent.fetch_add(1, Ordering::Relaxed);
         let mut adm = self.lock_admin();
         let mut sqe = SubmissionEntry::new(AdminOpcode::ABORT.0, 0);
         sqe.cdw10 = (cid as u32) << 16 | qid as u32;
@@ -674,6 +712,7 @@ impl NvmeController {
                 state: "failed",
             });
         }
+        self.counters.resets.fetch_add(1, Ordering::Relaxed);
         // Quiesce (channels hold new I/O back while Resetting), then drain
         // what the device has, bounded; what is left is aborted below.
         self.state

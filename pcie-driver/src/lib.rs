@@ -77,8 +77,8 @@ mod vfio;
 
 pub use bdev::{NvmeBdev, NvmeChannel};
 pub use controller::{
-    ADMIN_QUEUE_ENTRIES, ControllerOptions, CtrlState, MAX_COMMAND_BYTES, NamespaceInfo,
-    NvmeController,
+    ADMIN_QUEUE_ENTRIES, ControllerCounters, ControllerOptions, CtrlState, MAX_COMMAND_BYTES,
+    NamespaceInfo, NvmeController,
 };
 pub use dma::DmaPool;
 pub use error::DriverError;

@@ -191,11 +191,14 @@ config_args() {
                   -device nvme,serial=bench-kernel,drive=df"
             ;;
         limits)
-            disk "$WORK/c.img" 64M; disk "$WORK/d.img" 64M
+            disk "$WORK/c.img" 64M; disk "$WORK/d.img" 64M; disk "$WORK/s.img" 16M
+            # s.img: throttled to 4 IOPS, for the command timeout test.
             echo "-drive file=$WORK/c.img,if=none,id=dc,format=raw,discard=unmap
                   -device nvme,serial=mdts2,drive=dc,mdts=2
                   -drive file=$WORK/d.img,if=none,id=dd,format=raw,discard=unmap
-                  -device nvme,serial=qp1,drive=dd,max_ioqpairs=1"
+                  -device nvme,serial=qp1,drive=dd,max_ioqpairs=1
+                  -drive file=$WORK/s.img,if=none,id=ds,format=raw,throttling.iops-total=4
+                  -device nvme,serial=slow,drive=ds,addr=0x5"
             ;;
     esac
 }
