@@ -29,6 +29,27 @@ fn json(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
 }
 
+/// Total count over the intervals of a job's `.hlog`, read with
+/// hdrhistogram's own log reader.
+fn hlog_total(out: &Path, job: &serde_json::Value) -> u64 {
+    let hlog =
+        std::fs::read(out.join(format!("{}.hlog", job["jobname"].as_str().unwrap()))).unwrap();
+    let mut total = 0;
+    let mut de = Deserializer::new();
+    for e in IntervalLogIterator::new(&hlog) {
+        if let LogEntry::Interval(h) = e.unwrap() {
+            let raw = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                h.encoded_histogram(),
+            )
+            .unwrap();
+            let hist: hdrhistogram::Histogram<u64> = de.deserialize(&mut raw.as_slice()).unwrap();
+            total += hist.len();
+        }
+    }
+    total
+}
+
 #[test]
 fn verify_run_over_loop_passes_and_files_agree() {
     let dir = tempfile::tempdir().unwrap();
@@ -57,23 +78,7 @@ fn verify_run_over_loop_passes_and_files_agree() {
     let table = std::fs::read_to_string(out.join("summary.txt")).unwrap();
     assert!(table.contains("20000 I/Os"), "{table}");
     // The interval log reads back with hdrhistogram's reader; counts add up.
-    let hlog =
-        std::fs::read(out.join(format!("{}.hlog", job["jobname"].as_str().unwrap()))).unwrap();
-    let mut total = 0;
-    let mut de = Deserializer::new();
-    for e in IntervalLogIterator::new(&hlog) {
-        if let LogEntry::Interval(h) = e.unwrap() {
-            let mut raw = base64::Engine::decode(
-                &base64::engine::general_purpose::STANDARD,
-                h.encoded_histogram(),
-            )
-            .unwrap();
-            let hist: hdrhistogram::Histogram<u64> = de.deserialize(&mut raw.as_slice()).unwrap();
-            raw.clear();
-            total += hist.len();
-        }
-    }
-    assert_eq!(total, ios);
+    assert_eq!(hlog_total(&out, job), ios);
     for f in ["latency.svg", "iops.svg"] {
         assert!(std::fs::metadata(out.join(f)).unwrap().len() > 500, "{f}");
     }
@@ -196,4 +201,50 @@ fn inline_and_direct_modes_run() {
             "{extra:?}: {j}"
         );
     }
+}
+
+/// Ctrl-C (SIGINT) ends a long run early: exit 0, and the result files are
+/// written for what ran, with the histogram agreeing with the I/O count.
+#[test]
+fn sigint_stops_cleanly_and_writes_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nvmf-bench"))
+        .args([
+            "--quiet",
+            "--reactor-cores",
+            "0",
+            "--rw",
+            "verify",
+            "-q",
+            "8",
+        ])
+        .args(["--size", "8MiB", "--runtime", "120s", "--output"])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: plain kill(2) on our own child's pid.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(rc, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("nvmf-bench still running 30 s after SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let j = json(&out);
+    let job = &j["jobs"][0];
+    let ios =
+        job["read"]["total_ios"].as_u64().unwrap() + job["write"]["total_ios"].as_u64().unwrap();
+    assert!(ios > 0, "{j}");
+    assert_eq!(job["errors"].as_u64(), Some(0));
+    assert_eq!(hlog_total(&out, job), ios);
 }
