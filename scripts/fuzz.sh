@@ -28,8 +28,10 @@ for t in "${targets[@]}"; do
   corpus=$root/fuzz-corpus/$t
   artifacts=$root/fuzz-artifacts/$t
   mkdir -p "$corpus" "$artifacts"
+  # Seeds: the example configs for the parser, fuzz/seeds/<name> otherwise.
   seeds=()
   [ -d "fuzz/seeds/$t" ] && seeds=("fuzz/seeds/$t")
+  [ "$t" = config_parse ] && seeds=(configs)
   echo "fuzz: $t for ${seconds}s"
   log=$root/fuzz-artifacts/$t.log
   rc=0

@@ -163,21 +163,13 @@ impl QueuePair {
         // At most entries - 1 commands are outstanding, so at most that
         // many new entries.
         for _ in 1..self.entries {
-            let off = self.cq_off + head as usize * 16;
-            let status = self.mem.read_u16(off + 14);
-            if (status & 1 != 0) != phase {
+            let Some(cqe) = self.posted_cqe(head, phase) else {
                 break;
-            }
-            fence(Ordering::Acquire);
-            let cqe = self.mem.read_cqe(off, status);
+            };
             if cqe.sqhd < self.entries {
                 sq_head = cqe.sqhd;
             }
-            head += 1;
-            if head == self.entries {
-                head = 0;
-                phase = !phase;
-            }
+            (head, phase) = self.next_cq_slot(head, phase);
         }
         (self.sq_tail as usize + self.entries as usize - sq_head as usize) % self.entries as usize
     }
@@ -254,19 +246,10 @@ impl QueuePair {
     ) -> Result<usize, MmioError> {
         let mut n = 0;
         while n < max {
-            let off = self.cq_off + self.cq_head as usize * 16;
-            let status = self.mem.read_u16(off + 14);
-            if (status & 1 != 0) != self.phase {
+            let Some(cqe) = self.posted_cqe(self.cq_head, self.phase) else {
                 break;
-            }
-            // The rest of the entry is valid only once the phase matched.
-            fence(Ordering::Acquire);
-            let cqe: CompletionEntry = self.mem.read_cqe(off, status);
-            self.cq_head += 1;
-            if self.cq_head == self.entries {
-                self.cq_head = 0;
-                self.phase = !self.phase;
-            }
+            };
+            (self.cq_head, self.phase) = self.next_cq_slot(self.cq_head, self.phase);
             if cqe.sqhd < self.entries {
                 self.sq_head = cqe.sqhd;
             }
@@ -284,6 +267,30 @@ impl QueuePair {
             bar.write32(self.cq_db, self.cq_head as u32)?;
         }
         Ok(n)
+    }
+
+    /// The completion entry at CQ slot `head` if the controller posted it
+    /// (its phase tag equals `phase`).
+    #[inline]
+    fn posted_cqe(&self, head: u16, phase: bool) -> Option<CompletionEntry> {
+        let off = self.cq_off + head as usize * 16;
+        let status = self.mem.read_u16(off + 14);
+        if (status & 1 != 0) != phase {
+            return None;
+        }
+        // The rest of the entry is valid only once the phase matched.
+        fence(Ordering::Acquire);
+        Some(self.mem.read_cqe(off, status))
+    }
+
+    /// The CQ slot after `head`, and the phase expected there.
+    #[inline]
+    fn next_cq_slot(&self, head: u16, phase: bool) -> (u16, bool) {
+        if head + 1 == self.entries {
+            (0, !phase)
+        } else {
+            (head + 1, phase)
+        }
     }
 
     /// After the controller was disabled: releases every outstanding slot,

@@ -75,6 +75,16 @@ fn fast_value(index: usize) -> u64 {
     sub << bucket
 }
 
+/// The value a count at `index` is folded as: the lowest value of its
+/// bucket, or `MAX_LATENCY_NS` past HdrHistogram's range (saturation).
+fn folded_value(index: usize) -> u64 {
+    if index < HDR_LEN {
+        fast_value(index)
+    } else {
+        MAX_LATENCY_NS
+    }
+}
+
 /// Latency counts with exactly HdrHistogram's bucket layout for
 /// [`new_histogram`], for the per-I/O path: recording is an index
 /// computation (a leading-zero count, two shifts, an add) and one increment,
@@ -154,13 +164,7 @@ impl FastHistogram {
             }
             for (j, c) in chunk.iter_mut().enumerate() {
                 if *c != 0 {
-                    let i = ci * CHUNK + j;
-                    let v = if i < HDR_LEN {
-                        fast_value(i)
-                    } else {
-                        MAX_LATENCY_NS
-                    };
-                    f(v, *c);
+                    f(folded_value(ci * CHUNK + j), *c);
                     left = left.saturating_sub(*c);
                     *c = 0;
                 }
@@ -168,38 +172,19 @@ impl FastHistogram {
         }
     }
 
-    /// Calls `f(value, count)` for each non-zero bucket like
-    /// [`FastHistogram::drain`], leaving the counts in place (a snapshot).
-    pub fn visit(&self, mut f: impl FnMut(u64, u64)) {
+    /// Adds the counts to `dst` (a histogram from [`new_histogram`]),
+    /// leaving them in place (a snapshot).
+    pub fn add_to(&self, dst: &mut Histogram<u64>) {
         let mut left = self.len;
         for (i, &c) in self.counts.iter().enumerate() {
             if left == 0 {
                 break;
             }
             if c != 0 {
-                f(
-                    if i < HDR_LEN {
-                        fast_value(i)
-                    } else {
-                        MAX_LATENCY_NS
-                    },
-                    c,
-                );
+                dst.saturating_record_n(folded_value(i), c);
                 left = left.saturating_sub(c);
             }
         }
-    }
-
-    /// The counts as an HdrHistogram (from [`new_histogram`]), left in place.
-    pub fn to_histogram(&self) -> Histogram<u64> {
-        let mut h = new_histogram();
-        self.visit(|v, n| h.saturating_record_n(v, n));
-        h
-    }
-
-    /// Empties it.
-    pub fn clear(&mut self) {
-        self.drain(|_, _| {});
     }
 
     /// Adds the counts to `dst` (a histogram from [`new_histogram`]) and
@@ -257,16 +242,23 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_keeps_counts_and_clear_empties() {
+    fn snapshot_keeps_counts_and_drain_empties() {
         let mut f = FastHistogram::new();
         let mut d = new_histogram();
         for v in [1u64, 10, 1000, 123_456, 7_000_000, MAX_LATENCY_NS * 3] {
             f.record(v);
             d.saturating_record(v);
         }
-        assert_eq!(f.to_histogram(), d);
-        assert_eq!(f.to_histogram(), d, "a snapshot does not drain");
-        f.clear();
-        assert!(f.is_empty() && f.to_histogram().is_empty());
+        let snapshot = |f: &FastHistogram| {
+            let mut h = new_histogram();
+            f.add_to(&mut h);
+            h
+        };
+        assert_eq!(snapshot(&f), d);
+        assert_eq!(snapshot(&f), d, "a snapshot does not drain");
+        let mut drained = new_histogram();
+        f.drain_into(&mut drained);
+        assert_eq!(drained, d);
+        assert!(f.is_empty() && snapshot(&f).is_empty());
     }
 }

@@ -1,8 +1,9 @@
 //! Server-side command latency: one [`FastHistogram`] per namespace per
 //! poll group, written only by its poll group (an index computation and one
 //! increment per command), turned into an HdrHistogram when a snapshot is
-//! asked for by message, and merged by the reader. Values are nanoseconds from the pass that fetched the
-//! command to the pass that saw its backend completion.
+//! asked for by message, and merged by the reader. Values are nanoseconds
+//! from the pass that fetched the command to the pass that saw its backend
+//! completion.
 
 use hdrhistogram::Histogram;
 

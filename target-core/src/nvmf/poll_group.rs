@@ -911,9 +911,11 @@ impl PollGroup {
     pub fn ns_latency(&mut self, sid: u32, nsid: u32, reset: bool) -> Option<LatencyHistogram> {
         let vi = self.ns.lookup(sid, nsid)?;
         let h = self.ns.views[vi as usize].as_mut()?.lat.as_deref_mut()?;
-        let copy = h.to_histogram();
+        let mut copy = super::latency::new_histogram();
         if reset {
-            h.clear();
+            h.drain_into(&mut copy);
+        } else {
+            h.add_to(&mut copy);
         }
         Some(copy)
     }
@@ -928,8 +930,7 @@ impl PollGroup {
             .flatten()
             .filter_map(|v| v.lat.as_deref())
         {
-            let o = out.get_or_insert_with(super::latency::new_histogram);
-            h.visit(|v, n| o.saturating_record_n(v, n));
+            h.add_to(out.get_or_insert_with(super::latency::new_histogram));
         }
         out
     }
