@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Compare two nvmf-bench configurations (or two builds) in one sitting.
+#
+#   scripts/compare.sh [-n ROUNDS] [--label-a NAME] [--label-b NAME] -- 'CMD A' 'CMD B'
+#
+# Each CMD is an nvmf-bench command line without --output (this script adds
+# one per run). The two run alternately (A B A B ...) ROUNDS times, so slow
+# drift of a noisy 2-core machine hits both sides alike; the result is the
+# median IOPS of each side and the ratio B/A, plus every run's figure.
+# A machine-readable copy goes to compare.json in the output folder
+# (COMPARE_OUT, default ./out/compare-<unix-time>).
+#
+# Example: this build against an older one, loop inline QD128:
+#   git worktree add /tmp/old <rev> && (cd /tmp/old && cargo build --release -p bench)
+#   scripts/compare.sh -n 6 -- \
+#     '/tmp/old/target/release/nvmf-bench --config configs/null-bench.toml -q 128 --inline --reactor-cores 0 --runtime 4s' \
+#     'target/release/nvmf-bench --config configs/null-bench.toml -q 128 --inline --reactor-cores 0 --runtime 4s'
+set -euo pipefail
+
+rounds=6
+label_a=A
+label_b=B
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -n) rounds="$2"; shift 2 ;;
+        --label-a) label_a="$2"; shift 2 ;;
+        --label-b) label_b="$2"; shift 2 ;;
+        --) shift; break ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) break ;;
+    esac
+done
+if [ $# -ne 2 ]; then
+    echo "compare.sh: need exactly two commands after --, got $#" >&2
+    exit 2
+fi
+case "$rounds" in ''|*[!0-9]*) echo "compare.sh: -n takes a whole number, got '$rounds'" >&2; exit 2 ;; esac
+cmd_a="$1"
+cmd_b="$2"
+out="${COMPARE_OUT:-./out/compare-$(date +%s)}"
+mkdir -p "$out"
+
+iops_of() {
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["total"]["mixed"]["iops"])' "$1"
+}
+
+run_one() {
+    local side="$1" cmd="$2" i="$3" dir
+    dir="$out/$side-$i"
+    # shellcheck disable=SC2086
+    if ! $cmd --output "$dir" >"$dir.log" 2>&1; then
+        echo "compare.sh: run $side #$i failed; see $dir.log" >&2
+        tail -n 5 "$dir.log" >&2
+        exit 1
+    fi
+    iops_of "$dir/summary.json"
+}
+
+a_runs=()
+b_runs=()
+for i in $(seq 1 "$rounds"); do
+    a=$(run_one a "$cmd_a" "$i")
+    b=$(run_one b "$cmd_b" "$i")
+    a_runs+=("$a")
+    b_runs+=("$b")
+    awk -v i="$i" -v n="$rounds" -v la="$label_a" -v lb="$label_b" -v a="$a" -v b="$b" \
+        'BEGIN { printf "round %d/%d: %s %.3f M IOPS, %s %.3f M IOPS\n", i, n, la, a / 1e6, lb, b / 1e6 }' 
+done
+
+python3 - "$out/compare.json" "$label_a" "$label_b" "$cmd_a" "$cmd_b" \
+    "${a_runs[*]}" "${b_runs[*]}" <<'PY'
+import json, statistics, sys
+path, la, lb, ca, cb, ra, rb = sys.argv[1:8]
+a = [float(x) for x in ra.split()]
+b = [float(x) for x in rb.split()]
+ma, mb = statistics.median(a), statistics.median(b)
+def spread(v):
+    m = statistics.median(v)
+    return (max(v) - min(v)) / m if m else 0.0
+res = {
+    "a": {"label": la, "command": ca, "iops": a, "median": ma, "spread": spread(a)},
+    "b": {"label": lb, "command": cb, "iops": b, "median": mb, "spread": spread(b)},
+    "ratio_b_over_a": mb / ma if ma else None,
+}
+json.dump(res, open(path, "w"), indent=2)
+print(f"{la}: median {ma/1e6:.3f} M IOPS (spread {spread(a)*100:.1f} %)")
+print(f"{lb}: median {mb/1e6:.3f} M IOPS (spread {spread(b)*100:.1f} %)")
+print(f"ratio {lb}/{la}: {mb/ma:.3f}" if ma else "ratio: n/a")
+print(f"results: {path}")
+PY
