@@ -218,3 +218,59 @@ fn subsystem_delete_racing_connect_leaves_no_orphan_controller() {
     );
     t.stop().unwrap();
 }
+
+#[test]
+fn subsystem_delete_racing_connect_on_reactor_threads() {
+    let t = NvmfTarget::start(TargetOptions {
+        engine: EngineOptions {
+            drain_timeout: Duration::from_millis(500),
+            ..EngineOptions::default()
+        },
+        reactors: ReactorMode::Threads {
+            cores: vec![None; 2],
+            idle_backoff: Duration::from_micros(20),
+        },
+    })
+    .unwrap();
+    with_ram(&t);
+    let (mut refused, mut deleted) = (0, 0);
+    for i in 0..1000u32 {
+        add_subsystem(&t);
+        let s = t.subsystem(NQN).unwrap();
+        let mut q = RawQueue::open(&t, 32).unwrap();
+        q.timeout = Duration::from_secs(5);
+        let t2 = t.clone();
+        let r = std::thread::scope(|sc| {
+            let conn = sc.spawn(|| {
+                q.connect(0, 32, 0, connect_data(&[7; 16], 0xffff, NQN, HOST))
+                    .expect("the Connect is answered")
+            });
+            if i % 2 == 0 {
+                std::thread::yield_now();
+            }
+            t2.remove_subsystem(NQN).unwrap();
+            conn.join().unwrap()
+        });
+        if r.status().is_success() {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !q.rings().target_done() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            assert!(
+                q.rings().target_done(),
+                "iteration {i}: controller survived"
+            );
+            deleted += 1;
+        } else {
+            assert!(r.status().same_code(Status::CONNECT_INVALID_PARAMETERS));
+            refused += 1;
+        }
+        assert!(
+            s.state().controllers.is_empty(),
+            "iteration {i}: orphan controller in a deleted subsystem"
+        );
+    }
+    eprintln!("threaded race: {refused} Connects refused, {deleted} deleted with the subsystem");
+    assert_eq!(refused + deleted, 1000);
+    t.stop().unwrap();
+}
