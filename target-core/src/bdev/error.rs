@@ -6,8 +6,11 @@
 //! fails the I/O with an NVMe status, corrupts the data of a read, or
 //! *holds* the I/O: it is kept, never completed, until
 //! [`ErrorBdev::release_held`] (then it proceeds normally) or a channel
-//! reset (then it completes as aborted). A held I/O keeps its buffer, as a
-//! device doing DMA would.
+//! reset (then it completes as aborted). A *stuck* I/O is held through
+//! resets too: only [`ErrorBdev::release_held`] lets it go, which is how the
+//! engine's stage 3 (a backend that keeps commands after its reset) is
+//! tested. A held or stuck I/O keeps its buffer, as a device doing DMA
+//! would.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,6 +42,9 @@ pub enum ErrorAction {
     Corrupt,
     /// Keep the I/O until released or reset.
     Hold,
+    /// Keep the I/O until released; a reset does not give it back (it
+    /// counts in what [`IoChannel::reset`] reports as still held).
+    Stuck,
 }
 
 /// When a matching rule fires.
@@ -90,6 +96,7 @@ struct Shared {
     release: AtomicU64,
     held: AtomicUsize,
     injected: AtomicU64,
+    resets: AtomicU64,
 }
 
 /// A device that fails on purpose.
@@ -150,6 +157,7 @@ impl ErrorBdev {
                 release: AtomicU64::new(0),
                 held: AtomicUsize::new(0),
                 injected: AtomicU64::new(0),
+                resets: AtomicU64::new(0),
             }),
             seed: p.seed,
             channels: AtomicU64::new(0),
@@ -169,7 +177,12 @@ impl ErrorBdev {
         self.shared.release.fetch_add(1, Ordering::Release);
     }
 
-    /// I/Os held right now, over all channels.
+    /// Channel resets seen, over all channels.
+    pub fn resets(&self) -> u64 {
+        self.shared.resets.load(Ordering::Relaxed)
+    }
+
+    /// I/Os held (or stuck) right now, over all channels.
     pub fn held_count(&self) -> usize {
         self.shared.held.load(Ordering::Acquire)
     }
@@ -201,6 +214,7 @@ impl BlockDevice for ErrorBdev {
             release_seen: self.shared.release.load(Ordering::Acquire),
             rng: SmallRng::seed_from_u64(self.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             held: Vec::new(),
+            stuck: Vec::new(),
             done: VecDeque::new(),
             corrupt: Vec::new(),
             in_inner: 0,
@@ -217,6 +231,8 @@ struct ErrorChannel {
     release_seen: u64,
     rng: SmallRng,
     held: Vec<BdevIo>,
+    /// Held through resets ([`ErrorAction::Stuck`]).
+    stuck: Vec<BdevIo>,
     done: VecDeque<BdevCompletion>,
     /// Tags of reads to corrupt when they complete.
     corrupt: Vec<u64>,
@@ -300,6 +316,11 @@ impl IoChannel for ErrorChannel {
                 self.shared.held.fetch_add(1, Ordering::AcqRel);
                 Ok(())
             }
+            Some(ErrorAction::Stuck) => {
+                self.stuck.push(io);
+                self.shared.held.fetch_add(1, Ordering::AcqRel);
+                Ok(())
+            }
         }
     }
 
@@ -307,7 +328,8 @@ impl IoChannel for ErrorChannel {
         let rel = self.shared.release.load(Ordering::Acquire);
         if rel != self.release_seen {
             self.release_seen = rel;
-            let held = std::mem::take(&mut self.held);
+            let mut held = std::mem::take(&mut self.held);
+            held.append(&mut self.stuck);
             for io in held {
                 self.shared.held.fetch_sub(1, Ordering::AcqRel);
                 if let Err(io) = self.forward(io) {
@@ -347,10 +369,11 @@ impl IoChannel for ErrorChannel {
     }
 
     fn in_flight(&self) -> usize {
-        self.held.len() + self.done.len() + self.in_inner
+        self.held.len() + self.stuck.len() + self.done.len() + self.in_inner
     }
 
     fn reset(&mut self) -> usize {
+        self.shared.resets.fetch_add(1, Ordering::Relaxed);
         for io in self.held.drain(..) {
             self.shared.held.fetch_sub(1, Ordering::AcqRel);
             self.done.push_back(BdevCompletion {
@@ -359,6 +382,6 @@ impl IoChannel for ErrorChannel {
                 buf: io.buf,
             });
         }
-        self.inner.reset()
+        self.stuck.len() + self.inner.reset()
     }
 }

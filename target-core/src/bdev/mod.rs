@@ -174,10 +174,14 @@ pub trait IoChannel: Send + fmt::Debug {
     /// I/Os submitted and not yet delivered by `poll`.
     fn in_flight(&self) -> usize;
 
-    /// Backend reset, the escalation after a bounded wait: gives back every
-    /// I/O the backend can safely give back, completed with
-    /// [`IoError::Aborted`] on the next `poll`. Returns how many I/Os are
-    /// still held afterwards (for example a device that may still DMA).
+    /// Backend reset, the escalation after a bounded wait. Non-blocking: it
+    /// *starts* the backend's escalation (for NVMe: abort, controller reset,
+    /// queues re-created, advanced from `poll`) and returns at once with the
+    /// number of I/Os still held. Everything the backend gives back,
+    /// immediately or later, completes through [`IoChannel::poll`] (with
+    /// [`IoError::Aborted`] when it was cut short), each exactly once. A
+    /// reactor calls it and goes on polling; it never waits on a channel.
+    /// Calling it again while an escalation runs must be harmless.
     fn reset(&mut self) -> usize;
 }
 

@@ -47,7 +47,8 @@ pub struct InjectConfig {
     /// Fire at most this many times.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
-    /// `fail`, `corrupt` or `hold`.
+    /// `fail`, `corrupt`, `hold` (a reset gives it back) or `stuck` (held
+    /// through resets too, as a device that keeps DMA-ing).
     pub action: Spanned<String>,
     /// For `fail`: a status name (e.g. `unrecovered_read_error`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -387,11 +388,12 @@ impl InjectConfig {
             }
             "corrupt" => ErrorAction::Corrupt,
             "hold" => ErrorAction::Hold,
+            "stuck" => ErrorAction::Stuck,
             other => {
                 return Err((
                     "action",
                     self.action.span(),
-                    format!("unknown action \"{other}\" (fail, corrupt, hold)"),
+                    format!("unknown action \"{other}\" (fail, corrupt, hold, stuck)"),
                 ));
             }
         };

@@ -139,6 +139,10 @@ pub struct Controller {
     pub admin: QpairRef,
     /// CSTS.RDY, readable without the lock by I/O queue connects.
     ready: AtomicBool,
+    /// Failed to its host (stage 3 of a teardown: a backend kept commands
+    /// after its reset). CSTS.CFS is set; the admin queue answers only
+    /// Property Get from then on. Never cleared: the association must end.
+    failed: AtomicBool,
     /// Time of the last Keep Alive, in ms since the target's epoch.
     last_keep_alive_ms: AtomicU64,
     state: Mutex<ControllerState>,
@@ -191,6 +195,7 @@ impl Controller {
             hostid,
             admin,
             ready: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             last_keep_alive_ms: AtomicU64::new(now_ms),
             state: Mutex::new(ControllerState {
                 cc: 0,
@@ -228,6 +233,21 @@ impl Controller {
             st.csts &= !csts::RDY;
         }
         self.ready.store(ready, Ordering::Release);
+    }
+
+    /// `true` once the controller was failed to its host.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Fails the controller to its host: CSTS.CFS = 1, and from now on its
+    /// admin queue answers Property Get only, so the host's recovery (keep
+    /// alive or command timeout, or a CSTS check) ends the association.
+    /// Returns `false` if it had already failed.
+    pub fn fail(&self) -> bool {
+        let mut st = self.state();
+        st.csts |= csts::CFS;
+        !self.failed.swap(true, Ordering::AcqRel)
     }
 
     /// Records a Keep Alive (or other admin traffic).

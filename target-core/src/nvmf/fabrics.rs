@@ -156,6 +156,9 @@ fn connect_admin(
     let kato = kato.min(engine.opts.max_kato_ms);
     let ctrl = {
         let mut st = subsys.state();
+        if st.deleting {
+            return invalid_param(true, connect_data::SUBNQN as u32);
+        }
         let Some(id) = Subsystem::alloc_cntlid(&mut st) else {
             return AdminOutcome::status(Status::CONNECT_CONTROLLER_BUSY);
         };
@@ -195,7 +198,14 @@ fn connect_io(
     qid: u16,
     sqsize_z: u16,
 ) -> AdminOutcome {
-    let Some(ctrl) = subsys.state().controllers.get(&cntlid).cloned() else {
+    let ctrl = {
+        let st = subsys.state();
+        st.controllers
+            .get(&cntlid)
+            .filter(|_| !st.deleting)
+            .cloned()
+    };
+    let Some(ctrl) = ctrl else {
         return invalid_param(true, connect_data::CNTLID as u32);
     };
     if ctrl.hostnqn != hostnqn {
@@ -259,7 +269,7 @@ fn property_get(engine: &Engine, qp: &Qpair, sqe: &SubmissionEntry) -> AdminOutc
     }
 }
 
-fn property_set(qp: &mut Qpair, sqe: &SubmissionEntry) -> AdminOutcome {
+pub(crate) fn property_set(qp: &mut Qpair, sqe: &SubmissionEntry) -> AdminOutcome {
     let Some(ctrl) = qp.ctrl.clone() else {
         return AdminOutcome::status(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
     };

@@ -6,7 +6,8 @@
 //! * [`target::NvmfTarget`] owns the engine, its poll groups (one per
 //!   reactor) and the control operations (add a namespace, remove a
 //!   subsystem...), which travel to poll groups as messages.
-//! * [`poll_group::PollGroup`] is the data path of one reactor.
+//! * [`poll_group::PollGroup`] is the data path of one reactor; `teardown`
+//!   holds its quiesce → drain → escalate → destroy rule.
 //! * [`transport`] is what a transport hands the engine: capsules in,
 //!   responses out.
 //! * Command handlers: [`io`] (NVM I/O validation), [`admin`], [`fabrics`],
@@ -31,6 +32,7 @@ pub mod raw;
 pub mod stats;
 pub mod subsystem;
 pub mod target;
+pub(crate) mod teardown;
 pub mod transport;
 
 pub use engine::EngineOptions;

@@ -7,12 +7,13 @@
 //! I/O; the slot table, CID bitmap and backlog of each queue pair were sized
 //! when it connected.
 //!
-//! Teardown never frees what a backend still holds: a queue pair being
-//! destroyed stops fetching, waits for its backend commands, answers the
-//! never-fetched ones with *Command Aborted due to SQ Deletion*, and only
-//! then goes away. Completions are routed by a tag carrying the queue pair's
-//! and the slot's generations, so one that arrives after its queue pair was
-//! destroyed is dropped without touching anything else.
+//! Teardown (quiesce, drain, escalate, destroy) lives in
+//! [`super::teardown`]; this file is the steady state. Completions are
+//! routed by a tag carrying the queue pair's index and generation and the
+//! slot's index and generation. A queue pair index is reused only once no
+//! command of an earlier queue pair in it can still complete (see
+//! [`QpEntry::orphans`]), so the 16-bit generations in the tag are a second
+//! line of defence, not the one that has to hold across wrap-around.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,17 +21,17 @@ use std::sync::atomic::Ordering;
 use crossbeam_queue::SegQueue;
 
 use super::admin::{self, AdminOutcome};
-use super::ctrlr::{Controller, QpairRef, TeardownKind, csts};
-use super::engine::{Countdown, Engine, PgMsg, PgStats, bump};
+use super::ctrlr::QpairRef;
+use super::engine::{Engine, PgMsg, PgStats, bump};
 use super::io::{self, NsLimits};
 use super::latency::{FastHistogram, LatencyHistogram};
-use super::qpair::{Drain, QpState, Qpair};
+use super::qpair::{QpState, Qpair};
 use super::stats::NsIoStats;
 use super::subsystem::Namespace;
 use super::transport::{Capsule, QpairTransport};
 use crate::bdev::{BdevCompletion, BdevIo, IoChannel};
 use crate::iobuf::DataBuf;
-use crate::spec::{AdminOpcode, Status};
+use crate::spec::{AdminOpcode, FabricsType, Status};
 
 /// Commands fetched from one queue pair per poll, so one busy queue cannot
 /// starve the others.
@@ -40,39 +41,53 @@ const MSG_BATCH: usize = 16;
 /// Polls between timer checks (keep-alive, drain deadlines).
 const TIMER_EVERY: u32 = 256;
 
-struct QpEntry {
-    generation: u32,
-    qp: Option<Box<Qpair>>,
+pub(super) struct QpEntry {
+    pub(super) generation: u32,
+    pub(super) qp: Option<Box<Qpair>>,
+    /// Commands of a queue pair destroyed here while a backend still held
+    /// them (stage 3). The index is not reused until they have all come
+    /// back, so no stale completion can ever meet a later queue pair in
+    /// this index, however often the generation wraps.
+    pub(super) orphans: u32,
 }
 
 /// A poll group's own view of one namespace: its channel and limits.
 pub(crate) struct NsView {
-    sid: u32,
-    nsid: u32,
-    ns: Arc<Namespace>,
-    ch: Box<dyn IoChannel>,
-    limits: NsLimits,
-    paused: bool,
-    outstanding: u32,
-    pause_waiters: Vec<Box<dyn FnOnce() + Send>>,
-    stats: Arc<NsIoStats>,
+    pub(super) sid: u32,
+    pub(super) nsid: u32,
+    pub(super) ns: Arc<Namespace>,
+    pub(super) ch: Box<dyn IoChannel>,
+    pub(super) limits: NsLimits,
+    pub(super) paused: bool,
+    pub(super) outstanding: u32,
+    pub(super) pause_waiters: Vec<Box<dyn FnOnce() + Send>>,
+    pub(super) stats: Arc<NsIoStats>,
     /// Latency from fetch to backend completion, ns; `None` when tracking
     /// is off. Owned by this poll group, so recording takes no lock; others
     /// get a copy by message.
-    lat: Option<Box<FastHistogram>>,
+    pub(super) lat: Option<Box<FastHistogram>>,
+    /// When this channel was last reset (ms since the epoch; 0: never), so
+    /// several drains meeting the same backend start one escalation per
+    /// bound, not one each.
+    pub(super) reset_ms: u64,
+    /// Set once the namespace was removed here while its backend still held
+    /// commands: the view is out of the index (no new commands reach it)
+    /// but stays in the table, polled, until the backend gives everything
+    /// back. See [`super::teardown`].
+    pub(super) retiring: Option<super::teardown::Retire>,
 }
 
 /// Namespace views indexed by subsystem and NSID.
 #[derive(Default)]
-struct NsTable {
+pub(super) struct NsTable {
     /// `[sid][nsid-1]` → view index + 1 (0: none).
     index: Vec<Vec<u32>>,
-    views: Vec<Option<NsView>>,
+    pub(super) views: Vec<Option<NsView>>,
 }
 
 impl NsTable {
     #[inline]
-    fn lookup(&self, sid: u32, nsid: u32) -> Option<u32> {
+    pub(super) fn lookup(&self, sid: u32, nsid: u32) -> Option<u32> {
         let v = *self
             .index
             .get(sid as usize)?
@@ -102,25 +117,31 @@ impl NsTable {
         idx as u32
     }
 
-    fn remove(&mut self, sid: u32, nsid: u32) -> Option<NsView> {
+    /// Takes a view out of the index but leaves it in the table (where it
+    /// keeps its position, so slots pointing at it stay valid). Returns its
+    /// position.
+    pub(super) fn unindex(&mut self, sid: u32, nsid: u32) -> Option<u32> {
         let idx = self.lookup(sid, nsid)?;
         self.index[sid as usize][nsid as usize - 1] = 0;
-        self.views.get_mut(idx as usize).and_then(Option::take)
+        Some(idx)
     }
 }
 
 /// One reactor's share of the target.
 pub struct PollGroup {
-    id: usize,
-    engine: Arc<Engine>,
+    pub(super) id: usize,
+    pub(super) engine: Arc<Engine>,
     msgs: Arc<SegQueue<PgMsg>>,
-    stats: Arc<PgStats>,
-    qps: Vec<QpEntry>,
-    free_qps: Vec<u32>,
-    ns: NsTable,
+    pub(super) stats: Arc<PgStats>,
+    pub(super) qps: Vec<QpEntry>,
+    pub(super) free_qps: Vec<u32>,
+    pub(super) ns: NsTable,
     polls: u32,
-    now_ms: u64,
-    draining: usize,
+    pub(super) now_ms: u64,
+    /// Teardown work with deadlines: queue pairs draining plus namespace
+    /// views retiring before their escalation gave up. While > 0 the
+    /// timers run on every poll.
+    pub(super) draining: usize,
     /// Views with latency tracking on; the clock is read only when > 0.
     lat_views: usize,
     /// Clock of the current fetch or completion pass (ns since the engine
@@ -228,6 +249,7 @@ impl PollGroup {
                 self.qps.push(QpEntry {
                     generation: 0,
                     qp: Some(qp),
+                    orphans: 0,
                 });
                 self.qps.len() as u32 - 1
             }
@@ -242,7 +264,7 @@ impl PollGroup {
         }
     }
 
-    fn qp_mut(&mut self, r: QpairRef) -> Option<&mut Qpair> {
+    pub(super) fn qp_mut(&mut self, r: QpairRef) -> Option<&mut Qpair> {
         let e = self.qps.get_mut(r.idx as usize)?;
         if e.generation != r.generation {
             return None;
@@ -408,6 +430,25 @@ impl PollGroup {
 
     fn exec_admin(engine: &Arc<Engine>, qp: &mut Qpair, me: QpairRef, cap: Capsule, now_ms: u64) {
         let cid = cap.sqe.cid();
+        let fabrics = cap.sqe.opcode() == AdminOpcode::FABRICS.0;
+        if qp.qid == 0 && qp.ctrl.as_ref().is_some_and(|c| c.is_failed()) {
+            // Stage 3 (see `teardown`): a failed controller's admin queue
+            // answers register reads only, so the host sees CSTS.CFS and its
+            // own recovery ends the association.
+            if !(fabrics && cap.sqe.fctype() == FabricsType::PROPERTY_GET) {
+                return;
+            }
+        }
+        if fabrics
+            && qp.qid == 0
+            && qp.pending_property_set.is_some()
+            && cap.sqe.fctype() == FabricsType::PROPERTY_SET
+        {
+            // One Property Set is waiting for its reset or shutdown: later
+            // ones run (and are answered) after it, in order.
+            qp.queued_property_sets.push_back(cap.sqe);
+            return;
+        }
         let mut buf = cap.buf;
         match admin::execute(engine, qp, me, &cap.sqe, &mut buf, now_ms) {
             AdminOutcome::Done { status, dw0, dw1 } => qp.respond_dw(cid, status, dw0, dw1, buf),
@@ -430,17 +471,20 @@ impl PollGroup {
 
     // ---- completions -----------------------------------------------------
 
-    fn poll_channels(&mut self) -> usize {
+    pub(super) fn poll_channels(&mut self) -> usize {
         let Self {
             qps,
+            free_qps,
             ns,
             stats,
             now_ns,
+            draining,
             ..
         } = self;
         let now_ns = *now_ns;
         let mut total = 0;
-        for view in ns.views.iter_mut().flatten() {
+        for entry in ns.views.iter_mut() {
+            let Some(view) = entry.as_mut() else { continue };
             if view.outstanding == 0 {
                 continue;
             }
@@ -455,14 +499,19 @@ impl PollGroup {
                     late += 1;
                     return;
                 };
-                let Some(qp) = e.qp.as_deref_mut() else {
+                let Some(qp) =
+                    e.qp.as_deref_mut()
+                        .filter(|_| e.generation & 0xffff == qgen)
+                else {
+                    // A command of a queue pair destroyed at stage 3: its
+                    // buffer was the backend's until now; it goes no further.
                     late += 1;
+                    e.orphans = e.orphans.saturating_sub(1);
+                    if e.orphans == 0 && e.qp.is_none() && !free_qps.contains(&qi) {
+                        free_qps.push(qi);
+                    }
                     return;
                 };
-                if e.generation & 0xffff != qgen {
-                    late += 1;
-                    return;
-                }
                 let Some(slot) = qp.slots.get_mut(si as usize) else {
                     late += 1;
                     return;
@@ -492,9 +541,18 @@ impl PollGroup {
                 qp.respond(cid, status, 0, c.buf);
             });
             view.outstanding -= done.min(view.outstanding);
-            if view.outstanding == 0 && !view.pause_waiters.is_empty() {
-                for w in view.pause_waiters.drain(..) {
-                    w();
+            if view.outstanding == 0 {
+                if !view.pause_waiters.is_empty() {
+                    for w in view.pause_waiters.drain(..) {
+                        w();
+                    }
+                }
+                if let Some(r) = view.retiring {
+                    // A removed namespace's last command came back.
+                    if r.stage < super::teardown::RETIRE_GAVE_UP {
+                        *draining = draining.saturating_sub(1);
+                    }
+                    *entry = None;
                 }
             }
             if late > 0 {
@@ -508,322 +566,14 @@ impl PollGroup {
         total
     }
 
-    // ---- teardown --------------------------------------------------------
-
-    fn on_host_closed(&mut self, me: QpairRef) {
-        let Some(qp) = self.qp_mut(me) else { return };
-        if qp.qid == 0
-            && qp.state == QpState::Active
-            && let Some(ctrl) = qp.ctrl.clone()
-        {
-            drop(ctrl);
-            self.start_ctrl_teardown(me, TeardownKind::Delete);
-        } else {
-            self.quiesce_qpair_with(me, None, None);
-        }
-    }
-
-    /// Quiesces a queue pair and destroys it once drained; `done` runs after.
-    pub fn quiesce_qpair(&mut self, r: QpairRef, done: Box<dyn FnOnce() + Send>) {
-        self.quiesce_qpair_with(r, Some(done), None);
-    }
-
-    fn quiesce_qpair_with(
-        &mut self,
-        r: QpairRef,
-        done: Option<Box<dyn FnOnce() + Send>>,
-        disconnect_cid: Option<u16>,
-    ) {
-        let deadline_ms = self.engine.now_ms() + self.engine.opts.drain_timeout.as_millis() as u64;
-        let Some(qp) = self.qp_mut(r) else {
-            if let Some(d) = done {
-                d();
-            }
-            return;
-        };
-        if let Some(drain) = qp.drain.as_mut() {
-            drain.waiters.extend(done);
-            if disconnect_cid.is_some() {
-                drain.disconnect_cid = disconnect_cid;
-            }
-            return;
-        }
-        qp.state = QpState::Draining;
-        qp.drain = Some(Drain {
-            deadline_ms,
-            stage: 0,
-            waiters: done.into_iter().collect(),
-            disconnect_cid,
-        });
-        self.draining += 1;
-        self.try_finish_drain(r);
-    }
-
-    fn timers(&mut self) {
-        let now = self.now_ms;
-        let mut expired = Vec::new();
-        let mut due = Vec::new();
-        for (i, e) in self.qps.iter().enumerate() {
-            let Some(qp) = e.qp.as_deref() else { continue };
-            let r = QpairRef {
-                pg: self.id,
-                idx: i as u32,
-                generation: e.generation,
-            };
-            if qp.state == QpState::Draining {
-                due.push(r);
-            } else if qp.qid == 0
-                && qp.state == QpState::Active
-                && let Some(ctrl) = &qp.ctrl
-            {
-                let kato = ctrl.state().features.kato_ms;
-                if ctrl.keep_alive_expired(now, kato) {
-                    expired.push((r, ctrl.cntlid));
-                }
-            }
-        }
-        for (r, cntlid) in expired {
-            tracing::warn!(cntlid, "keep-alive timeout: tearing the controller down");
-            self.start_ctrl_teardown(r, TeardownKind::Delete);
-        }
-        for r in due {
-            self.try_finish_drain(r);
-        }
-    }
-
-    fn try_finish_drain(&mut self, r: QpairRef) {
-        let now = self.engine.now_ms();
-        let drain_ms = self.engine.opts.drain_timeout.as_millis() as u64;
-        let Self { qps, ns, stats, .. } = self;
-        let Some(qp) = qps
-            .get_mut(r.idx as usize)
-            .filter(|e| e.generation == r.generation)
-            .and_then(|e| e.qp.as_deref_mut())
-        else {
-            return;
-        };
-        let Some(drain) = qp.drain.as_mut() else {
-            return;
-        };
-        if qp.in_backend > 0 {
-            if now < drain.deadline_ms {
-                return;
-            }
-            if drain.stage == 0 {
-                // Bounded wait over: reset the backends still holding our commands.
-                tracing::warn!(
-                    qid = qp.qid,
-                    in_flight = qp.in_backend,
-                    "drain timed out; resetting backends"
-                );
-                let mut reset_views: Vec<u32> = Vec::new();
-                for s in qp.slots.iter().filter(|s| s.busy) {
-                    if !reset_views.contains(&s.view) {
-                        reset_views.push(s.view);
-                    }
-                }
-                for vi in reset_views {
-                    if let Some(Some(v)) = ns.views.get_mut(vi as usize) {
-                        let still = v.ch.reset();
-                        bump(&stats.backend_resets, 1);
-                        if still > 0 {
-                            tracing::warn!(
-                                nsid = v.nsid,
-                                still,
-                                "backend still holds I/O after reset"
-                            );
-                        }
-                    }
-                }
-                drain.stage = 1;
-                drain.deadline_ms = now + drain_ms;
-                return;
-            }
-            // The backend did not give the commands back even after a
-            // reset. Their buffers stay owned by the backend; the slot
-            // generations make any later completion a no-op.
-            tracing::error!(
-                qid = qp.qid,
-                in_flight = qp.in_backend,
-                "backend never completed; destroying queue pair anyway"
-            );
-            drain.stage = 2;
-        }
-        self.destroy_qpair(r);
-    }
-
-    fn destroy_qpair(&mut self, r: QpairRef) {
-        let Some(e) = self
-            .qps
-            .get_mut(r.idx as usize)
-            .filter(|e| e.generation == r.generation)
-        else {
-            return;
-        };
-        let Some(mut qp) = e.qp.take() else { return };
-        e.generation = e.generation.wrapping_add(1);
-        self.free_qps.push(r.idx);
-        self.draining = self.draining.saturating_sub(1);
-        if let Some(h) = self.engine.pgs().get(self.id) {
-            h.qpairs.fetch_sub(1, Ordering::Relaxed);
-        }
-        bump(&self.stats.qpairs_destroyed, 1);
-        // Stop the host from submitting, then answer whatever it had queued
-        // that we never fetched.
-        qp.tr.close();
-        if let Some(cap) = qp.parked.take() {
-            qp.respond(cap.sqe.cid(), Status::ABORTED_SQ_DELETION, 0, cap.buf);
-        }
-        while let Some(cap) = qp.tr.recv() {
-            qp.respond(cap.sqe.cid(), Status::ABORTED_SQ_DELETION, 0, cap.buf);
-        }
-        let drain = qp.drain.take();
-        if let Some(ctrl) = qp.ctrl.clone() {
-            let mut st = ctrl.state();
-            if qp.qid == 0 {
-                for cid in st.aer_cids.drain(..).collect::<Vec<_>>() {
-                    qp.respond(cid, Status::ABORTED_SQ_DELETION, 0, DataBuf::None);
-                }
-                if let Some(cid) = qp.pending_property_set.take() {
-                    qp.respond(cid, Status::ABORTED_SQ_DELETION, 0, DataBuf::None);
-                }
-                drop(st);
-                let mut sst = ctrl.subsys.state();
-                if sst
-                    .controllers
-                    .get(&ctrl.cntlid)
-                    .is_some_and(|c| Arc::ptr_eq(c, &ctrl))
-                {
-                    sst.controllers.remove(&ctrl.cntlid);
-                }
-            } else if let Some(slot) = st.io_qpairs.get_mut(qp.qid as usize - 1)
-                && *slot == Some(r)
-            {
-                *slot = None;
-            }
-        }
-        if let Some(cid) = drain.as_ref().and_then(|d| d.disconnect_cid) {
-            qp.respond(cid, Status::SUCCESS, 0, DataBuf::None);
-        }
-        qp.flush_backlog();
-        if !qp.backlog.is_empty() {
-            tracing::debug!(
-                qid = qp.qid,
-                left = qp.backlog.len(),
-                "completion ring full at destroy; host is gone"
-            );
-        }
-        qp.tr.finish();
-        if let Some(d) = drain {
-            for w in d.waiters {
-                w();
-            }
-        }
-    }
-
-    /// Starts a controller teardown from its admin queue pair `admin`: every
-    /// I/O queue pair is quiesced and destroyed on its own poll group, then
-    /// [`PollGroup::finish_ctrl_teardown`] runs here.
-    pub fn start_ctrl_teardown(&mut self, admin: QpairRef, kind: TeardownKind) {
-        let Some(qp) = self.qp_mut(admin) else { return };
-        let Some(ctrl) = qp.ctrl.clone() else { return };
-        let refs: Vec<QpairRef> = {
-            let mut st = ctrl.state();
-            if st.teardown.is_some() {
-                // A teardown is already running; a Delete supersedes a reset.
-                if kind == TeardownKind::Delete {
-                    st.teardown = Some(TeardownKind::Delete);
-                }
-                return;
-            }
-            st.teardown = Some(kind);
-            match kind {
-                TeardownKind::Shutdown => {
-                    st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_OCCURRING;
-                }
-                TeardownKind::Reset | TeardownKind::Delete => ctrl.set_ready(&mut st, false),
-            }
-            st.io_qpairs.iter_mut().filter_map(Option::take).collect()
-        };
-        if kind == TeardownKind::Delete {
-            // Stop fetching admin commands (Keep Alive included: the
-            // association is ending); the queue stays for the answers.
-            qp.state = QpState::Draining;
-        }
-        let engine = self.engine.clone();
-        let cd = Countdown::new(refs.len(), move || {
-            if let Some(h) = engine.pgs().get(admin.pg) {
-                h.send(move |pg| pg.finish_ctrl_teardown(admin, ctrl));
-            }
-        });
-        for r in refs {
-            let cd = cd.clone();
-            if let Some(h) = self.engine.pgs().get(r.pg) {
-                h.send(move |pg| pg.quiesce_qpair(r, Box::new(move || cd.arrive())));
-            } else {
-                cd.arrive();
-            }
-        }
-    }
-
-    /// Runs when every I/O queue pair of a controller has been destroyed.
-    pub fn finish_ctrl_teardown(&mut self, admin: QpairRef, ctrl: Arc<Controller>) {
-        let kind = ctrl.state().teardown;
-        let Some(kind) = kind else { return };
-        match kind {
-            TeardownKind::Delete => {
-                let mut newly = false;
-                if let Some(qp) = self.qp_mut(admin) {
-                    qp.state = QpState::Draining;
-                    if qp.drain.is_none() {
-                        qp.drain = Some(Drain {
-                            deadline_ms: 0,
-                            stage: 0,
-                            waiters: Vec::new(),
-                            disconnect_cid: None,
-                        });
-                        newly = true;
-                    }
-                } else {
-                    return;
-                }
-                if newly {
-                    self.draining += 1;
-                }
-                self.try_finish_drain(admin);
-            }
-            TeardownKind::Reset | TeardownKind::Shutdown => {
-                let aers: Vec<u16> = {
-                    let mut st = ctrl.state();
-                    st.teardown = None;
-                    if kind == TeardownKind::Shutdown {
-                        st.csts = (st.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE;
-                        Vec::new()
-                    } else {
-                        st.csts = 0;
-                        st.io_queues_set = false;
-                        st.io_queues_granted = self.engine.opts.max_io_queues;
-                        st.pending_events.clear();
-                        st.masked_events = 0;
-                        st.aer_cids.drain(..).collect()
-                    }
-                };
-                if let Some(qp) = self.qp_mut(admin) {
-                    for cid in aers {
-                        qp.respond(cid, Status::ABORTED_SQ_DELETION, 0, DataBuf::None);
-                    }
-                    if let Some(cid) = qp.pending_property_set.take() {
-                        qp.respond(cid, Status::SUCCESS, 0, DataBuf::None);
-                    }
-                }
-            }
-        }
-    }
-
     /// Completes waiting Asynchronous Event Requests with pending events.
     pub fn deliver_events(&mut self, admin: QpairRef) {
         let Some(qp) = self.qp_mut(admin) else { return };
         let Some(ctrl) = qp.ctrl.clone() else { return };
+        if ctrl.is_failed() {
+            // Stage 3: the admin queue answers nothing more.
+            return;
+        }
         let mut out = Vec::new();
         {
             let mut st = ctrl.state();
@@ -858,8 +608,9 @@ impl PollGroup {
             read_only: ns.read_only,
             max_xfer: self.engine.opts.max_xfer_bytes(),
         };
-        if let Some(old) = self.ns.remove(sid, ns.nsid) {
-            tracing::warn!(nsid = old.nsid, "replacing an existing namespace view");
+        if self.ns.lookup(sid, ns.nsid).is_some() {
+            tracing::warn!(nsid = ns.nsid, "replacing an existing namespace view");
+            self.retire_view(sid, ns.nsid);
         }
         let lat = ns
             .latency_tracking
@@ -876,12 +627,14 @@ impl PollGroup {
             pause_waiters: Vec::new(),
             stats,
             lat,
+            reset_ms: 0,
+            retiring: None,
         });
         self.count_lat_views();
         Ok(())
     }
 
-    fn count_lat_views(&mut self) {
+    pub(super) fn count_lat_views(&mut self) {
         self.lat_views = self
             .ns
             .views
@@ -935,69 +688,6 @@ impl PollGroup {
         out
     }
 
-    /// Pauses a namespace: its new commands park; `done` runs once the
-    /// commands already handed to its backend have completed.
-    pub fn pause_ns(&mut self, sid: u32, nsid: u32, done: Box<dyn FnOnce() + Send>) {
-        let Some(vi) = self.ns.lookup(sid, nsid) else {
-            done();
-            return;
-        };
-        let Some(v) = self.ns.views[vi as usize].as_mut() else {
-            done();
-            return;
-        };
-        v.paused = true;
-        if v.outstanding == 0 {
-            done();
-        } else {
-            v.pause_waiters.push(done);
-        }
-    }
-
-    /// Backend reset of one namespace's channel here: the escalation when a
-    /// namespace drain runs out of time.
-    pub fn reset_ns_channel(&mut self, sid: u32, nsid: u32) {
-        if let Some(vi) = self.ns.lookup(sid, nsid)
-            && let Some(v) = self.ns.views[vi as usize].as_mut()
-        {
-            let still = v.ch.reset();
-            bump(&self.stats.backend_resets, 1);
-            if still > 0 {
-                tracing::warn!(nsid, still, "backend still holds I/O after reset");
-            }
-        }
-    }
-
-    /// Resumes a paused namespace.
-    pub fn resume_ns(&mut self, sid: u32, nsid: u32) {
-        if let Some(vi) = self.ns.lookup(sid, nsid)
-            && let Some(v) = self.ns.views[vi as usize].as_mut()
-        {
-            v.paused = false;
-        }
-    }
-
-    /// Removes a namespace view. Call after [`PollGroup::pause_ns`] finished:
-    /// parked commands then fail with Invalid Namespace.
-    pub fn remove_ns_view(&mut self, sid: u32, nsid: u32) {
-        if let Some(mut v) = self.ns.remove(sid, nsid)
-            && v.outstanding > 0
-        {
-            // Should not happen after a pause; keep the channel alive until
-            // its backend gives everything back.
-            tracing::error!(
-                nsid,
-                outstanding = v.outstanding,
-                "removing a namespace with I/O in flight; resetting its channel"
-            );
-            v.ch.reset();
-            let deadline = std::time::Instant::now() + self.engine.opts.drain_timeout;
-            while v.ch.in_flight() > 0 && std::time::Instant::now() < deadline {
-                v.ch.poll(&mut |_c| {});
-            }
-        }
-    }
-
     /// Queue pairs alive here.
     pub fn qpair_count(&self) -> usize {
         self.qps.iter().filter(|e| e.qp.is_some()).count()
@@ -1017,31 +707,5 @@ impl PollGroup {
     pub(crate) fn view_ns(&self, sid: u32, nsid: u32) -> Option<&Arc<Namespace>> {
         let vi = self.ns.lookup(sid, nsid)?;
         self.ns.views.get(vi as usize)?.as_ref().map(|v| &v.ns)
-    }
-}
-
-impl crate::reactor::Poller for PollGroup {
-    fn poll(&mut self) -> usize {
-        PollGroup::poll(self)
-    }
-
-    fn stop(&mut self) {
-        // Last chance: drain everything so no completion is lost.
-        let deadline = std::time::Instant::now() + self.engine.opts.drain_timeout * 2;
-        while self.ns.views.iter().flatten().any(|v| v.outstanding > 0)
-            && std::time::Instant::now() < deadline
-        {
-            self.poll_channels();
-        }
-        for i in 0..self.qps.len() {
-            let r = QpairRef {
-                pg: self.id,
-                idx: i as u32,
-                generation: self.qps[i].generation,
-            };
-            if self.qps[i].qp.is_some() {
-                self.destroy_qpair(r);
-            }
-        }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::ctrlr::Controller;
 use super::transport::{Capsule, QpairTransport, Response};
-use crate::spec::{CompletionEntry, Status};
+use crate::spec::{CompletionEntry, Status, SubmissionEntry};
 
 /// Life of a queue pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +40,8 @@ pub struct Slot {
 pub struct Drain {
     /// Escalate (backend reset) when this passes, in ms since the epoch.
     pub deadline_ms: u64,
-    /// 0: waiting; 1: backend reset sent; 2: gave up on the backend.
+    /// 0: waiting; 1: backend reset sent; 2: gave up on the backend
+    /// (stage 3: the controller was failed to its host).
     pub stage: u8,
     /// Run when the queue pair is destroyed.
     pub waiters: Vec<Box<dyn FnOnce() + Send>>,
@@ -91,6 +92,9 @@ pub struct Qpair {
     pub drain: Option<Drain>,
     /// Admin queue: a Property Set waiting for a reset or shutdown.
     pub pending_property_set: Option<u16>,
+    /// Admin queue: Property Sets fetched while one was pending; they run,
+    /// in order, once it has been answered.
+    pub queued_property_sets: VecDeque<SubmissionEntry>,
 }
 
 impl Qpair {
@@ -114,6 +118,7 @@ impl Qpair {
             backlog: VecDeque::with_capacity(entries as usize),
             drain: None,
             pending_property_set: None,
+            queued_property_sets: VecDeque::new(),
         }
     }
 

@@ -80,6 +80,12 @@ pub struct SubsystemState {
     pub hosts: Vec<String>,
     /// Live controllers by controller ID.
     pub controllers: BTreeMap<u16, Arc<Controller>>,
+    /// Being deleted (or the target is stopping): Connect is refused from
+    /// the moment this is set, under the same lock a Connect takes to add
+    /// its controller, so no controller can join after the deletion took
+    /// its list of controllers to tear down (and outlive the subsystem,
+    /// whose index a new one may reuse).
+    pub deleting: bool,
     next_cntlid: u16,
 }
 

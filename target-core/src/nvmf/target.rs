@@ -401,6 +401,10 @@ impl NvmfTarget {
     pub fn remove_subsystem(&self, nqn: &str) -> Result<(), TargetError> {
         self.check_running()?;
         let s = self.subsystem(nqn)?;
+        // From here no Connect can add a controller (see
+        // `SubsystemState::deleting`); a deletion that fails leaves the
+        // subsystem refusing connections.
+        s.state().deleting = true;
         self.delete_all_controllers(&s)?;
         for nsid in s.active_nsids() {
             self.remove_namespace_inner(&s, nsid, false)?;
@@ -669,6 +673,11 @@ impl NvmfTarget {
             {
                 let st = c.state();
                 if st.teardown.is_none() && st.csts & 1 == 0 {
+                    if c.is_failed() {
+                        return Err(TargetError::Backend(format!(
+                            "controller {cntlid} of {nqn} failed (CSTS.CFS): a backend kept commands after its reset"
+                        )));
+                    }
                     return Ok(());
                 }
             }
@@ -750,6 +759,7 @@ impl NvmfTarget {
         }
         let mut first_err = None;
         for s in self.engine.subsystems() {
+            s.state().deleting = true;
             if let Err(e) = self.delete_all_controllers(&s) {
                 tracing::error!(nqn = %s.nqn, error = %e, "controller teardown during stop");
                 first_err.get_or_insert(e);
