@@ -70,8 +70,10 @@ pub mod identify;
 mod iova;
 mod mmio;
 mod prp;
+mod quarantine;
 mod queue;
 pub mod regs;
+mod reset;
 mod tracker;
 mod vfio;
 
