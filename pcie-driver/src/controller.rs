@@ -257,6 +257,7 @@ pub(crate) struct Counters {
     aborts_sent: AtomicU64,
     pub resets: AtomicU64,
     pub resets_done: AtomicU64,
+    pub last_reset_us: AtomicU64,
     pub quarantined_now: AtomicU64,
     pub quarantined_total: AtomicU64,
     pub quarantine_released: AtomicU64,
@@ -273,6 +274,8 @@ pub struct ControllerCounters {
     pub resets: u64,
     /// Controller resets that brought the controller back to running.
     pub resets_done: u64,
+    /// How long the last successful reset took, start to running, in µs.
+    pub last_reset_us: u64,
     /// I/Os held in quarantine now: their channel ended while the
     /// controller still had their commands, so their buffers and bounce
     /// ranges wait for the completion or for the controller's disable.
@@ -818,6 +821,7 @@ impl NvmeController {
             aborts_sent: c.aborts_sent.load(Ordering::Relaxed),
             resets: c.resets.load(Ordering::Relaxed),
             resets_done: c.resets_done.load(Ordering::Relaxed),
+            last_reset_us: c.last_reset_us.load(Ordering::Relaxed),
             quarantined: c.quarantined_now.load(Ordering::Relaxed),
             quarantined_total: c.quarantined_total.load(Ordering::Relaxed),
             quarantine_released: c.quarantine_released.load(Ordering::Relaxed),
@@ -862,7 +866,10 @@ impl NvmeController {
     /// quarantined afterwards.
     pub fn reap_quarantine(&self) -> u64 {
         let k = &self.counters;
-        if k.quarantined_now.load(Ordering::Relaxed) == 0 || self.state() != CtrlState::Running {
+        let state = self.state();
+        if k.quarantined_now.load(Ordering::Relaxed) == 0
+            || !matches!(state, CtrlState::Running | CtrlState::Failed)
+        {
             return k.quarantined_now.load(Ordering::Relaxed);
         }
         let ioqs: Vec<Arc<SharedQueue>> = match self.ioqs.try_lock() {
@@ -877,6 +884,11 @@ impl NvmeController {
                 Err(TryLockError::WouldBlock) => continue,
             };
             if g.quarantine.is_empty() || g.frozen {
+                continue;
+            }
+            if state == CtrlState::Failed {
+                // Disabled, bus mastering off: nothing can DMA any more.
+                g.abort_all(IoError::DeviceFailed, k);
                 continue;
             }
             if g.poll(self.bar(), usize::MAX, k).is_err() {

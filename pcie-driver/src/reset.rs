@@ -135,6 +135,9 @@ impl NvmeController {
                         q.lock().frozen = false;
                     }
                     self.counters.resets_done.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .last_reset_us
+                        .store(m.started.elapsed().as_micros() as u64, Ordering::Relaxed);
                     self.state
                         .store(CtrlState::Running as u8, Ordering::Release);
                     tracing::info!(

@@ -145,7 +145,9 @@ fn escalation() -> Result<String, String> {
         &slow_addr,
         ControllerOptions {
             max_io_queues: 1,
-            abort_timeout: Duration::from_millis(300),
+            // Well inside the target's second bound (drain_timeout_ms after
+            // the backend reset), so the reset gives every command back.
+            abort_timeout: Duration::from_millis(100),
             // What a synchronous reset would spend on the reactor first.
             drain_timeout: Duration::from_millis(300),
             ..ControllerOptions::default()
@@ -224,7 +226,20 @@ fn escalation_run(
         qs.read(1, t * 8, 8, DataBuf::One(IoBuf::new(4096)), t)
             .map_err(|_| "submit slow read")?;
     }
-    std::thread::sleep(Duration::from_millis(50));
+    // Baseline: Keep Alive round trips with the slow reads outstanding,
+    // after a few unmeasured ones (first use of the admin path).
+    for _ in 0..5 {
+        hf.keep_alive().map_err(|e| format!("keep alive: {e}"))?;
+    }
+    let mut base = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        hf.keep_alive().map_err(|e| format!("keep alive: {e}"))?;
+        base.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let base_max = base.iter().max().copied().unwrap_or_default();
+    let base_p50 = percentile(&mut base, 0.5);
     let k0 = slow.counters();
     let done = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
@@ -296,11 +311,14 @@ fn escalation_run(
     let note = format!(
         "reset_controller took {reset_took:.2?}; over {window:.2?}: {n} Keep Alives on the other \
          controller, max {max:.2?}, p50 {p50:.2?}, p99 {p99:.2?} ({ka_in_reset} during the \
-         controller reset); {ios} writes completed ({ios_in_reset} during the reset, {io_errors} \
-         errors); slow host: {slow_done} of {held} reads answered; slow controller: aborts {} resets {} done {}",
+         controller reset; before it: max {base_max:.2?}, p50 {base_p50:.2?}); {ios} writes \
+         completed ({ios_in_reset} during the reset, {io_errors} errors); slow host: {slow_done} \
+         of {held} reads answered; slow controller: aborts {} resets {} done {}, polled reset \
+         took {:.2} ms",
         k.aborts_sent - k0.aborts_sent,
         k.resets - k0.resets,
-        k.resets_done - k0.resets_done
+        k.resets_done - k0.resets_done,
+        k.last_reset_us as f64 / 1000.0
     );
     println!("  escalation: {note}");
     if max >= KA_LIMIT {
@@ -310,6 +328,9 @@ fn escalation_run(
     }
     if k.resets_done <= k0.resets_done {
         return Err(format!("the slow controller was not reset: {note}"));
+    }
+    if slow_done != held {
+        return Err(format!("the reset did not give every command back: {note}"));
     }
     if ios == 0 || io_errors > 0 {
         return Err(format!(
