@@ -184,6 +184,14 @@ impl NvmeController {
         }
     }
 
+    fn try_queue_list(&self) -> Option<Vec<Arc<SharedQueue>>> {
+        match self.ioqs.try_lock() {
+            Ok(g) => Some(g.clone()),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner().clone()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     fn csts(&self) -> Result<u32, DriverError> {
         Ok(self.bar().read32_present(regs::CSTS)?)
     }
@@ -193,8 +201,11 @@ impl NvmeController {
         let to = Duration::from_millis(self.cap.timeout_ms().max(500));
         match m.step {
             Step::Drain { deadline } => {
-                let ioqs: Vec<Arc<SharedQueue>> =
-                    self.ioqs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                // A channel being opened holds the list while it creates
+                // its queue (admin commands): try again on a later poll.
+                let Some(ioqs) = self.try_queue_list() else {
+                    return Ok(Progress::Wait);
+                };
                 let mut busy = 0;
                 for q in &ioqs {
                     let mut g = q.lock();
@@ -220,8 +231,9 @@ impl NvmeController {
                 let Some(adm) = self.try_lock_admin() else {
                     return Ok(Progress::Wait);
                 };
-                let ioqs: Vec<Arc<SharedQueue>> =
-                    self.ioqs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let Some(ioqs) = self.try_queue_list() else {
+                    return Ok(Progress::Wait);
+                };
                 let unfetched: usize = ioqs.iter().map(|q| q.lock().qp.unfetched()).sum();
                 let failed = self.csts().map_or(true, |c| c & regs::CSTS_CFS != 0);
                 if unfetched > 0 && !failed && now < deadline {
