@@ -59,7 +59,6 @@ impl PageArena {
     }
 
     /// Pages in use.
-    #[cfg(test)]
     pub fn used_pages(&self) -> usize {
         self.used.iter().filter(|&&u| u).count()
     }

@@ -5,6 +5,12 @@
 //! commands and completed once, when the last one finishes. Buffers whose
 //! segments all carry an IOVA and line up on pages go to the device as they
 //! are (zero copy); others are bounced through the queue pair's DMA area.
+//!
+//! A channel that ends while the controller still has some of its commands
+//! does not free their buffers: they go to its queue's quarantine (see
+//! `quarantine.rs`) until the completion arrives or the controller is
+//! disabled. `IoChannel::reset` starts the escalation (Abort, then a
+//! controller reset advanced by polls, see `reset.rs`) and returns at once.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,6 +25,7 @@ use target_core::spec::{NvmOpcode, Status, SubmissionEntry};
 
 use crate::controller::{CtrlState, IoQueue, NamespaceInfo, NvmeController, SharedQueue};
 use crate::error::DriverError;
+use crate::quarantine::Held;
 use crate::queue::SubmitError;
 
 /// Largest NLB of one read/write/write-zeroes command (16-bit, zero-based).
@@ -27,6 +34,11 @@ const MAX_NLB: u64 = 1 << 16;
 const MAX_DSM_RANGES: u32 = 256;
 /// Polls between looks at the oldest command's age.
 const HEALTH_EVERY: u32 = 4096;
+/// Polls between reaps of other queues' quarantine (when there is any).
+const REAP_EVERY: u32 = 64;
+/// Abort commands one channel reset sends at most (the controller's Abort
+/// Command Limit is small; the controller reset catches the rest).
+const MAX_ABORTS_PER_RESET: usize = 4;
 
 /// Maps a completion status to the bdev result.
 pub(crate) fn status_result(s: Status) -> Result<(), IoError> {
@@ -112,7 +124,9 @@ impl NvmeBdev {
             ready: VecDeque::with_capacity(cap),
             segs: Vec::with_capacity(64),
             polls: 0,
+            polls_since_reap: 0,
             abort_sent: None,
+            escalate_at: None,
         })
     }
 }
@@ -155,7 +169,11 @@ pub struct NvmeChannel {
     ready: VecDeque<BdevCompletion>,
     segs: Vec<(u64, usize)>,
     polls: u32,
+    polls_since_reap: u32,
     abort_sent: Option<u16>,
+    /// `reset()` sent Aborts: reset the controller if commands are still
+    /// outstanding at this instant.
+    escalate_at: Option<Instant>,
 }
 
 impl NvmeChannel {
@@ -454,11 +472,19 @@ impl IoChannel for NvmeChannel {
                 return Ok(());
             }
             // Quiesced: give it back; the caller polls and retries.
-            CtrlState::Resetting => return Err(io),
+            CtrlState::Resetting => {
+                self.ctrl.poll_admin();
+                return Err(io);
+            }
             CtrlState::Running => {}
         }
         let q = self.q.clone();
         let mut g = q.lock();
+        // Again under the queue's lock: a reset that started meanwhile
+        // counts on no doorbell moving once it has held this lock.
+        if self.ctrl.state() != CtrlState::Running || g.frozen {
+            return Err(io);
+        }
         self.submit_locked(&mut g, io)
     }
 
@@ -466,22 +492,27 @@ impl IoChannel for NvmeChannel {
         let q = self.q.clone();
         let mut check_health = false;
         let mut timed_out = None;
+        let mut resetting = self.ctrl.state() == CtrlState::Resetting;
+        if resetting {
+            resetting = self.ctrl.poll_admin();
+        }
         {
             let mut g = q.lock();
-            let IoQueue { qp, done: list } = &mut *g;
+            let counters = &self.ctrl.counters;
             if self.ctrl.state() == CtrlState::Failed {
                 // The controller was disabled and bus mastering is off.
-                qp.reset_after_disable(|t| list.push((t, Err(IoError::DeviceFailed))));
-            } else if qp.active() > 0 {
+                g.abort_all(IoError::DeviceFailed, counters);
+            } else if g.frozen {
+                // A reset owns the rings until the queue exists again; what
+                // it aborted is handed out then.
+            } else if g.qp.active() > 0 {
                 let max = self.ctrl.options().max_completions_per_poll;
-                match qp.poll(self.ctrl.bar(), max, |c| {
-                    list.push((c.token, status_result(c.status)))
-                }) {
+                match g.poll(self.ctrl.bar(), max, counters) {
                     Ok(0) => {
                         self.polls = self.polls.wrapping_add(1);
                         if self.polls.is_multiple_of(HEALTH_EVERY) {
                             check_health = true;
-                            if let Some((cid, t)) = qp.oldest()
+                            if let Some((cid, t)) = g.qp.oldest()
                                 && t.elapsed() > self.ctrl.options().io_timeout
                             {
                                 timed_out = Some((cid, t));
@@ -492,7 +523,31 @@ impl IoChannel for NvmeChannel {
                     Err(_) => check_health = true,
                 }
             }
-            self.collect(&mut g);
+            if !g.frozen || self.ctrl.state() == CtrlState::Failed {
+                self.collect(&mut g);
+            }
+        }
+        if !resetting {
+            self.polls_since_reap += 1;
+            if self.polls_since_reap >= REAP_EVERY {
+                self.polls_since_reap = 0;
+                self.ctrl.poll_admin();
+            }
+        }
+        if let Some(at) = self.escalate_at {
+            if self.outstanding() == 0 {
+                self.escalate_at = None;
+            } else if Instant::now() >= at {
+                self.escalate_at = None;
+                tracing::warn!(
+                    qid = self.q.qid,
+                    outstanding = self.outstanding(),
+                    "commands still outstanding after Abort: resetting the controller"
+                );
+                if let Err(e) = self.ctrl.start_reset(std::time::Duration::ZERO) {
+                    tracing::warn!("escalation: {e}");
+                }
+            }
         }
         if check_health
             && self.ctrl.health_check()
@@ -512,16 +567,34 @@ impl IoChannel for NvmeChannel {
         self.outstanding() + self.ready.len()
     }
 
+    /// Starts the escalation and returns at once: Abort for this channel's
+    /// outstanding commands, then, if any is still outstanding after
+    /// `abort_timeout`, a controller reset advanced by polls. Every command
+    /// comes back through `poll` (completed, or `Aborted` at the reset).
+    /// Returns the commands still held (all outstanding ones, right now).
     fn reset(&mut self) -> usize {
-        if self.outstanding() > 0 {
-            if let Err(e) = self.ctrl.reset() {
-                tracing::error!("channel reset: controller reset failed: {e}");
-            }
-            let q = self.q.clone();
-            let mut g = q.lock();
-            self.collect(&mut g);
+        let n = self.outstanding();
+        if n == 0 || self.ctrl.state() != CtrlState::Running || self.escalate_at.is_some() {
+            // Nothing to do, or a reset / failure / escalation already
+            // takes care of them.
+            return n;
         }
-        self.outstanding()
+        let id = self.id;
+        let cids = { self.q.lock().qp.active_cids(|t| (t >> 32) as u32 == id) };
+        let mut sent = 0;
+        for &cid in cids.iter().take(MAX_ABORTS_PER_RESET) {
+            if self.ctrl.abort_command(self.q.qid, cid) {
+                sent += 1;
+            }
+        }
+        tracing::warn!(
+            qid = self.q.qid,
+            outstanding = n,
+            aborts = sent,
+            "channel reset: Abort sent, controller reset if they stay"
+        );
+        self.escalate_at = Some(Instant::now() + self.ctrl.options().abort_timeout);
+        n
     }
 }
 
@@ -537,7 +610,9 @@ impl NvmeChannel {
                 "command timed out: sending Abort"
             );
             self.abort_sent = Some(cid);
-            self.ctrl.abort_command(self.q.qid, cid);
+            if !self.ctrl.abort_command(self.q.qid, cid) {
+                tracing::warn!(qid = self.q.qid, cid, "Abort not sent (admin queue busy)");
+            }
         } else if age > 2 * self.ctrl.options().io_timeout {
             tracing::error!(
                 qid = self.q.qid,
@@ -546,15 +621,68 @@ impl NvmeChannel {
                 "abort did not help: resetting controller"
             );
             self.abort_sent = None;
-            if let Err(e) = self.ctrl.reset() {
-                tracing::error!("reset after timeout failed: {e}");
+            if let Err(e) = self.ctrl.start_reset(std::time::Duration::ZERO) {
+                tracing::error!("reset after timeout: {e}");
             }
         }
     }
 }
 
 impl Drop for NvmeChannel {
+    /// Commands still at the controller keep their buffers and bounce
+    /// ranges: they go to the queue's quarantine until their completion is
+    /// reaped or the controller is disabled.
     fn drop(&mut self) {
-        self.ctrl.release_queue(&self.q);
+        let q = self.q.clone();
+        let mut held = 0;
+        let ctrl = self.ctrl.clone();
+        {
+            let mut g = q.lock();
+            let counters = &ctrl.counters;
+            let state = self.ctrl.state();
+            if state == CtrlState::Failed {
+                g.abort_all(IoError::DeviceFailed, counters);
+            } else if !g.frozen && g.qp.active() > 0 {
+                let _ = g.poll(self.ctrl.bar(), usize::MAX, counters);
+            }
+            // Completions already taken off the CQ (also those a reset
+            // aborted after CSTS.RDY = 0) end here; their buffers are free.
+            self.collect(&mut g);
+            for idx in 0..self.ios.len() {
+                let Some(p) = self.ios[idx].take() else {
+                    continue;
+                };
+                let h = Held {
+                    item: p.io,
+                    bounce: p.bounce,
+                    remaining: p.remaining,
+                };
+                g.quarantine(self.token(idx as u32), h, counters);
+                held += 1;
+            }
+        }
+        if held > 0 {
+            tracing::warn!(
+                qid = self.q.qid,
+                held,
+                "channel closed with commands at the controller: buffers quarantined"
+            );
+        }
+        let left = self.ctrl.release_queue(&self.q);
+        if left == 0 && self.ctrl.state() == CtrlState::Resetting {
+            // Nobody polls this controller any more: finish the reset off
+            // the reactors, so the controller does not stay quiesced.
+            let ctrl = self.ctrl.clone();
+            let r = std::thread::Builder::new()
+                .name("nvme-reset".into())
+                .spawn(move || {
+                    if let Err(e) = ctrl.finish_reset() {
+                        tracing::warn!("reset finished by the last channel: {e}");
+                    }
+                });
+            if let Err(e) = r {
+                tracing::error!("cannot finish the reset: {e}");
+            }
+        }
     }
 }

@@ -8,18 +8,20 @@
 //! reset/shutdown is running.
 
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-use target_core::bdev::IoError;
+use target_core::bdev::{BdevIo, IoError};
 use target_core::spec::{AdminOpcode, SubmissionEntry};
 
 use crate::dma::{DmaPool, DmaRegion, DmaSpace, PAGE, with_space};
 use crate::error::DriverError;
 use crate::identify::{ControllerIdentity, NamespaceIdentity, active_nsids};
 use crate::mmio::{Bar, MmioError};
-use crate::queue::{QueueLayout, QueuePair};
+use crate::quarantine::{Held, Quarantine, Reaped};
+use crate::queue::{Completion, QueueLayout, QueuePair};
 use crate::regs::{self, Cap};
+use crate::reset::ResetMachine;
 use crate::vfio::PciFunction;
 
 /// Largest transfer this driver puts in one command, whatever MDTS says:
@@ -31,7 +33,7 @@ pub const ADMIN_QUEUE_ENTRIES: u16 = 32;
 /// Longest a reset or shutdown waits for the controller to report every
 /// announced submission entry fetched before disabling it (see
 /// `NvmeController::settle_fetches`).
-const FETCH_SETTLE_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const FETCH_SETTLE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Tunables for [`NvmeController::open`].
 #[derive(Clone, Debug)]
@@ -50,8 +52,13 @@ pub struct ControllerOptions {
     /// long, the controller is reset.
     pub io_timeout: Duration,
     /// How long reset and shutdown wait for in-flight I/O to drain before
-    /// disabling the controller under it (0: do not wait).
+    /// disabling the controller under it (0: do not wait). The escalation
+    /// started by `IoChannel::reset` does not wait again: its caller
+    /// already waited for its own bound.
     pub drain_timeout: Duration,
+    /// After `IoChannel::reset` sent Abort for a channel's commands, how
+    /// long they may stay outstanding before the controller is reset.
+    pub abort_timeout: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -64,6 +71,7 @@ impl Default for ControllerOptions {
             admin_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            abort_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -107,7 +115,7 @@ impl CtrlState {
             _ => Self::Failed,
         }
     }
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Running => "running",
             Self::Resetting => "resetting",
@@ -125,6 +133,93 @@ pub(crate) struct IoQueue {
     pub qp: QueuePair,
     /// (token, result) completions not yet handed to their channel.
     pub done: Vec<(u64, Result<(), IoError>)>,
+    /// I/Os of channels that ended while their commands were still at the
+    /// controller (see `quarantine.rs`).
+    pub quarantine: Quarantine<BdevIo>,
+    /// A reset disabled (or is about to disable) the controller: nobody
+    /// touches the rings or hands out completions until the queue exists
+    /// again on the device.
+    pub frozen: bool,
+}
+
+impl IoQueue {
+    pub(crate) fn new(qp: QueuePair) -> Self {
+        Self {
+            done: Vec::with_capacity(qp.capacity()),
+            qp,
+            quarantine: Quarantine::default(),
+            frozen: false,
+        }
+    }
+
+    /// Takes up to `max` completions off the CQ into `done`; completions
+    /// of quarantined I/Os release them instead.
+    pub(crate) fn poll(&mut self, bar: &Bar, max: usize, k: &Counters) -> Result<usize, MmioError> {
+        let IoQueue { qp, done, .. } = self;
+        let n = qp.poll(bar, max, |c| {
+            done.push((c.token, crate::bdev::status_result(c.status)))
+        })?;
+        if n > 0 && !self.quarantine.is_empty() {
+            self.sweep(k);
+        }
+        Ok(n)
+    }
+
+    /// After the controller was disabled (or lost bus mastering): completes
+    /// every outstanding command with `err` and releases the whole
+    /// quarantine. Returns the commands completed.
+    pub(crate) fn abort_all(&mut self, err: IoError, k: &Counters) -> usize {
+        let IoQueue { qp, done, .. } = self;
+        let n = qp.reset_after_disable(|t| done.push((t, Err(err))));
+        if !self.quarantine.is_empty() {
+            self.sweep(k);
+            for h in self.quarantine.release_all() {
+                self.release(h, k);
+            }
+        }
+        n
+    }
+
+    /// Moves the quarantined tokens' completions out of `done`.
+    fn sweep(&mut self, k: &Counters) {
+        let mut i = 0;
+        while i < self.done.len() {
+            let token = self.done[i].0;
+            match self.quarantine.complete(token) {
+                Reaped::NotHeld => i += 1,
+                Reaped::StillHeld => {
+                    let _ = self.done.swap_remove(i);
+                }
+                Reaped::Released(h) => {
+                    let _ = self.done.swap_remove(i);
+                    self.release(h, k);
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, h: Held<BdevIo>, k: &Counters) {
+        if let Some((off, bytes)) = h.bounce {
+            self.qp.bounce_free(off, bytes);
+        }
+        // Dropping the request gives its buffer back to its pool.
+        drop(h.item);
+        k.quarantined_now.fetch_sub(1, Ordering::Relaxed);
+        k.quarantine_released.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Quarantines an I/O whose channel ends with `remaining` of its
+    /// commands still at the controller.
+    pub(crate) fn quarantine(&mut self, token: u64, h: Held<BdevIo>, k: &Counters) {
+        if let Some(h) = self.quarantine.hold(token, h) {
+            if let Some((off, bytes)) = h.bounce {
+                self.qp.bounce_free(off, bytes);
+            }
+            return;
+        }
+        k.quarantined_now.fetch_add(1, Ordering::Relaxed);
+        k.quarantined_total.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -141,19 +236,31 @@ impl SharedQueue {
 }
 
 #[derive(Debug)]
-struct Admin {
-    qp: QueuePair,
+pub(crate) struct Admin {
+    pub qp: QueuePair,
     /// 4 KiB data buffer for Identify and friends.
     buf: DmaRegion,
+    /// Completions of commands submitted without waiting (token != 0),
+    /// until their submitter looks for them.
+    pub done: Vec<Completion>,
+    /// Token of the next command submitted without waiting.
+    next_token: u64,
+    /// Tokens of Abort commands in flight (nobody waits for them).
+    aborts: Vec<u64>,
 }
 
 /// Recovery events, counted so that operators (and tests) can tell a
 /// healthy controller from one that keeps timing out.
 #[derive(Debug, Default)]
-struct Counters {
+pub(crate) struct Counters {
     timeouts: AtomicU64,
     aborts_sent: AtomicU64,
-    resets: AtomicU64,
+    pub resets: AtomicU64,
+    pub resets_done: AtomicU64,
+    pub last_reset_us: AtomicU64,
+    pub quarantined_now: AtomicU64,
+    pub quarantined_total: AtomicU64,
+    pub quarantine_released: AtomicU64,
 }
 
 /// A snapshot of a controller's recovery counters.
@@ -163,21 +270,39 @@ pub struct ControllerCounters {
     pub timeouts: u64,
     /// Abort commands sent for them.
     pub aborts_sent: u64,
-    /// Controller resets done (by request or by timeout escalation).
+    /// Controller resets started (by request or by escalation).
     pub resets: u64,
+    /// Controller resets that brought the controller back to running.
+    pub resets_done: u64,
+    /// How long the last successful reset took, start to running, in µs.
+    pub last_reset_us: u64,
+    /// I/Os held in quarantine now: their channel ended while the
+    /// controller still had their commands, so their buffers and bounce
+    /// ranges wait for the completion or for the controller's disable.
+    pub quarantined: u64,
+    /// I/Os ever put in quarantine.
+    pub quarantined_total: u64,
+    /// I/Os released from quarantine (`quarantined_total - quarantined`).
+    pub quarantine_released: u64,
 }
 
 /// A user-space NVMe controller.
 pub struct NvmeController {
     // Drop order matters: queues (DMA memory) are dropped after Drop::drop
     // disabled the controller; the PCI function (BAR, device fd) last.
-    admin: Mutex<Admin>,
-    ioqs: Mutex<Vec<Arc<SharedQueue>>>,
-    state: AtomicU8,
+    pub(crate) admin: Mutex<Admin>,
+    pub(crate) ioqs: Mutex<Vec<Arc<SharedQueue>>>,
+    pub(crate) state: AtomicU8,
     granted_queues: AtomicU32,
     next_channel: AtomicU32,
-    counters: Counters,
-    cap: Cap,
+    /// Channels open now.
+    channels: AtomicUsize,
+    /// Admin commands in flight that nobody waits for (Abort).
+    admin_pending: AtomicUsize,
+    /// The controller reset in progress, advanced by polls (`reset.rs`).
+    pub(crate) resetting: Mutex<Option<ResetMachine>>,
+    pub(crate) counters: Counters,
+    pub(crate) cap: Cap,
     opts: ControllerOptions,
     identity: ControllerIdentity,
     namespaces: Vec<NamespaceInfo>,
@@ -256,6 +381,9 @@ impl NvmeController {
                 cap.dstrd(),
             )?,
             buf: DmaRegion::new(&space, PAGE)?,
+            done: Vec::new(),
+            next_token: 1,
+            aborts: Vec::new(),
         };
         let mut ctrl = Self {
             admin: Mutex::new(admin),
@@ -263,6 +391,9 @@ impl NvmeController {
             state: AtomicU8::new(CtrlState::Resetting as u8),
             granted_queues: AtomicU32::new(0),
             next_channel: AtomicU32::new(1),
+            channels: AtomicUsize::new(0),
+            admin_pending: AtomicUsize::new(0),
+            resetting: Mutex::new(None),
             counters: Counters::default(),
             cap,
             opts,
@@ -371,7 +502,16 @@ impl NvmeController {
         self.admin.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn addr(&self) -> String {
+    /// The admin queue if nobody holds it (pollers never wait for it).
+    pub(crate) fn try_lock_admin(&self) -> Option<MutexGuard<'_, Admin>> {
+        match self.admin.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    pub(crate) fn addr(&self) -> String {
         self.pci.addr().to_owned()
     }
 
@@ -396,12 +536,8 @@ impl NvmeController {
     /// Programs the admin queue and enables (controller must be disabled).
     fn enable(&self, adm: &mut Admin) -> Result<(), DriverError> {
         let bar = self.bar();
-        adm.qp.reset_after_disable(|_| ());
-        bar.write32(regs::INTMS, u32::MAX)?;
-        bar.write32(regs::AQA, regs::aqa_value(adm.qp.entries()))?;
-        bar.write64(regs::ASQ, adm.qp.sq_iova())?;
-        bar.write64(regs::ACQ, adm.qp.cq_iova())?;
-        bar.write32(regs::CC, regs::cc_enable_value())?;
+        self.admin_forget_all(adm);
+        self.start_enable(adm)?;
         let to = Duration::from_millis(self.cap.timeout_ms().max(500));
         wait_for(bar, self.pci.addr(), "CSTS.RDY=1", to, |s| {
             s & regs::CSTS_RDY != 0
@@ -426,7 +562,17 @@ impl NvmeController {
         let start = Instant::now();
         loop {
             let mut result = None;
-            adm.qp.poll(bar, 1, |c| result = Some(c))?;
+            let Admin { qp, done, .. } = adm;
+            qp.poll(bar, usize::MAX, |c| {
+                if c.token == 0 {
+                    result = Some(c)
+                } else {
+                    done.push(c)
+                }
+            })?;
+            if !adm.done.is_empty() {
+                self.forget_aborts(adm);
+            }
             if let Some(c) = result {
                 if !c.status.is_success() {
                     return Err(DriverError::AdminCommand {
@@ -455,6 +601,66 @@ impl NvmeController {
         }
     }
 
+    /// Submits an admin command without waiting; returns its token. Find
+    /// its completion in `adm.done` after [`NvmeController::admin_reap`].
+    pub(crate) fn admin_submit(
+        &self,
+        adm: &mut Admin,
+        sqe: SubmissionEntry,
+    ) -> Result<u64, DriverError> {
+        let token = adm.next_token;
+        adm.next_token = adm.next_token.wrapping_add(1).max(1);
+        adm.qp
+            .submit(sqe, &[], token)
+            .map_err(|e| DriverError::Dma(format!("admin submit: {e:?}")))?;
+        adm.qp.ring(self.bar())?;
+        Ok(token)
+    }
+
+    /// Takes the admin completions posted so far into `adm.done`; drops
+    /// those of Abort commands (logged).
+    pub(crate) fn admin_reap(&self, adm: &mut Admin) -> Result<(), DriverError> {
+        let Admin { qp, done, .. } = adm;
+        qp.poll(self.bar(), usize::MAX, |c| done.push(c))?;
+        self.forget_aborts(adm);
+        Ok(())
+    }
+
+    fn forget_aborts(&self, adm: &mut Admin) {
+        let Admin { done, aborts, .. } = adm;
+        done.retain(|c| {
+            let Some(i) = aborts.iter().position(|&t| t == c.token) else {
+                return true;
+            };
+            aborts.swap_remove(i);
+            self.admin_pending.fetch_sub(1, Ordering::Relaxed);
+            // Bit 0 of dword 0: the command was not aborted.
+            tracing::debug!(status = %c.status, not_aborted = c.dw0 & 1, "abort completed");
+            false
+        });
+    }
+
+    /// After the controller was disabled: the admin queue starts empty,
+    /// and nobody waits for what it held.
+    pub(crate) fn admin_forget_all(&self, adm: &mut Admin) {
+        adm.qp.reset_after_disable(|_| ());
+        adm.done.clear();
+        adm.aborts.clear();
+        self.admin_pending.store(0, Ordering::Relaxed);
+    }
+
+    /// Programs the admin queue registers and sets CC.EN = 1 (controller
+    /// disabled, admin queue empty); does not wait for CSTS.RDY.
+    pub(crate) fn start_enable(&self, adm: &Admin) -> Result<(), DriverError> {
+        let bar = self.bar();
+        bar.write32(regs::INTMS, u32::MAX)?;
+        bar.write32(regs::AQA, regs::aqa_value(adm.qp.entries()))?;
+        bar.write64(regs::ASQ, adm.qp.sq_iova())?;
+        bar.write64(regs::ACQ, adm.qp.cq_iova())?;
+        bar.write32(regs::CC, regs::cc_enable_value())?;
+        Ok(())
+    }
+
     fn identify(&self, adm: &mut Admin, cns: u8, nsid: u32) -> Result<Vec<u8>, DriverError> {
         let mut sqe = SubmissionEntry::new(AdminOpcode::IDENTIFY.0, 0);
         sqe.nsid = nsid;
@@ -468,28 +674,30 @@ impl NvmeController {
 
     /// Set Features / Number of Queues; returns the pairs granted.
     fn set_queue_count(&self, adm: &mut Admin) -> Result<u16, DriverError> {
+        let dw0 = self.admin_cmd(adm, self.queue_count_sqe(), false)?;
+        Ok(self.queues_granted(dw0))
+    }
+
+    /// Set Features / Number of Queues for `opts.max_io_queues`.
+    pub(crate) fn queue_count_sqe(&self) -> SubmissionEntry {
         let want = self.opts.max_io_queues.clamp(1, 0xfffe) as u32;
         let mut sqe = SubmissionEntry::new(AdminOpcode::SET_FEATURES.0, 0);
         sqe.cdw10 = 0x07;
         sqe.cdw11 = (want - 1) | ((want - 1) << 16);
-        let dw0 = self.admin_cmd(adm, sqe, false)?;
+        sqe
+    }
+
+    /// The pairs granted, from Number of Queues' completion dword 0.
+    pub(crate) fn queues_granted(&self, dw0: u32) -> u16 {
+        let want = self.opts.max_io_queues.clamp(1, 0xfffe) as u32;
         let nsq = (dw0 & 0xffff) + 1;
         let ncq = (dw0 >> 16) + 1;
-        Ok(nsq.min(ncq).min(want) as u16)
+        nsq.min(ncq).min(want) as u16
     }
 
     fn create_io_queue(&self, adm: &mut Admin, qp: &QueuePair) -> Result<(), DriverError> {
-        let qsize = (qp.entries() as u32 - 1) << 16 | qp.qid() as u32;
-        let mut cq = SubmissionEntry::new(AdminOpcode::CREATE_IO_CQ.0, 0);
-        cq.cdw10 = qsize;
-        cq.cdw11 = 1; // physically contiguous, interrupts disabled
-        cq.dptr[0] = qp.cq_iova();
-        self.admin_cmd(adm, cq, false)?;
-        let mut sq = SubmissionEntry::new(AdminOpcode::CREATE_IO_SQ.0, 0);
-        sq.cdw10 = qsize;
-        sq.cdw11 = (qp.qid() as u32) << 16 | 1;
-        sq.dptr[0] = qp.sq_iova();
-        self.admin_cmd(adm, sq, false)?;
+        self.admin_cmd(adm, create_sqe(qp, false), false)?;
+        self.admin_cmd(adm, create_sqe(qp, true), false)?;
         Ok(())
     }
 
@@ -514,6 +722,15 @@ impl NvmeController {
             });
         }
         let mut adm = self.lock_admin();
+        // A reset may have started meanwhile; it takes the admin queue
+        // before it looks at the queue list.
+        let state = self.state();
+        if state != CtrlState::Running {
+            return Err(DriverError::NotRunning {
+                addr: self.addr(),
+                state: state.name(),
+            });
+        }
         let mut ioqs = self.ioqs.lock().unwrap_or_else(|p| p.into_inner());
         let granted = self.granted_queues.load(Ordering::Relaxed) as usize;
         if ioqs.len() < granted {
@@ -536,10 +753,7 @@ impl NvmeController {
             self.create_io_queue(&mut adm, &qp)?;
             let q = Arc::new(SharedQueue {
                 qid,
-                q: Mutex::new(IoQueue {
-                    done: Vec::with_capacity(qp.capacity()),
-                    qp,
-                }),
+                q: Mutex::new(IoQueue::new(qp)),
                 users: AtomicUsize::new(1),
             });
             ioqs.push(q.clone());
@@ -557,11 +771,14 @@ impl NvmeController {
         Ok(q)
     }
 
-    pub(crate) fn release_queue(&self, q: &SharedQueue) {
+    /// A channel let go of `q`; returns the channels still open.
+    pub(crate) fn release_queue(&self, q: &SharedQueue) -> usize {
         q.users.fetch_sub(1, Ordering::Relaxed);
+        self.channels.fetch_sub(1, Ordering::AcqRel) - 1
     }
 
     pub(crate) fn new_channel_id(&self) -> u32 {
+        self.channels.fetch_add(1, Ordering::AcqRel);
         self.next_channel.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -596,14 +813,91 @@ impl NvmeController {
         }
     }
 
-    /// Recovery counters so far.
+    /// Recovery and quarantine counters so far.
     pub fn counters(&self) -> ControllerCounters {
         let c = &self.counters;
         ControllerCounters {
             timeouts: c.timeouts.load(Ordering::Relaxed),
             aborts_sent: c.aborts_sent.load(Ordering::Relaxed),
             resets: c.resets.load(Ordering::Relaxed),
+            resets_done: c.resets_done.load(Ordering::Relaxed),
+            last_reset_us: c.last_reset_us.load(Ordering::Relaxed),
+            quarantined: c.quarantined_now.load(Ordering::Relaxed),
+            quarantined_total: c.quarantined_total.load(Ordering::Relaxed),
+            quarantine_released: c.quarantine_released.load(Ordering::Relaxed),
         }
+    }
+
+    /// Bounce bytes allocated now over every I/O queue pair (in use by
+    /// commands in flight or quarantined). Takes every queue's lock: for
+    /// accounting and tests, not for the I/O path.
+    pub fn bounce_in_use(&self) -> usize {
+        let ioqs: Vec<Arc<SharedQueue>> =
+            self.ioqs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        ioqs.iter().map(|q| q.lock().qp.bounce_in_use()).sum()
+    }
+
+    /// The controller-level poller: advances a reset in progress, reaps the
+    /// completions of Abort commands, and reaps the queues that hold
+    /// quarantined I/O (so that their buffers come back even when no
+    /// channel uses the queue any more). Never waits for a lock. Channels
+    /// call it from their own polls; a service may call it from a poller
+    /// of its own. Returns `true` while a reset is in progress.
+    pub fn poll_admin(&self) -> bool {
+        let resetting = self.advance_reset();
+        if !resetting && self.admin_pending.load(Ordering::Relaxed) > 0 {
+            self.reap_aborts();
+        }
+        if !resetting && self.counters.quarantined_now.load(Ordering::Relaxed) > 0 {
+            self.reap_quarantine();
+        }
+        resetting
+    }
+
+    fn reap_aborts(&self) {
+        if let Some(mut adm) = self.try_lock_admin()
+            && let Err(e) = self.admin_reap(&mut adm)
+        {
+            tracing::warn!("admin queue: {e}");
+        }
+    }
+
+    /// Polls the queues that hold quarantined I/O; returns the I/Os still
+    /// quarantined afterwards.
+    pub fn reap_quarantine(&self) -> u64 {
+        let k = &self.counters;
+        let state = self.state();
+        if k.quarantined_now.load(Ordering::Relaxed) == 0
+            || !matches!(state, CtrlState::Running | CtrlState::Failed)
+        {
+            return k.quarantined_now.load(Ordering::Relaxed);
+        }
+        let ioqs: Vec<Arc<SharedQueue>> = match self.ioqs.try_lock() {
+            Ok(g) => g.clone(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().clone(),
+            Err(TryLockError::WouldBlock) => return k.quarantined_now.load(Ordering::Relaxed),
+        };
+        for q in &ioqs {
+            let mut g = match q.q.try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => continue,
+            };
+            if g.quarantine.is_empty() || g.frozen {
+                continue;
+            }
+            if state == CtrlState::Failed {
+                // Disabled, bus mastering off: nothing can DMA any more.
+                g.abort_all(IoError::DeviceFailed, k);
+                continue;
+            }
+            if g.poll(self.bar(), usize::MAX, k).is_err() {
+                drop(g);
+                self.health_check();
+                break;
+            }
+        }
+        k.quarantined_now.load(Ordering::Relaxed)
     }
 
     /// Counts an I/O command found outstanding past `io_timeout`.
@@ -611,14 +905,34 @@ impl NvmeController {
         self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Sends Abort for command `cid` of queue `qid` (best effort).
-    pub(crate) fn abort_command(&self, qid: u16, cid: u16) {
-        self.counters.aborts_sent.fetch_add(1, Ordering::Relaxed);
-        let mut adm = self.lock_admin();
+    /// Submits Abort for command `cid` of queue `qid` without waiting for
+    /// it (best effort: `false` when the admin queue is busy or full, or
+    /// the controller is not running). Its completion is reaped by
+    /// [`NvmeController::poll_admin`].
+    pub(crate) fn abort_command(&self, qid: u16, cid: u16) -> bool {
+        if self.state() != CtrlState::Running {
+            return false;
+        }
+        let Some(mut adm) = self.try_lock_admin() else {
+            return false;
+        };
+        if let Err(e) = self.admin_reap(&mut adm) {
+            tracing::warn!(qid, cid, "abort: {e}");
+            return false;
+        }
         let mut sqe = SubmissionEntry::new(AdminOpcode::ABORT.0, 0);
         sqe.cdw10 = (cid as u32) << 16 | qid as u32;
-        if let Err(e) = self.admin_cmd(&mut adm, sqe, false) {
-            tracing::warn!(qid, cid, "abort: {e}");
+        match self.admin_submit(&mut adm, sqe) {
+            Ok(t) => {
+                adm.aborts.push(t);
+                self.admin_pending.fetch_add(1, Ordering::Relaxed);
+                self.counters.aborts_sent.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(qid, cid, "abort: {e}");
+                false
+            }
         }
     }
 
@@ -633,14 +947,10 @@ impl NvmeController {
             let mut busy = 0;
             for q in &ioqs {
                 let mut g = q.lock();
-                let IoQueue { qp, done } = &mut *g;
-                let r = qp.poll(self.bar(), usize::MAX, |c| {
-                    done.push((c.token, crate::bdev::status_result(c.status)))
-                });
-                if r.is_err() {
+                if g.poll(self.bar(), usize::MAX, &self.counters).is_err() {
                     self.fail("register access failed while draining");
                 }
-                busy += qp.active();
+                busy += g.qp.active();
             }
             if busy == 0 || self.state() == CtrlState::Failed || Instant::now() >= deadline {
                 if busy > 0 {
@@ -695,74 +1005,22 @@ impl NvmeController {
         }
     }
 
-    fn lock_all<'a>(ioqs: &'a [Arc<SharedQueue>]) -> Vec<MutexGuard<'a, IoQueue>> {
+    pub(crate) fn lock_all<'a>(ioqs: &'a [Arc<SharedQueue>]) -> Vec<MutexGuard<'a, IoQueue>> {
         ioqs.iter().map(|q| q.lock()).collect()
     }
 
-    /// Controller reset: quiesce (channels hold new I/O back), drain
-    /// in-flight commands for up to `drain_timeout`, then CC.EN = 0; commands
-    /// still outstanding are completed with [`IoError::Aborted`] (each
-    /// exactly once, on their channel's next poll). The controller is then
-    /// re-enabled and every I/O queue pair re-created. Also brings a
-    /// shut-down controller back.
+    /// Controller reset for callers off the reactors (admin tools, tests):
+    /// starts the same polled escalation as `IoChannel::reset` (see
+    /// `reset.rs`) with a drain of up to `drain_timeout` first, and polls it
+    /// to the end here. Commands still outstanding at CC.EN = 0 are
+    /// completed with [`IoError::Aborted`] (each exactly once, on their
+    /// channel's next poll); quarantined I/O is released. The controller is
+    /// then re-enabled and every I/O queue pair re-created. Also brings a
+    /// shut-down controller back. Blocks the calling thread: never call it
+    /// on a reactor.
     pub fn reset(&self) -> Result<(), DriverError> {
-        if self.state() == CtrlState::Failed {
-            return Err(DriverError::NotRunning {
-                addr: self.addr(),
-                state: "failed",
-            });
-        }
-        self.counters.resets.fetch_add(1, Ordering::Relaxed);
-        // Quiesce (channels hold new I/O back while Resetting), then drain
-        // what the device has, bounded; what is left is aborted below.
-        self.state
-            .store(CtrlState::Resetting as u8, Ordering::Release);
-        self.drain();
-        let mut adm = self.lock_admin();
-        let ioqs = self.ioqs.lock().unwrap_or_else(|p| p.into_inner());
-        let mut guards = Self::lock_all(&ioqs);
-        self.state
-            .store(CtrlState::Resetting as u8, Ordering::Release);
-        let r = (|| {
-            self.settle_fetches(&guards);
-            self.disable(&adm)?;
-            for g in guards.iter_mut() {
-                let IoQueue { qp, done } = &mut **g;
-                let n = qp.reset_after_disable(|t| done.push((t, Err(IoError::Aborted))));
-                if n > 0 {
-                    tracing::info!(qid = qp.qid(), n, "reset aborted in-flight commands");
-                }
-            }
-            self.enable(&mut adm)?;
-            let granted = self.set_queue_count(&mut adm)?;
-            if (granted as usize) < guards.len() {
-                return Err(DriverError::Unsupported {
-                    addr: self.addr(),
-                    reason: format!(
-                        "after reset the controller grants {granted} queues, {} in use",
-                        guards.len()
-                    ),
-                });
-            }
-            for g in guards.iter() {
-                self.create_io_queue(&mut adm, &g.qp)?;
-            }
-            Ok(())
-        })();
-        match &r {
-            Ok(()) => self
-                .state
-                .store(CtrlState::Running as u8, Ordering::Release),
-            Err(e) => {
-                tracing::error!(addr = self.pci.addr(), "reset failed: {e}");
-                self.fail("reset failed");
-                for g in guards.iter_mut() {
-                    let IoQueue { qp, done } = &mut **g;
-                    qp.reset_after_disable(|t| done.push((t, Err(IoError::DeviceFailed))));
-                }
-            }
-        }
-        r
+        self.start_reset(self.opts.drain_timeout)?;
+        self.finish_reset()
     }
 
     /// Normal shutdown: refuse new I/O, drain in-flight I/O (bounded by
@@ -778,6 +1036,16 @@ impl NvmeController {
                     addr: self.addr(),
                     state: "failed",
                 });
+            }
+            CtrlState::Resetting => {
+                // Let the reset in progress end first.
+                let _ = self.finish_reset();
+                if self.state() == CtrlState::Failed {
+                    return Err(DriverError::NotRunning {
+                        addr: self.addr(),
+                        state: "failed",
+                    });
+                }
             }
             _ => {}
         }
@@ -816,8 +1084,7 @@ impl NvmeController {
             self.fail("shutdown failed");
         }
         for g in guards.iter_mut() {
-            let IoQueue { qp, done } = &mut **g;
-            qp.reset_after_disable(|t| done.push((t, Err(IoError::Aborted))));
+            g.abort_all(IoError::Aborted, &self.counters);
         }
         if r.is_ok() {
             self.state
@@ -841,5 +1108,24 @@ impl Drop for NvmeController {
         if self.disable(&adm).is_err() {
             let _ = self.pci.disable_bus_master();
         }
+    }
+}
+
+/// Create I/O Completion Queue (`sq == false`) or Create I/O Submission
+/// Queue for `qp`: physically contiguous, interrupts disabled.
+pub(crate) fn create_sqe(qp: &QueuePair, sq: bool) -> SubmissionEntry {
+    let qsize = (qp.entries() as u32 - 1) << 16 | qp.qid() as u32;
+    if sq {
+        let mut e = SubmissionEntry::new(AdminOpcode::CREATE_IO_SQ.0, 0);
+        e.cdw10 = qsize;
+        e.cdw11 = (qp.qid() as u32) << 16 | 1;
+        e.dptr[0] = qp.sq_iova();
+        e
+    } else {
+        let mut e = SubmissionEntry::new(AdminOpcode::CREATE_IO_CQ.0, 0);
+        e.cdw10 = qsize;
+        e.cdw11 = 1;
+        e.dptr[0] = qp.cq_iova();
+        e
     }
 }

@@ -15,7 +15,9 @@
 //!
 //! ```text
 //!  bdev.rs        NvmeBdev / NvmeChannel: split, bounce, complete once   (safe)
-//!  controller.rs  bring-up, admin, queue creation, reset, shutdown      (safe)
+//!  controller.rs  bring-up, admin, queue creation, shutdown, counters   (safe)
+//!  reset.rs       controller reset as a state machine advanced by polls (safe)
+//!  quarantine.rs  buffers of commands whose channel ended, until done   (safe)
 //!  queue.rs       SQ/CQ rings, doorbells, phase, CIDs (tracker.rs)      (safe)
 //!  prp.rs         PRP1/PRP2/PRP lists; arena.rs bounce pages            (safe)
 //!  ------------------------------------------------------------------------
@@ -38,6 +40,25 @@
 //! every submitted I/O completes exactly once — with its status, with
 //! `Aborted` when a reset or shutdown disabled the controller under it, or
 //! with `DeviceFailed` after CSTS.CFS or surprise removal (all-ones reads).
+//!
+//! A channel that ends while the controller still has some of its commands
+//! (a namespace view removed, a stop past its deadline) moves their
+//! requests and bounce ranges into its queue's quarantine; they are
+//! released when the completion is reaped (by any poll of that queue, or
+//! [`NvmeController::poll_admin`]) or at CSTS.RDY = 0, never earlier.
+//! [`ControllerCounters`] shows them (`quarantined`, `quarantined_total`,
+//! `quarantine_released`); [`NvmeController::bounce_in_use`] and
+//! [`DmaPool::available`] show that nothing leaks.
+//!
+//! Escalation never blocks a reactor: `IoChannel::reset` sends Abort and
+//! returns; if the commands are still outstanding after `abort_timeout`,
+//! a controller reset starts that advances one step per poll (drain,
+//! settle fetches, CC.EN = 0, wait RDY = 0, release, CC.EN = 1, wait
+//! RDY = 1, Number of Queues, re-create the I/O queues, with admin commands
+//! submitted and reaped without waiting). Meanwhile submissions to this
+//! controller are given back (retry later); other controllers are not
+//! involved. [`NvmeController::reset`] runs the same machine to its end for
+//! callers off the reactors.
 //!
 //! # Not implemented
 //!
@@ -70,8 +91,10 @@ pub mod identify;
 mod iova;
 mod mmio;
 mod prp;
+mod quarantine;
 mod queue;
 pub mod regs;
+mod reset;
 mod tracker;
 mod vfio;
 

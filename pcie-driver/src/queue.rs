@@ -317,6 +317,16 @@ impl QueuePair {
         self.arena.free(off, bytes)
     }
 
+    /// Bounce bytes allocated now (whole pages).
+    pub fn bounce_in_use(&self) -> usize {
+        self.arena.used_pages() * PAGE
+    }
+
+    /// CIDs of the outstanding commands whose token satisfies `f`.
+    pub fn active_cids(&self, f: impl Fn(u64) -> bool) -> Vec<u16> {
+        self.tracker.active_cids(f)
+    }
+
     /// Bounce area size.
     pub fn bounce_capacity(&self) -> usize {
         self.arena.capacity()

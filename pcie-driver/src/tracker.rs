@@ -130,6 +130,16 @@ impl Tracker {
         n
     }
 
+    /// CIDs of the active slots whose token satisfies `f`.
+    pub fn active_cids(&self, f: impl Fn(u64) -> bool) -> Vec<u16> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.active && f(s.token))
+            .map(|(i, s)| self.cid(i as u16, s.seq))
+            .collect()
+    }
+
     /// The active slot that started first: (CID, start time).
     pub fn oldest(&self) -> Option<(u16, Instant)> {
         self.slots
@@ -193,6 +203,7 @@ mod tests {
         assert!(t.alloc(9, None).is_none());
         assert_eq!(t.available(), 0);
         assert!(t.oldest().is_some());
+        assert_eq!(t.active_cids(|tok| tok % 2 == 1), vec![cids[1], cids[3]]);
         t.unalloc(cids[3]);
         assert_eq!(t.available(), 1);
         let mut got = vec![];

@@ -125,6 +125,8 @@ else
   RUST_BACKTRACE=1 /nvme-vm-tests $mode
   # The driver's namespace exported through a subsystem and the loop transport.
   [ "$mode" = multi ] && RUST_BACKTRACE=1 /nvmf-vm-loop
+  # A backend reset on the throttled drive while a second controller serves.
+  [ "$mode" = limits ] && RUST_BACKTRACE=1 /nvmf-vm-loop escalation
 fi
 echo "init: VM-DONE rc=$?"
 sync
@@ -192,7 +194,8 @@ config_args() {
             ;;
         limits)
             disk "$WORK/c.img" 64M; disk "$WORK/d.img" 64M; disk "$WORK/s.img" 16M
-            # s.img: throttled to 4 IOPS, for the command timeout test.
+            # s.img: throttled to 4 IOPS, for the command timeout, quarantine
+            # and escalation tests.
             echo "-drive file=$WORK/c.img,if=none,id=dc,format=raw,discard=unmap
                   -device nvme,serial=mdts2,drive=dc,mdts=2
                   -drive file=$WORK/d.img,if=none,id=dd,format=raw,discard=unmap

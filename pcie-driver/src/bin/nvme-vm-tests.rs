@@ -899,6 +899,167 @@ fn limits(r: &mut Runner) {
         t_mark_disk(&bdev1(&m)?, 3000, "mdts2")
     });
     r.test("timeout_abort_then_reset", t_timeout_recovery);
+    r.test("quarantine_drop_channel_x20", t_quarantine);
+}
+
+/// Poison the test writes into the pool buffers handed out after a channel
+/// was dropped; the throttled drive's late reads (zeros) must not reach them.
+const POISON: u8 = 0xa5;
+
+/// DMA quarantine on the throttled drive (4 IOPS): 20 times, a channel is
+/// dropped (as a namespace view removal or a stop past its drain bound
+/// does) with reads still at the controller: one into a DMA pool buffer
+/// (zero copy), one through the bounce area. The pool buffers handed out
+/// next are filled with poison, which must survive the late completions;
+/// at the end the quarantine is empty, the pool and the bounce area are
+/// where they started. Then once more, released by a controller reset
+/// (CSTS.RDY = 0) instead of the completion.
+fn t_quarantine() -> TestResult {
+    let opts = ControllerOptions {
+        // One queue: every channel shares it, so the next channel reaps
+        // the late completions of the one before.
+        max_io_queues: 1,
+        io_timeout: Duration::from_secs(120),
+        drain_timeout: Duration::ZERO,
+        ..ControllerOptions::default()
+    };
+    let c = NvmeController::open(SLOW_ADDR, opts).map_err(|e| format!("open {SLOW_ADDR}: {e}"))?;
+    ensure!(
+        c.identity().serial == "slow",
+        "serial {}",
+        c.identity().serial
+    );
+    let b = bdev1(&c)?;
+    let bs = b.info().block_size as u64;
+    let per = (4096 / bs) as u32;
+    let pool = c.dma_pool(4096, 64).map_err(|e| e.to_string())?;
+    let pool_start = pool.available();
+    let bounce_start = c.bounce_in_use();
+    let k0 = c.counters();
+    let mut poisoned: Vec<IoBuf> = Vec::new();
+    let (mut held_at_drop, mut rounds_with_held, mut early) = (0usize, 0, 0);
+    let t0 = Instant::now();
+    for round in 0..20u64 {
+        let mut ch = b.channel().map_err(|e| e.to_string())?;
+        let pb = pool.alloc().ok_or("pool empty")?;
+        let lba = 200 + round * 2 * per as u64;
+        ch.submit(io(1, IoOp::Read, lba, per, DataBuf::One(pb)))
+            .map_err(|_| "submit refused")?;
+        ch.submit(io(
+            2,
+            IoOp::Read,
+            lba + per as u64,
+            per,
+            DataBuf::One(IoBuf::new(4096)),
+        ))
+        .map_err(|_| "submit refused")?;
+        // The drain bound: a short wait, then the channel goes.
+        let until = Instant::now() + Duration::from_millis(30);
+        while Instant::now() < until {
+            ch.poll(&mut |_| early += 1);
+        }
+        let held = ch.in_flight();
+        held_at_drop += held;
+        if held > 0 {
+            rounds_with_held += 1;
+        }
+        drop(ch);
+        // Without the quarantine the pool would hand the dropped read's
+        // buffer out again right here.
+        let mut nb = pool.alloc().ok_or("pool empty")?;
+        nb.as_mut_slice().fill(POISON);
+        poisoned.push(nb);
+    }
+    let k1 = c.counters();
+    ensure!(
+        rounds_with_held == 20,
+        "only {rounds_with_held} of 20 drops met commands at the controller"
+    );
+    ensure!(
+        (k1.quarantined_total - k0.quarantined_total) as usize == held_at_drop,
+        "{} quarantined for {held_at_drop} held at drop ({k1:?})",
+        k1.quarantined_total - k0.quarantined_total
+    );
+    // The late completions arrive at 4 IOPS; reap them.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while c.reap_quarantine() > 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "still quarantined after 90 s: {:?}",
+            c.counters()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let drained = t0.elapsed();
+    for (i, p) in poisoned.iter().enumerate() {
+        ensure!(
+            p.as_slice().iter().all(|&x| x == POISON),
+            "poison of buffer {i} overwritten: a late completion wrote into a reused buffer"
+        );
+    }
+    drop(poisoned);
+    let k2 = c.counters();
+    ensure!(
+        k2.quarantined == 0
+            && k2.quarantine_released - k0.quarantine_released
+                == k2.quarantined_total - k0.quarantined_total,
+        "counters {k2:?}"
+    );
+    ensure!(
+        pool.available() == pool_start,
+        "pool {} of {pool_start} free",
+        pool.available()
+    );
+    ensure!(
+        c.bounce_in_use() == bounce_start,
+        "bounce {} bytes in use, {bounce_start} at start",
+        c.bounce_in_use()
+    );
+    // Released by the controller's disable instead of a completion.
+    let mut ch = b.channel().map_err(|e| e.to_string())?;
+    for t in 0..4u64 {
+        ch.submit(io(
+            t,
+            IoOp::Read,
+            900 + t * per as u64,
+            per,
+            DataBuf::One(IoBuf::new(4096)),
+        ))
+        .map_err(|_| "submit refused")?;
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    let held = ch.in_flight();
+    drop(ch);
+    let k3 = c.counters();
+    ensure!(
+        held > 0 && k3.quarantined > 0,
+        "nothing held before the reset: {k3:?}"
+    );
+    c.reset().map_err(|e| format!("reset: {e}"))?;
+    let k4 = c.counters();
+    ensure!(
+        k4.quarantined == 0,
+        "quarantine not released by the reset: {k4:?}"
+    );
+    ensure!(
+        c.bounce_in_use() == bounce_start && pool.available() == pool_start,
+        "after reset: bounce {} pool {}",
+        c.bounce_in_use(),
+        pool.available()
+    );
+    let mut ch = b.channel().map_err(|e| e.to_string())?;
+    run(
+        &mut ch,
+        io(9, IoOp::Read, 0, per, DataBuf::One(IoBuf::new(4096))),
+    )
+    .result
+    .map_err(|e| format!("read after reset: {e}"))?;
+    drop(ch);
+    println!(
+        "  quarantine: 20 drops, {held_at_drop} I/Os held at drop ({early} completed before), all released after {drained:.2?}; \
+         {held} more released by a reset; pool {pool_start}/{pool_start}, bounce {bounce_start} B; {k4:?}"
+    );
+    c.shutdown().map_err(|e| e.to_string())
 }
 
 /// Command timeout recovery against a drive QEMU throttles to a few IOPS:

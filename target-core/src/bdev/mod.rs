@@ -174,14 +174,17 @@ pub trait IoChannel: Send + fmt::Debug {
     /// I/Os submitted and not yet delivered by `poll`.
     fn in_flight(&self) -> usize;
 
-    /// Backend reset, the escalation after a bounded wait. Non-blocking: it
-    /// *starts* the backend's escalation (for NVMe: abort, controller reset,
-    /// queues re-created, advanced from `poll`) and returns at once with the
-    /// number of I/Os still held. Everything the backend gives back,
-    /// immediately or later, completes through [`IoChannel::poll`] (with
-    /// [`IoError::Aborted`] when it was cut short), each exactly once. A
-    /// reactor calls it and goes on polling; it never waits on a channel.
-    /// Calling it again while an escalation runs must be harmless.
+    /// Backend reset, the escalation after a bounded wait. Starts the
+    /// escalation and returns at once (it runs on a reactor: it never waits
+    /// for a device); completions arrive through [`IoChannel::poll`]: every
+    /// I/O the backend can safely give back comes back there, completed
+    /// normally or with [`IoError::Aborted`]. A device backend (NVMe) sends
+    /// Abort, then resets its controller step by step from later polls;
+    /// meanwhile its other channels give submissions back (`Err`, retry
+    /// later). Returns how many I/Os the channel still holds right now
+    /// (for a device backend usually all of them, until the polls that
+    /// follow): keep polling while [`IoChannel::in_flight`] is above 0,
+    /// up to the caller's own bound.
     fn reset(&mut self) -> usize;
 }
 

@@ -3,12 +3,23 @@
 //! config with `kind = "nvme"`, and writes and verifies data over a loop
 //! host. The harness then finds the marker block in the raw disk image.
 //! Prints `TEST <name> ... ok|FAILED: reason` lines and a `SUMMARY` line.
+//!
+//! `nvmf-vm-loop escalation` (the `limits` guest) checks that a backend
+//! reset does not stall the reactors: one reactor serves a subsystem on the
+//! throttled QEMU drive and one on a second controller; the first one's
+//! controller is reset by the target (drain past its bound, Abort, then the
+//! polled controller reset) while a host on the second measures Keep Alive
+//! round trips and keeps its I/O going.
 
 use std::time::{Duration, Instant};
 
-use pcie_driver::{ControllerOptions, NvmeController};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use pcie_driver::{ControllerOptions, CtrlState, NvmeController};
 use target_core::config::TargetConfig;
 use target_core::iobuf::{DataBuf, IoBuf};
+use target_core::nvmf::target::NamespaceParams;
 use target_facade::{StartOptions, Target};
 use transport_loop::{ConnectOptions, HostController, HostQpair};
 
@@ -102,6 +113,238 @@ fn write_verify(q: &mut HostQpair) -> Result<String, String> {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("escalation") {
+        let r = escalation();
+        let ok = r.is_ok();
+        match r {
+            Ok(note) => println!("TEST loop_backend_reset_no_stall ... ok ({note})"),
+            Err(e) => println!("TEST loop_backend_reset_no_stall ... FAILED: {e}"),
+        }
+        println!("SUMMARY passed={} failed={}", ok as u32, !ok as u32);
+        return;
+    }
+    export();
+}
+
+const NQN_SLOW: &str = "nqn.2026-11.io.nvmf-rs:vm-slow";
+const NQN_FAST: &str = "nqn.2026-11.io.nvmf-rs:vm-fast";
+/// Keep Alive round trips must stay below this while the other backend resets.
+const KA_LIMIT: Duration = Duration::from_millis(50);
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort_unstable();
+    v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
+fn escalation() -> Result<String, String> {
+    let slow_addr = find_by_serial("slow")?;
+    let fast_addr = find_by_serial("qp1")?;
+    let slow = NvmeController::open(
+        &slow_addr,
+        ControllerOptions {
+            max_io_queues: 1,
+            // Well inside the target's second bound (drain_timeout_ms after
+            // the backend reset), so the reset gives every command back.
+            abort_timeout: Duration::from_millis(100),
+            // What a synchronous reset would spend on the reactor first.
+            drain_timeout: Duration::from_millis(300),
+            ..ControllerOptions::default()
+        },
+    )
+    .map_err(|e| format!("open slow: {e}"))?;
+    let fast = NvmeController::open(&fast_addr, ControllerOptions::default())
+        .map_err(|e| format!("open qp1: {e}"))?;
+    // One reactor: both subsystems' queues are polled by the same thread,
+    // so anything that blocks it shows in the other host's round trips.
+    let text = format!(
+        "[target]\ndrain_timeout_ms = 300\n[reactors]\ncores = [0]\n\
+         [[subsystem]]\nnqn = \"{NQN_SLOW}\"\nallow_any_host = true\n\
+         [[subsystem]]\nnqn = \"{NQN_FAST}\"\nallow_any_host = true\n\
+         [[listener]]\ntransport = \"loop\"\nsubsystem = \"{NQN_SLOW}\"\n\
+         [[listener]]\ntransport = \"loop\"\nsubsystem = \"{NQN_FAST}\"\n"
+    );
+    let cfg = TargetConfig::from_str(&text, std::path::Path::new("vm-escalation.toml"))
+        .map_err(|e| e.to_string())?;
+    let target = Target::start(
+        &cfg,
+        &StartOptions {
+            unpinned: true,
+            idle_backoff: Some(Duration::from_micros(20)),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let r = escalation_run(&target, &slow, &fast);
+    let stop = target.stop().map_err(|e| format!("stop: {e}"));
+    let _ = slow.shutdown();
+    let _ = fast.shutdown();
+    let note = r?;
+    stop?;
+    Ok(note)
+}
+
+fn escalation_run(
+    target: &Target,
+    slow: &Arc<NvmeController>,
+    fast: &Arc<NvmeController>,
+) -> Result<String, String> {
+    let nvmf = target.nvmf();
+    for (name, c, nqn) in [("slow", slow, NQN_SLOW), ("fast", fast, NQN_FAST)] {
+        let nsid = c.namespaces().first().ok_or("no namespace")?.nsid;
+        let b = c.bdev(nsid).map_err(|e| e.to_string())?;
+        nvmf.add_bdev_as(name, b).map_err(|e| e.to_string())?;
+        nvmf.add_namespace(
+            nqn,
+            NamespaceParams {
+                nsid: Some(1),
+                bdev: name.into(),
+                read_only: false,
+                nguid: None,
+                uuid: None,
+                latency_histogram: None,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let connect = |nqn: &str| {
+        let mut o = ConnectOptions::new(nqn, "nqn.2026-11.io.nvmf-rs:vm-host");
+        o.io_queues = 1;
+        o.queue_depth = 32;
+        o.timeout = T;
+        target.transport().connect(o).map_err(|e| e.to_string())
+    };
+    let mut hs = connect(NQN_SLOW)?;
+    let hf = connect(NQN_FAST)?;
+    let cntlid_slow = hs.cntlid();
+    let mut qs = hs.take_qpairs().pop().ok_or("no slow queue")?;
+    let mut hf = hf;
+    let mut qf = hf.take_qpairs().pop().ok_or("no fast queue")?;
+    // Reads the throttled drive (4 IOPS) holds for seconds.
+    let held = 12u64;
+    for t in 0..held {
+        qs.read(1, t * 8, 8, DataBuf::One(IoBuf::new(4096)), t)
+            .map_err(|_| "submit slow read")?;
+    }
+    // Baseline: Keep Alive round trips with the slow reads outstanding,
+    // after a few unmeasured ones (first use of the admin path).
+    for _ in 0..5 {
+        hf.keep_alive().map_err(|e| format!("keep alive: {e}"))?;
+    }
+    let mut base = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        hf.keep_alive().map_err(|e| format!("keep alive: {e}"))?;
+        base.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let base_max = base.iter().max().copied().unwrap_or_default();
+    let base_p50 = percentile(&mut base, 0.5);
+    let k0 = slow.counters();
+    let done = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let resetter = {
+        let nvmf = nvmf.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let r = nvmf.reset_controller(NQN_SLOW, cntlid_slow);
+            done.store(true, Ordering::Release);
+            (r, t0.elapsed())
+        })
+    };
+    // Keep Alive and QD1 writes on the other controller until the reset is
+    // over and the slow controller runs again.
+    let (mut ka, mut ka_in_reset) = (Vec::new(), 0u32);
+    let (mut ios, mut ios_in_reset, mut io_errors) = (0u64, 0u64, 0u64);
+    let mut after = None;
+    loop {
+        let resetting = slow.state() == CtrlState::Resetting;
+        let t = Instant::now();
+        hf.keep_alive().map_err(|e| format!("keep alive: {e}"))?;
+        ka.push(t.elapsed());
+        if resetting {
+            ka_in_reset += 1;
+        }
+        let lba = 10_000 + (ios % 512) * 8;
+        qf.write(1, lba, 8, DataBuf::One(pattern(lba, 4096)), ios)
+            .map_err(|_| "submit fast write")?;
+        match one(&mut qf, "fast write") {
+            Ok(_) => {
+                ios += 1;
+                if resetting || slow.state() == CtrlState::Resetting {
+                    ios_in_reset += 1;
+                }
+            }
+            Err(_) => io_errors += 1,
+        }
+        let over = done.load(Ordering::Acquire)
+            && slow.state() == CtrlState::Running
+            && slow.counters().resets_done > k0.resets_done;
+        if over && after.is_none() {
+            after = Some(Instant::now());
+        }
+        // A little past the end, to see the other side of it.
+        if after.is_some_and(|a| a.elapsed() > Duration::from_millis(200)) {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "no end of the reset in 60 s: {:?}, state {:?}",
+                slow.counters(),
+                slow.state()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let window = t0.elapsed();
+    let (reset_r, reset_took) = resetter.join().map_err(|_| "reset thread panicked")?;
+    reset_r.map_err(|e| format!("reset_controller: {e}"))?;
+    // The slow host's reads came back (done or aborted) before its queue
+    // went; the queue is gone now.
+    let mut slow_done = 0;
+    qs.poll(usize::MAX, &mut |_| slow_done += 1);
+    let k = slow.counters();
+    let n = ka.len();
+    let max = ka.iter().max().copied().unwrap_or_default();
+    let p50 = percentile(&mut ka, 0.5);
+    let p99 = percentile(&mut ka, 0.99);
+    let note = format!(
+        "reset_controller took {reset_took:.2?}; over {window:.2?}: {n} Keep Alives on the other \
+         controller, max {max:.2?}, p50 {p50:.2?}, p99 {p99:.2?} ({ka_in_reset} during the \
+         controller reset; before it: max {base_max:.2?}, p50 {base_p50:.2?}); {ios} writes \
+         completed ({ios_in_reset} during the reset, {io_errors} errors); slow host: {slow_done} \
+         of {held} reads answered; slow controller: aborts {} resets {} done {}, polled reset \
+         took {:.2} ms",
+        k.aborts_sent - k0.aborts_sent,
+        k.resets - k0.resets,
+        k.resets_done - k0.resets_done,
+        k.last_reset_us as f64 / 1000.0
+    );
+    println!("  escalation: {note}");
+    if max >= KA_LIMIT {
+        return Err(format!(
+            "Keep Alive took {max:.2?} (limit {KA_LIMIT:?}): {note}"
+        ));
+    }
+    if k.resets_done <= k0.resets_done {
+        return Err(format!("the slow controller was not reset: {note}"));
+    }
+    if slow_done != held {
+        return Err(format!("the reset did not give every command back: {note}"));
+    }
+    if ios == 0 || io_errors > 0 {
+        return Err(format!(
+            "I/O on the other controller did not keep going: {note}"
+        ));
+    }
+    drop(qs);
+    drop(qf);
+    hs.disconnect().map_err(|e| e.to_string())?;
+    hf.disconnect().map_err(|e| e.to_string())?;
+    Ok(note)
+}
+
+fn export() {
     let mut pass = 0;
     let mut fail = 0;
     let mut report = |name: &str, r: Result<String, String>| match r {
