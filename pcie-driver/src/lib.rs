@@ -39,6 +39,11 @@
 //! `Aborted` when a reset or shutdown disabled the controller under it, or
 //! with `DeviceFailed` after CSTS.CFS or surprise removal (all-ones reads).
 //!
+//! Hot removal: each controller listens on the VFIO device request
+//! (`hotplug.rs`); once the kernel asks for the device, new I/O fails with
+//! `IoError::Removed` and [`NvmeController::release_device`] disables the
+//! controller and closes the device so the unplug completes.
+//!
 //! # Not implemented
 //!
 //! - Interrupts (the driver only polls), SGLs, metadata / protection
@@ -66,6 +71,7 @@ mod bdev;
 mod controller;
 mod dma;
 mod error;
+mod hotplug;
 pub mod identify;
 mod iova;
 mod mmio;
@@ -82,5 +88,6 @@ pub use controller::{
 };
 pub use dma::DmaPool;
 pub use error::DriverError;
+pub use hotplug::RemovalState;
 pub use mmio::MmioError;
 pub use vfio::precheck;
