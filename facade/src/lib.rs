@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pcie_driver::{ControllerOptions, NvmeController};
 use target_core::bdev::{
@@ -58,6 +58,30 @@ pub struct Target {
     transport: Arc<LoopTransport>,
     config: TargetConfig,
     controllers: Mutex<HashMap<String, Arc<NvmeController>>>,
+    /// Backend name -> PCI address of the NVMe device under it (`nvme`
+    /// backends, and `delay`/`error` ones stacked on them): what a hot
+    /// removal of that device takes away.
+    nvme_backends: Mutex<HashMap<String, String>>,
+    /// Devices taken away by hot removal, oldest first.
+    removed: Mutex<Vec<HotRemoval>>,
+}
+
+/// One NVMe device taken away by hot removal (the kernel asked for it
+/// through the VFIO device request), and what went with it.
+#[derive(Clone, Debug)]
+pub struct HotRemoval {
+    /// PCI address of the function.
+    pub pci_addr: String,
+    /// Controller serial number.
+    pub serial: String,
+    /// Backends unregistered with it (the `nvme` ones and those stacked on them).
+    pub backends: Vec<String>,
+    /// Namespaces removed (hosts got Namespace Attribute Changed).
+    pub namespaces: Vec<(String, u32)>,
+    /// Whether the device was closed and given back to the kernel.
+    pub released: Result<(), String>,
+    /// From the start of the removal to the device closed.
+    pub took: Duration,
 }
 
 impl fmt::Debug for Target {
@@ -110,6 +134,8 @@ impl Target {
             nvmf,
             config: cfg.clone(),
             controllers: Mutex::new(HashMap::new()),
+            nvme_backends: Mutex::new(HashMap::new()),
+            removed: Mutex::new(Vec::new()),
         };
         match target.build(cfg) {
             Ok(resolved) => Ok(Self {
@@ -281,7 +307,120 @@ impl Target {
             .map_err(|source| StartError::Target {
                 what: format!("backend {name}"),
                 source,
-            })
+            })?;
+        let on_pci = match b.spec() {
+            BackendSpec::Nvme { pci_addr, .. } => Some(pci_addr),
+            _ => b
+                .base
+                .as_ref()
+                .and_then(|base| lock(&self.nvme_backends).get(base.get_ref()).cloned()),
+        };
+        if let Some(addr) = on_pci {
+            lock(&self.nvme_backends).insert(name, addr);
+        }
+        Ok(())
+    }
+
+    /// Polls every NVMe controller's device request (one non-blocking read
+    /// each; call it periodically from a thread that may block, never from
+    /// a reactor) and carries out each hot removal it finds: the
+    /// controller already fails new I/O with a path status (Internal Path
+    /// Error, no DNR); its namespaces are removed through the engine's
+    /// namespace removal (drain, then Namespace Attribute Changed to the
+    /// hosts), its backends unregistered, and the device closed so the
+    /// kernel's unplug completes. Every other namespace keeps serving.
+    /// Returns the removals done by this call.
+    pub fn poll_hot_removal(&self) -> Vec<HotRemoval> {
+        let ctrls: Vec<(String, Arc<NvmeController>)> = lock(&self.controllers)
+            .iter()
+            .map(|(a, c)| (a.clone(), c.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (addr, c) in ctrls {
+            if c.removal_requested() {
+                out.push(self.remove_device(&addr, &c));
+            }
+        }
+        out
+    }
+
+    /// Devices taken away by hot removal so far, oldest first.
+    pub fn hot_removals(&self) -> Vec<HotRemoval> {
+        lock(&self.removed).clone()
+    }
+
+    fn remove_device(&self, addr: &str, ctrl: &Arc<NvmeController>) -> HotRemoval {
+        let t0 = Instant::now();
+        let mut names: Vec<String> = lock(&self.nvme_backends)
+            .iter()
+            .filter(|(_, a)| a.as_str() == addr)
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        let devs: Vec<(String, BdevRef)> = names
+            .iter()
+            .filter_map(|n| self.nvmf.bdev(n).map(|b| (n.clone(), b)))
+            .collect();
+        let mut namespaces = Vec::new();
+        for s in self.nvmf.engine().subsystems() {
+            for (nsid, ns) in &s.state().namespaces {
+                if devs.iter().any(|(_, d)| Arc::ptr_eq(d, &ns.bdev)) {
+                    namespaces.push((s.nqn.clone(), *nsid));
+                }
+            }
+        }
+        tracing::warn!(
+            addr,
+            backends = ?names,
+            namespaces = ?namespaces,
+            "hot removal: removing the device's namespaces and backends"
+        );
+        for (nqn, nsid) in &namespaces {
+            match self.nvmf.remove_namespace(nqn, *nsid) {
+                Ok(()) => tracing::warn!(
+                    addr,
+                    subsystem = %nqn,
+                    nsid,
+                    "hot removal: namespace removed (hosts notified: Namespace Attribute Changed)"
+                ),
+                Err(e) => {
+                    tracing::error!(addr, subsystem = %nqn, nsid, "hot removal: namespace removal: {e}")
+                }
+            }
+        }
+        // Stacked backends first: a base is in use while one sits on it.
+        let mut left: Vec<String> = devs.into_iter().map(|(n, _)| n).collect();
+        let mut backends = Vec::new();
+        while !left.is_empty() {
+            let before = left.len();
+            left.retain(|n| match self.nvmf.remove_bdev(n) {
+                Ok(_) => {
+                    backends.push(n.clone());
+                    false
+                }
+                Err(_) => true,
+            });
+            if left.len() == before {
+                tracing::error!(addr, still = ?left, "hot removal: backends still in use");
+                break;
+            }
+        }
+        lock(&self.nvme_backends).retain(|_, a| a.as_str() != addr);
+        lock(&self.controllers).remove(addr);
+        let released = ctrl.release_device().map_err(|e| e.to_string());
+        if let Err(e) = &released {
+            tracing::error!(addr, "hot removal: device not released: {e}");
+        }
+        let r = HotRemoval {
+            pci_addr: addr.to_owned(),
+            serial: ctrl.identity().serial.clone(),
+            backends,
+            namespaces,
+            released,
+            took: t0.elapsed(),
+        };
+        lock(&self.removed).push(r.clone());
+        r
     }
 
     /// Creates a subsystem (without its namespaces) from its config.

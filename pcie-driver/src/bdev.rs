@@ -462,6 +462,12 @@ impl IoChannel for NvmeChannel {
             self.fail_now(io, e);
             return Ok(());
         }
+        if self.ctrl.removal().is_requested() {
+            // Hot removal under way: a path error the host may retry
+            // elsewhere; what is already at the device still completes.
+            self.fail_now(io, IoError::Removed);
+            return Ok(());
+        }
         match self.ctrl.state() {
             CtrlState::Failed => {
                 self.fail_now(io, IoError::DeviceFailed);

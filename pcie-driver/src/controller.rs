@@ -16,6 +16,7 @@ use target_core::spec::{AdminOpcode, SubmissionEntry};
 
 use crate::dma::{DmaPool, DmaRegion, DmaSpace, PAGE, with_space};
 use crate::error::DriverError;
+use crate::hotplug::RemovalWatch;
 use crate::identify::{ControllerIdentity, NamespaceIdentity, active_nsids};
 use crate::mmio::{Bar, MmioError};
 use crate::quarantine::{Held, Quarantine, Reaped};
@@ -307,6 +308,8 @@ pub struct NvmeController {
     identity: ControllerIdentity,
     namespaces: Vec<NamespaceInfo>,
     space: Arc<DmaSpace>,
+    /// Device request (hot removal) listener; see `hotplug.rs`.
+    removal: RemovalWatch,
     pci: PciFunction,
 }
 
@@ -400,6 +403,7 @@ impl NvmeController {
             identity: ControllerIdentity::default(),
             namespaces: Vec::new(),
             space,
+            removal: RemovalWatch::register(&pci),
             pci,
         };
         {
@@ -496,6 +500,14 @@ impl NvmeController {
 
     pub(crate) fn bar(&self) -> &Bar {
         self.pci.bar0()
+    }
+
+    pub(crate) fn removal(&self) -> &RemovalWatch {
+        &self.removal
+    }
+
+    pub(crate) fn pci(&self) -> &PciFunction {
+        &self.pci
     }
 
     fn lock_admin(&self) -> MutexGuard<'_, Admin> {
@@ -1096,6 +1108,10 @@ impl NvmeController {
 
 impl Drop for NvmeController {
     fn drop(&mut self) {
+        if self.pci.is_closed() {
+            // Hot-removed: disabled and given back already (hotplug.rs).
+            return;
+        }
         // Every channel is gone (they hold an Arc). Shut down cleanly, and
         // in any case make sure the device cannot DMA before the queues'
         // memory is unmapped.

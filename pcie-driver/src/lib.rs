@@ -60,6 +60,11 @@
 //! involved. [`NvmeController::reset`] runs the same machine to its end for
 //! callers off the reactors.
 //!
+//! Hot removal: each controller listens on the VFIO device request
+//! (`hotplug.rs`); once the kernel asks for the device, new I/O fails with
+//! `IoError::Removed` and [`NvmeController::release_device`] disables the
+//! controller and closes the device so the unplug completes.
+//!
 //! # Not implemented
 //!
 //! - Interrupts (the driver only polls), SGLs, metadata / protection
@@ -87,6 +92,7 @@ mod bdev;
 mod controller;
 mod dma;
 mod error;
+mod hotplug;
 pub mod identify;
 mod iova;
 mod mmio;
@@ -105,5 +111,6 @@ pub use controller::{
 };
 pub use dma::DmaPool;
 pub use error::DriverError;
+pub use hotplug::RemovalState;
 pub use mmio::MmioError;
 pub use vfio::precheck;

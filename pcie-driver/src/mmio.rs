@@ -31,6 +31,8 @@ pub enum MmioError {
 pub struct Bar {
     base: NonNull<u8>,
     len: usize,
+    /// Set once [`Bar::revoke`] put anonymous memory in place of the device.
+    revoked: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: the mapping is device memory reached only through volatile
@@ -62,7 +64,63 @@ impl Bar {
         }
         let base = NonNull::new(p.cast::<u8>())
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EFAULT))?;
-        Ok(Self { base, len })
+        Ok(Self {
+            base,
+            len,
+            revoked: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Replaces the device mapping, in one step and at the same address,
+    /// with private anonymous memory reading all ones, so the device file
+    /// can be closed (an mmap holds it open) while other threads may still
+    /// touch the registers: their reads see a removed device
+    /// ([`MmioError::DeviceGone`]), their writes land nowhere. Idempotent.
+    pub fn revoke(&self) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.revoked.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // SAFETY: a fresh private anonymous mapping, owned here until it is
+        // moved over the BAR below (or unmapped on error).
+        let tmp = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                self.len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if tmp == libc::MAP_FAILED {
+            self.revoked.store(false, Ordering::Release);
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: tmp is a writable mapping of self.len bytes that nobody
+        // else knows about.
+        unsafe { std::ptr::write_bytes(tmp.cast::<u8>(), 0xff, self.len) };
+        // SAFETY: MREMAP_FIXED moves tmp onto [base, base+len), unmapping
+        // the device pages there atomically (under the mm lock), so a
+        // concurrent volatile access hits either the device or the
+        // all-ones page, never a hole. No Rust reference points into either.
+        let r = unsafe {
+            libc::mremap(
+                tmp,
+                self.len,
+                self.len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                self.base.as_ptr().cast::<libc::c_void>(),
+            )
+        };
+        if r == libc::MAP_FAILED {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: tmp is still ours (the move failed).
+            unsafe { libc::munmap(tmp, self.len) };
+            self.revoked.store(false, Ordering::Release);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Length of the mapping in bytes.
@@ -172,5 +230,21 @@ mod tests {
             bar.read32_present(0x1c),
             Err(MmioError::DeviceGone { offset: 0x1c })
         );
+    }
+
+    #[test]
+    fn revoke_keeps_the_address_and_reads_all_ones() {
+        let bar = fake_bar(8192);
+        bar.write32(0x1c, 1).unwrap();
+        assert_eq!(bar.read32_present(0x1c), Ok(1));
+        bar.revoke().unwrap();
+        assert_eq!(
+            bar.read32_present(0x1c),
+            Err(MmioError::DeviceGone { offset: 0x1c })
+        );
+        assert_eq!(bar.read32(8188), Ok(u32::MAX));
+        // Writes go to the private page; nothing faults.
+        bar.write32(0x1000, 7).unwrap();
+        bar.revoke().unwrap();
     }
 }

@@ -5,9 +5,11 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use vfio_bindings::bindings::vfio::VFIO_PCI_REQ_IRQ_INDEX;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioError};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::DriverError;
 use crate::mmio::Bar;
@@ -137,7 +139,9 @@ pub struct PciFunction {
     addr: String,
     bar0: Bar,
     // Dropped after bar0 (field order): the mapping goes before the fd.
-    device: VfioDevice,
+    // `None` once closed for a hot removal ([`PciFunction::close`]).
+    device: Mutex<Option<VfioDevice>>,
+    config_offset: u64,
 }
 
 impl std::fmt::Debug for PciFunction {
@@ -255,7 +259,8 @@ impl PciFunction {
         let f = Self {
             addr: addr.into(),
             bar0,
-            device,
+            config_offset: device.get_region_offset(CONFIG_REGION),
+            device: Mutex::new(Some(device)),
         };
         let cmd = f.config_read16(PCI_COMMAND)?;
         f.config_write16(
@@ -275,13 +280,29 @@ impl PciFunction {
         &self.bar0
     }
 
+    fn lock_device(&self) -> MutexGuard<'_, Option<VfioDevice>> {
+        self.device.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn closed_err(&self, op: &'static str) -> DriverError {
+        DriverError::Vfio {
+            addr: self.addr.clone(),
+            op,
+            detail: "device closed (hot removal)".into(),
+        }
+    }
+
     fn config_read16(&self, off: u64) -> Result<u16, DriverError> {
+        let g = self.lock_device();
+        let dev = g
+            .as_ref()
+            .ok_or_else(|| self.closed_err("read PCI config"))?;
         let mut b = [0u8; 2];
-        let pos = self.device.get_region_offset(CONFIG_REGION) + off;
+        let pos = self.config_offset + off;
         // SAFETY: b is a valid 2-byte buffer; pread writes at most 2 bytes.
         let n = unsafe {
             libc::pread(
-                self.device.as_raw_fd(),
+                dev.as_raw_fd(),
                 b.as_mut_ptr().cast(),
                 2,
                 pos as libc::off_t,
@@ -297,17 +318,14 @@ impl PciFunction {
     }
 
     fn config_write16(&self, off: u64, v: u16) -> Result<(), DriverError> {
+        let g = self.lock_device();
+        let dev = g
+            .as_ref()
+            .ok_or_else(|| self.closed_err("write PCI config"))?;
         let b = v.to_le_bytes();
-        let pos = self.device.get_region_offset(CONFIG_REGION) + off;
+        let pos = self.config_offset + off;
         // SAFETY: b is a valid 2-byte buffer; pwrite reads at most 2 bytes.
-        let n = unsafe {
-            libc::pwrite(
-                self.device.as_raw_fd(),
-                b.as_ptr().cast(),
-                2,
-                pos as libc::off_t,
-            )
-        };
+        let n = unsafe { libc::pwrite(dev.as_raw_fd(), b.as_ptr().cast(), 2, pos as libc::off_t) };
         if n != 2 {
             return Err(DriverError::Os {
                 op: "write PCI config",
@@ -321,6 +339,60 @@ impl PciFunction {
     pub fn disable_bus_master(&self) -> Result<(), DriverError> {
         let cmd = self.config_read16(PCI_COMMAND)?;
         self.config_write16(PCI_COMMAND, cmd & !PCI_COMMAND_MASTER)
+    }
+
+    /// Wires `fd` to the VFIO *device request* interrupt
+    /// (`VFIO_PCI_REQ_IRQ_INDEX`, DATA_EVENTFD | ACTION_TRIGGER): the kernel
+    /// signals it when it wants the device back (hot unplug, unbind) and
+    /// then waits until every user closed the device.
+    pub fn watch_device_request(&self, fd: &EventFd) -> Result<(), DriverError> {
+        let g = self.lock_device();
+        let dev = g
+            .as_ref()
+            .ok_or_else(|| self.closed_err("enable device request"))?;
+        match dev.get_irq_info(VFIO_PCI_REQ_IRQ_INDEX) {
+            Some(i) if i.count > 0 => {}
+            _ => {
+                return Err(DriverError::Unsupported {
+                    addr: self.addr.clone(),
+                    reason: "no VFIO device request interrupt".into(),
+                });
+            }
+        }
+        dev.enable_irq(VFIO_PCI_REQ_IRQ_INDEX, vec![fd])
+            .map_err(|e| DriverError::Vfio {
+                addr: self.addr.clone(),
+                op: "VFIO_DEVICE_SET_IRQS (device request)",
+                detail: e.to_string(),
+            })
+    }
+
+    /// Gives the function back to the kernel: BAR0 is replaced by memory
+    /// reading all ones ([`Bar::revoke`], so late register accesses are
+    /// harmless), the device request is unwired and the device fd closed,
+    /// which also detaches its group from the container when it was the
+    /// group's last open device. Call only with the controller disabled
+    /// (or bus mastering off): DMA memory is not touched here. Idempotent.
+    pub fn close(&self) -> Result<(), DriverError> {
+        let mut g = self.lock_device();
+        if g.is_none() {
+            return Ok(());
+        }
+        self.bar0.revoke().map_err(|source| DriverError::Os {
+            op: "revoke BAR0 mapping",
+            source,
+        })?;
+        if let Some(dev) = g.take() {
+            // Best effort: closing the fd tears the trigger down anyway.
+            let _ = dev.disable_irq(VFIO_PCI_REQ_IRQ_INDEX);
+            drop(dev);
+        }
+        Ok(())
+    }
+
+    /// `true` once [`PciFunction::close`] gave the device back.
+    pub fn is_closed(&self) -> bool {
+        self.lock_device().is_none()
     }
 }
 

@@ -14,7 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 WORK="${VM_WORK:-/tmp/nvme-vm}"
 TARGET_DIR="${VM_TARGET_DIR:-$ROOT/target/vm}"
 TIMEOUT="${VM_TIMEOUT:-150}"
-CONFIGS="${VM_CONFIGS:-multi limits}"
+CONFIGS="${VM_CONFIGS:-multi limits hotplug}"
 T0=$SECONDS
 
 required() { [ "${CI:-}" = "true" ] || [ "${VM_TESTS_REQUIRED:-}" = "1" ]; }
@@ -52,14 +52,18 @@ echo "vm: kernel $KERNEL, work dir $WORK"
 # ---- (b) static test binary --------------------------------------------------
 tb=$SECONDS
 echo "vm: building nvme-vm-tests (static, CARGO_TARGET_DIR=$TARGET_DIR)"
+# The hotplug guest runs the nvmf-tgt service.
+extra_bins=()
+case " $CONFIGS " in *" hotplug "*) extra_bins+=(-p tgt --bin nvmf-tgt) ;; esac
 if ! (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --release -q -p pcie-driver --bin nvme-vm-tests -p tests --bin nvmf-vm-loop \
-        --target x86_64-unknown-linux-gnu); then
+        "${extra_bins[@]}" --target x86_64-unknown-linux-gnu); then
     echo "vm: build failed"
     exit 1
 fi
 BIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvme-vm-tests"
 LOOPBIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvmf-vm-loop"
+TGTBIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvmf-tgt"
 echo "vm: build took $((SECONDS - tb)) s"
 
 # ---- (c) initramfs -------------------------------------------------------------
@@ -101,6 +105,11 @@ build_initramfs() {
     done
     cp "$BIN" "$root/nvme-vm-tests"
     cp "$LOOPBIN" "$root/nvmf-vm-loop"
+    if [ ${#extra_bins[@]} -gt 0 ]; then
+        cp "$TGTBIN" "$root/nvmf-tgt"
+        cp "$ROOT/scripts/vm/hotplug-guest.sh" "$root/hotplug-guest.sh"
+        chmod +x "$root/hotplug-guest.sh"
+    fi
     [ -n "$extra_init" ] && eval "$extra_init"
     cat >"$root/init" <<'INIT'
 #!/bin/sh
@@ -121,6 +130,9 @@ echo "init: hugepages $(cat /proc/sys/vm/nr_hugepages), mode $mode"
 if [ "$mode" = bench ]; then
   /nvme-vm-tests bench ${BENCH_SECS:-5}
   [ -x /bench-kernel.sh ] && /bench-kernel.sh
+elif [ "$mode" = hotplug ]; then
+  # nvmf-tgt on two hot-pluggable NVMe devices; the host unplugs one.
+  /hotplug-guest.sh
 else
   RUST_BACKTRACE=1 /nvme-vm-tests $mode
   # The driver's namespace exported through a subsystem and the loop transport.
@@ -192,6 +204,19 @@ config_args() {
                   -drive file=$WORK/f.img,if=none,id=df,format=raw
                   -device nvme,serial=bench-kernel,drive=df"
             ;;
+        hotplug)
+            # Each NVMe device on its own hot-pluggable root port; the
+            # harness sends device_del nvme1 on the monitor socket when the
+            # guest asks (scripts/vm/hotplug-harness.py).
+            disk "$WORK/h1.img" 64M; disk "$WORK/h2.img" 64M
+            echo "-device pcie-root-port,id=rp1,chassis=1,slot=1
+                  -device pcie-root-port,id=rp2,chassis=2,slot=2
+                  -drive file=$WORK/h1.img,if=none,id=dh1,format=raw
+                  -device nvme,id=nvme1,bus=rp1,serial=hotplug1,drive=dh1
+                  -drive file=$WORK/h2.img,if=none,id=dh2,format=raw
+                  -device nvme,id=nvme2,bus=rp2,serial=hotplug2,drive=dh2
+                  -monitor unix:$WORK/monitor.sock,server=on,wait=off"
+            ;;
         limits)
             disk "$WORK/c.img" 64M; disk "$WORK/d.img" 64M; disk "$WORK/s.img" 16M
             # s.img: throttled to 4 IOPS, for the command timeout, quarantine
@@ -240,11 +265,24 @@ check_mark() {
 for cfg in $CONFIGS; do
     log="$WORK/serial-$cfg.log"
     tq=$SECONDS
+    if [ "$cfg" = hotplug ]; then
+        # The harness copies the serial log and answers the guest's unplug
+        # request on the monitor socket.
+        rm -f "$WORK/monitor.sock"
+        # shellcheck disable=SC2046
+        timeout --foreground -k 5 "$TIMEOUT" python3 "$ROOT/scripts/vm/hotplug-harness.py" \
+            "$log" "$WORK/monitor.sock" -- "${qemu_base[@]}" \
+            -append "console=ttyS0 intel_iommu=on quiet panic=-1 vmtest=$cfg" \
+            $(config_args "$cfg") </dev/null
+        rc=$?
+        grep "^HARNESS" "$log" | sed "s/^/[$cfg] /"
+    else
     # shellcheck disable=SC2046
     timeout --foreground -k 5 "$TIMEOUT" "${qemu_base[@]}" \
         -append "console=ttyS0 intel_iommu=on quiet panic=-1 vmtest=$cfg" \
         $(config_args "$cfg") </dev/null 2>&1 | tr -d '\r' >"$log"
     rc=${PIPESTATUS[0]}
+    fi
     dt=$((SECONDS - tq))
     grep -E "^(TEST|SUMMARY|BENCH|  )" "$log" | grep -v "\.\.\. started$" | sed "s/^/[$cfg] /"
     if [ "$cfg" = bench ]; then

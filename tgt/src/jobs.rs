@@ -50,6 +50,9 @@ pub struct HostJob {
     started: Instant,
     state: Mutex<State>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Why the job was ended from outside (its namespace hot-removed);
+    /// such a job skips the read-back: its backend is gone.
+    ended_by: Mutex<Option<String>>,
 }
 
 impl HostJob {
@@ -89,6 +92,12 @@ impl HostJob {
         };
         v["state"] = json!(state);
         v["verify_result"] = verify_result;
+        if let Some(reason) = &*lock(&self.ended_by) {
+            v["error"] = json!(reason);
+            if self.spec.verify && state == "done" {
+                v["verify_result"] = json!(format!("not checked: {reason}"));
+            }
+        }
         v
     }
 
@@ -166,6 +175,7 @@ impl Jobs {
                     started: Instant::now(),
                     state: Mutex::new(State::Running),
                     thread: Mutex::new(None),
+                    ended_by: Mutex::new(None),
                 });
                 let port = LoopPort {
                     qp,
@@ -193,6 +203,19 @@ impl Jobs {
     /// Every job.
     pub fn all(&self) -> Vec<Arc<HostJob>> {
         lock(&self.list).clone()
+    }
+
+    /// Ends the jobs on namespace `nsid` of `nqn` (it was removed under
+    /// them, by hot removal of its device): they stop issuing, say why, and
+    /// skip the read-back.
+    pub fn namespace_removed(&self, nqn: &str, nsid: u32, reason: &str) {
+        for j in lock(&self.list).iter() {
+            if j.nqn == nqn && j.spec.nsid == nsid {
+                *lock(&j.ended_by) = Some(reason.to_owned());
+                j.stop.store(true, Ordering::Relaxed);
+                tracing::error!(job = j.spec.name, "host job ended: {reason}");
+            }
+        }
     }
 
     /// Tells every job to stop issuing (in-flight I/O still completes).
@@ -225,14 +248,20 @@ impl Jobs {
             .iter()
             .map(|j| {
                 let st = j.status();
-                format!(
+                let mut line = format!(
                     "job {}: {}: {} I/Os, {} errors, verify {}",
                     j.name(),
                     st["state"].as_str().unwrap_or("?"),
                     st["ios"],
                     st["errors"],
                     st["verify_result"].as_str().unwrap_or("off")
-                )
+                );
+                if let Some(e) = st["error"].as_str()
+                    && !j.spec.verify
+                {
+                    line.push_str(&format!(" (ended: {e})"));
+                }
+                line
             })
             .collect()
     }
@@ -251,7 +280,8 @@ fn run_job(job: Arc<HostJob>, mut run: JobRun, mut port: LoopPort, host: HostCon
     while !run.step(&mut port) {}
     let _ = host.disconnect();
     drop(port);
-    let readback = run.verifies().then(|| {
+    let removed = lock(&job.ended_by).is_some();
+    let readback = (run.verifies() && !removed).then(|| {
         runner::direct_port(&job.bdev)
             .and_then(|mut p| run.read_back(&mut p as &mut dyn Port, READBACK_LIMIT))
     });

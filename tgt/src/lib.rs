@@ -3,6 +3,7 @@
 //! JSON-RPC 2.0 control socket and its client ([`rpc`], methods in
 //! [`methods`]), and a Prometheus text endpoint ([`metrics`]).
 
+pub mod hotplug;
 pub mod jobs;
 pub mod methods;
 pub mod metrics;

@@ -339,29 +339,51 @@ fn bdev_get_bdevs(svc: &Service, p: Value) -> Result<Value, RpcError> {
             users.push((ns.bdev.info().name.clone(), format!("{}/{nsid}", s.nqn)));
         }
     }
-    Ok(Value::Array(
-        svc.target
-            .nvmf()
-            .bdevs()
-            .into_iter()
-            .map(|(name, b)| {
-                let i = b.info();
-                let used: Vec<&String> = users
-                    .iter()
-                    .filter(|(n, _)| *n == name)
-                    .map(|(_, u)| u)
-                    .collect();
-                json!({
-                    "name": name,
-                    "kind": i.kind,
-                    "block_size": i.block_size,
-                    "num_blocks": i.num_blocks,
-                    "size_mib": (i.num_blocks * i.block_size as u64) >> 20,
-                    "namespaces": used,
-                })
+    let mut out: Vec<Value> = svc
+        .target
+        .nvmf()
+        .bdevs()
+        .into_iter()
+        .map(|(name, b)| {
+            let i = b.info();
+            let used: Vec<&String> = users
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, u)| u)
+                .collect();
+            json!({
+                "name": name,
+                "kind": i.kind,
+                "state": "online",
+                "block_size": i.block_size,
+                "num_blocks": i.num_blocks,
+                "size_mib": (i.num_blocks * i.block_size as u64) >> 20,
+                "namespaces": used,
             })
-            .collect(),
-    ))
+        })
+        .collect();
+    // Backends whose NVMe device was hot-removed: no longer usable (not
+    // registered, no namespace), listed so an operator sees what happened.
+    for r in svc.target.hot_removals() {
+        for name in &r.backends {
+            out.push(json!({
+                "name": name,
+                "kind": Value::Null,
+                "state": "removed",
+                "pci_addr": r.pci_addr,
+                "serial": r.serial,
+                "namespaces": Vec::<String>::new(),
+                "removed_namespaces": r
+                    .namespaces
+                    .iter()
+                    .map(|(q, n)| format!("{q}/{n}"))
+                    .collect::<Vec<_>>(),
+                "device_released": r.released.is_ok(),
+                "removal_ms": r.took.as_millis() as u64,
+            }));
+        }
+    }
+    Ok(Value::Array(out))
 }
 
 fn bdev_create(svc: &Service, p: Value) -> Result<Value, RpcError> {

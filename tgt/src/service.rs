@@ -61,6 +61,7 @@ impl Service {
             let _ = svc.stop(Duration::from_secs(10));
             return Err(e);
         }
+        crate::hotplug::spawn(&svc);
         Ok(svc)
     }
 

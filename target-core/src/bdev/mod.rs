@@ -97,6 +97,10 @@ pub enum IoError {
     Aborted,
     /// The device is gone or failed (surprise removal, fatal status).
     DeviceFailed,
+    /// The device is being removed in an orderly way (hot unplug through
+    /// the VFIO device request): this path to the data is going away, the
+    /// data itself may be reachable through another one.
+    Removed,
     /// The device completed with this NVMe status (pass-through backends and
     /// injected errors).
     Nvme(Status),
@@ -115,6 +119,13 @@ impl IoError {
             IoError::Os(_) => Status::INTERNAL_ERROR,
             IoError::Aborted => Status::ABORT_REQUESTED,
             IoError::DeviceFailed => Status::INTERNAL_PATH_ERROR.with_dnr(),
+            // Internal Path Error (SCT 3h, SC 00h) without DNR: the fault is
+            // in this controller's path to the media, so a host may retry,
+            // and a multipath host fails over to another path (Linux treats
+            // every SCT 3h status as a path error). The ANA statuses
+            // (01h-03h) would point hosts at an ANA log this target does not
+            // keep; 60h/70h name transport faults.
+            IoError::Removed => Status::INTERNAL_PATH_ERROR,
             IoError::Nvme(s) => s,
         }
     }
@@ -366,5 +377,11 @@ mod tests {
                 .to_status()
                 .same_code(Status::UNRECOVERED_READ_ERROR)
         );
+        // Hot removal: a path status the host may retry elsewhere (no DNR);
+        // a failed device: the same code, but final.
+        let removed = IoError::Removed.to_status();
+        assert!(removed.same_code(Status::INTERNAL_PATH_ERROR));
+        assert!(!removed.dnr());
+        assert!(IoError::DeviceFailed.to_status().dnr());
     }
 }

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Host side of the `hotplug` VM test (scripts/vm/run.sh).
+
+Runs QEMU (the command after `--`), copies its serial console to LOG line by
+line (carriage returns dropped), and when the guest prints
+
+    VM-HOTPLUG-REQUEST device_del <id>
+
+sends `device_del <id>` on QEMU's monitor socket (the recipe in
+/work/shared/VM.md: the slot's attention button, then the guest's pciehp).
+Each id is unplugged at most once. QEMU is killed if this script is
+terminated (run.sh wraps it in `timeout`). Exit status: QEMU's.
+
+usage: hotplug-harness.py LOG MONITOR_SOCKET -- qemu-system-x86_64 ...
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+ESC = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+MARK = re.compile(r"VM-HOTPLUG-REQUEST device_del ([A-Za-z0-9_-]+)\s*$")
+
+
+def monitor(sock_path, command, log):
+    """Sends one HMP command; returns what the monitor answered."""
+    deadline = time.time() + 10
+    while True:
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(sock_path)
+            break
+        except OSError as e:
+            if time.time() > deadline:
+                return f"monitor connect failed: {e}"
+            time.sleep(0.1)
+    s.settimeout(2)
+    out = b""
+    try:
+        # Greeting first, then the command.
+        try:
+            out += s.recv(4096)
+        except socket.timeout:
+            pass
+        s.sendall(command.encode() + b"\n")
+        end = time.time() + 2
+        while time.time() < end:
+            try:
+                chunk = s.recv(4096)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if b"(qemu)" in chunk.split(command.encode())[-1]:
+                break
+    finally:
+        s.close()
+    return out.decode(errors="replace").replace("\r", "")
+
+
+def main():
+    if len(sys.argv) < 5 or sys.argv[3] != "--":
+        print(__doc__, file=sys.stderr)
+        return 2
+    log_path, sock_path, cmd = sys.argv[1], sys.argv[2], sys.argv[4:]
+    qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+
+    def stop(signum, _frame):
+        qemu.kill()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    done = set()
+    with open(log_path, "w") as log:
+        try:
+            for raw in qemu.stdout:
+                line = raw.decode(errors="replace").replace("\r", "")
+                log.write(line)
+                log.flush()
+                m = MARK.search(line)
+                if m and m.group(1) not in done:
+                    dev = m.group(1)
+                    done.add(dev)
+                    t = time.time()
+                    ans = monitor(sock_path, f"device_del {dev}", log)
+                    # The monitor echoes the command with terminal redraws:
+                    # keep only what it said after it (an error, or nothing).
+                    ans = ESC.sub("", ans.rsplit(f"device_del {dev}", 1)[-1])
+                    ans = " | ".join(a.strip() for a in ans.splitlines() if a.strip())
+                    log.write(f"HARNESS: sent device_del {dev} in {time.time() - t:.2f}s; monitor: {ans}\n")
+                    log.flush()
+        finally:
+            if qemu.poll() is None:
+                try:
+                    qemu.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    qemu.kill()
+                    qemu.wait()
+    return qemu.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
