@@ -54,12 +54,13 @@ tb=$SECONDS
 echo "vm: building nvme-vm-tests (static, CARGO_TARGET_DIR=$TARGET_DIR)"
 if ! (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --release -q -p pcie-driver --bin nvme-vm-tests -p tests --bin nvmf-vm-loop \
-        --target x86_64-unknown-linux-gnu); then
+        -p tgt --bin nvmf-tgt --target x86_64-unknown-linux-gnu); then
     echo "vm: build failed"
     exit 1
 fi
 BIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvme-vm-tests"
 LOOPBIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvmf-vm-loop"
+TGTBIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvmf-tgt"
 echo "vm: build took $((SECONDS - tb)) s"
 
 # ---- (c) initramfs -------------------------------------------------------------
@@ -101,6 +102,10 @@ build_initramfs() {
     done
     cp "$BIN" "$root/nvme-vm-tests"
     cp "$LOOPBIN" "$root/nvmf-vm-loop"
+    # The service guest: the real daemon and its guest-side test script.
+    cp "$TGTBIN" "$root/nvmf-tgt"
+    cp "$ROOT/scripts/vm/service.sh" "$root/service.sh"
+    chmod +x "$root/service.sh"
     [ -n "$extra_init" ] && eval "$extra_init"
     cat >"$root/init" <<'INIT'
 #!/bin/sh
@@ -121,6 +126,9 @@ echo "init: hugepages $(cat /proc/sys/vm/nr_hugepages), mode $mode"
 if [ "$mode" = bench ]; then
   /nvme-vm-tests bench ${BENCH_SECS:-5}
   [ -x /bench-kernel.sh ] && /bench-kernel.sh
+elif [ "$mode" = service ]; then
+  # nvmf-tgt on the VFIO NVMe backend with host jobs (scripts/vm/service.sh).
+  /service.sh
 else
   RUST_BACKTRACE=1 /nvme-vm-tests $mode
   # The driver's namespace exported through a subsystem and the loop transport.
@@ -189,6 +197,12 @@ config_args() {
                   -device nvme,serial=bench-vfio,drive=de
                   -drive file=$WORK/f.img,if=none,id=df,format=raw
                   -device nvme,serial=bench-kernel,drive=df"
+            ;;
+        service)
+            # nvmf-tgt on this controller (scripts/vm/service.sh).
+            disk "$WORK/g.img" 256M
+            echo "-drive file=$WORK/g.img,if=none,id=dg,format=raw,discard=unmap
+                  -device nvme,serial=svc0,drive=dg"
             ;;
         limits)
             disk "$WORK/c.img" 64M; disk "$WORK/d.img" 64M; disk "$WORK/s.img" 16M
