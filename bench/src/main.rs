@@ -40,7 +40,10 @@ fn main() -> ExitCode {
     if let Some(cores) = &cli.reactor_cores {
         cfg.reactors.cores = toml::Spanned::new(0..0, cores.0.clone());
     }
-    signal::install();
+    if let Err(e) = signal::install() {
+        eprintln!("nvmf-bench: cannot listen for signals: {e}");
+        return ExitCode::FAILURE;
+    }
     match run(&cli, &cfg, jobs) {
         Ok(code) => code,
         Err(RunError::Usage(e)) => usage(e),
