@@ -363,8 +363,15 @@ impl HostQpair {
                     self.next_attempt = None;
                 }
                 Err(e) => {
+                    // The new association does not take its I/O queue (a
+                    // controller of a subsystem being deleted, say): the
+                    // controller's poller starts over, bounded by
+                    // ctrl_loss_tmo.
                     tracing::debug!(qid = self.qid, error = %e, "I/O queue reconnect");
                     self.next_attempt = Some(Instant::now() + self.assoc.reconnect_delay);
+                    if !self.assoc.recovering.load(Ordering::Acquire) {
+                        self.assoc.recover_req.store(true, Ordering::Release);
+                    }
                     return 0;
                 }
             }

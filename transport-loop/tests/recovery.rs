@@ -205,3 +205,26 @@ fn without_recovery_a_reset_still_ends_the_queue() {
     assert_eq!(q.state(), QpairState::Dead);
     t.stop().unwrap();
 }
+
+#[test]
+fn a_deleted_subsystem_ends_the_queue_without_waiting_for_ctrl_loss_tmo() {
+    let (t, lt) = target(threaded(1));
+    let (c, mut q) = recovering_host(&lt);
+    let t0 = Instant::now();
+    let (t2, go) = (t.clone(), Arc::new(AtomicBool::new(false)));
+    let g2 = go.clone();
+    let h = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        t2.remove_subsystem(NQN).unwrap();
+        g2.store(true, Ordering::Release);
+    });
+    let _ = write_load(
+        &mut q,
+        &|| go.load(Ordering::Acquire) && c.is_gone(),
+        Duration::from_secs(8),
+    );
+    h.join().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(8));
+    assert_eq!(q.state(), QpairState::Dead);
+    t.stop().unwrap();
+}
