@@ -123,6 +123,17 @@ pub struct Cli {
     #[arg(long, value_name = "LIST", value_parser = cpu_list, help_heading = "Target")]
     pub host_cores: Option<CpuList>,
 
+    /// Host error recovery: pause between reconnect attempts after the
+    /// host lost its controller (target reset, deleted controller,
+    /// controller-fatal), as Linux's reconnect_delay
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "100ms", help_heading = "Target")]
+    pub reconnect_delay: Duration,
+
+    /// Host error recovery: how long to keep reconnecting before the jobs
+    /// fail, as Linux's ctrl_loss_tmo (0 = no recovery: a reset ends the run)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s", help_heading = "Target")]
+    pub ctrl_loss_tmo: Duration,
+
     /// Job name, used for output files [default: the rw mode]
     #[arg(long, value_name = "NAME", help_heading = "Job")]
     pub name: Option<String>,

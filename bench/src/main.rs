@@ -40,7 +40,10 @@ fn main() -> ExitCode {
     if let Some(cores) = &cli.reactor_cores {
         cfg.reactors.cores = toml::Spanned::new(0..0, cores.0.clone());
     }
-    signal::install();
+    if let Err(e) = signal::install() {
+        eprintln!("nvmf-bench: cannot listen for signals: {e}");
+        return ExitCode::FAILURE;
+    }
     match run(&cli, &cfg, jobs) {
         Ok(code) => code,
         Err(RunError::Usage(e)) => usage(e),
@@ -120,7 +123,8 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, Ru
             let port: Box<dyn Port> = match cli.target {
                 bench::cli::TargetKind::Direct => Box::new(runner::direct_port(&ns.bdev)?),
                 bench::cli::TargetKind::Loop => {
-                    let mut o = ConnectOptions::new(&nqn, HOSTNQN);
+                    let mut o = ConnectOptions::new(&nqn, HOSTNQN)
+                        .with_recovery(cli.reconnect_delay, cli.ctrl_loss_tmo);
                     o.queue_depth = (inst.iodepth + 1).min(4096) as u16;
                     let mut c = target
                         .transport()

@@ -68,6 +68,8 @@ fn sum(live: &[Arc<LiveStats>]) -> LiveSnapshot {
             p99_ns: a.p99_ns.max(s.p99_ns),
             measuring: a.measuring && s.measuring,
             done: a.done && s.done,
+            retries: a.retries + s.retries,
+            reconnects: a.reconnects + s.reconnects,
         },
     )
 }

@@ -260,6 +260,22 @@ pub fn summary_table(jobs: &[JobResult], total: &JobResult) -> String {
         total.ios(),
         total.bytes() as f64 / (1024.0 * 1024.0)
     );
+    if total.errors > 0 {
+        let _ = writeln!(
+            out,
+            "{} I/O(s) failed ({:.3} % of {} completed)",
+            total.errors,
+            total.errors as f64 * 100.0 / (total.ios() + total.errors).max(1) as f64,
+            total.ios() + total.errors
+        );
+    }
+    if total.retries > 0 || total.reconnects > 0 {
+        let _ = writeln!(
+            out,
+            "host recovery: {} reconnect(s), {} command(s) retried",
+            total.reconnects, total.retries
+        );
+    }
     out
 }
 
@@ -382,6 +398,12 @@ pub struct JobJson {
     pub mixed: DirJson,
     /// Failed I/Os.
     pub errors: u64,
+    /// Commands resubmitted by the host after a retryable failure.
+    #[serde(default)]
+    pub retries: u64,
+    /// Reconnects of the host after it lost the controller.
+    #[serde(default)]
+    pub reconnects: u64,
     /// Measured time, ms.
     pub elapsed_ms: u64,
     /// IOPS per one-second interval, in order.
@@ -406,6 +428,8 @@ impl JobJson {
             ),
             mixed: DirJson::new(j.ios(), j.bytes(), j.elapsed, j.histogram.as_ref()),
             errors: j.errors,
+            retries: j.retries,
+            reconnects: j.reconnects,
             elapsed_ms: j.elapsed.as_millis() as u64,
             iops_series: j
                 .intervals

@@ -28,9 +28,14 @@ pub trait Port: Send {
     fn submit(&mut self, op: Op, lba: u64, blocks: u32, buf: IoBuf, tag: u64) -> Result<(), IoBuf>;
     /// Delivers completions as `(tag, ok, buffer)`.
     fn poll(&mut self, f: &mut dyn FnMut(u64, bool, DataBuf)) -> usize;
-    /// `false` once the queue can take no more (torn down).
+    /// `false` once the queue can take no more (torn down, and not
+    /// reconnecting).
     fn alive(&self) -> bool {
         true
+    }
+    /// The host's error-recovery counters: (retries, reconnects).
+    fn recovery(&self) -> (u64, u64) {
+        (0, 0)
     }
 }
 
@@ -64,7 +69,15 @@ impl Port for LoopPort {
     }
 
     fn alive(&self) -> bool {
-        self.qp.state() == transport_loop::QpairState::Live || self.qp.outstanding() > 0
+        matches!(
+            self.qp.state(),
+            transport_loop::QpairState::Live | transport_loop::QpairState::Reconnecting
+        ) || self.qp.outstanding() > 0
+    }
+
+    fn recovery(&self) -> (u64, u64) {
+        let s = self.qp.stats();
+        (s.retries, s.reconnects)
     }
 }
 
@@ -142,6 +155,9 @@ pub struct JobRun {
     stop: Arc<AtomicBool>,
     mismatch: Option<Mismatch>,
     draining: bool,
+    /// The port's recovery counters as last seen (retries, reconnects).
+    recovery: (u64, u64),
+    live: Arc<LiveStats>,
     /// Completions of the current step, timestamped after reaping.
     reaped: Vec<(u64, bool, DataBuf)>,
 }
@@ -173,7 +189,7 @@ impl JobRun {
         });
         let qd = spec.iodepth.max(1) as usize;
         let now = Instant::now();
-        let recorder = Recorder::new(&spec.name, spec.histogram, live, now, spec.ramp);
+        let recorder = Recorder::new(&spec.name, spec.histogram, live.clone(), now, spec.ramp);
         Ok(Self {
             deadline: spec.runtime.map(|r| now + spec.ramp + r),
             block_size,
@@ -201,6 +217,8 @@ impl JobRun {
             stop,
             mismatch: None,
             draining: false,
+            recovery: (0, 0),
+            live,
             reaped: Vec::with_capacity(qd),
             spec,
         })
@@ -236,6 +254,11 @@ impl JobRun {
             return true;
         };
         port.poll(&mut |tag, ok, buf| reaped.push((tag, ok, buf)));
+        let rc = port.recovery();
+        if rc != self.recovery {
+            self.recovery = rc;
+            self.live.set_recovery(rc.0, rc.1);
+        }
         // One clock read after reaping: every completion is stamped no
         // earlier than it arrived (latencies err high by the batch, never low).
         let now = Instant::now();
@@ -388,10 +411,11 @@ impl JobRun {
     /// Closes the recorder.
     pub fn finish(&mut self) -> JobOutcome {
         let now = Instant::now();
-        let result = match self.recorder.take() {
+        let mut result = match self.recorder.take() {
             Some(r) => r.finish(now),
             None => JobResult::merge(&self.spec.name, &[]),
         };
+        (result.retries, result.reconnects) = self.recovery;
         JobOutcome {
             result,
             mismatch: self.mismatch.take(),

@@ -48,6 +48,8 @@ pub struct LiveStats {
     p99_ns: AtomicU64,
     measuring: AtomicBool,
     done: AtomicBool,
+    retries: AtomicU64,
+    reconnects: AtomicU64,
 }
 
 /// A consistent-enough copy of a [`LiveStats`].
@@ -65,6 +67,10 @@ pub struct LiveSnapshot {
     pub measuring: bool,
     /// The job finished.
     pub done: bool,
+    /// Commands the host resubmitted after a retryable failure.
+    pub retries: u64,
+    /// Times the host reconnected the job's queue.
+    pub reconnects: u64,
 }
 
 impl LiveStats {
@@ -82,7 +88,15 @@ impl LiveStats {
             p99_ns: self.p99_ns.load(Ordering::Relaxed),
             measuring: self.measuring.load(Ordering::Relaxed),
             done: self.done.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
         }
+    }
+
+    /// Publishes the host's recovery counters (retries, reconnects).
+    pub fn set_recovery(&self, retries: u64, reconnects: u64) {
+        self.retries.store(retries, Ordering::Relaxed);
+        self.reconnects.store(reconnects, Ordering::Relaxed);
     }
 }
 
@@ -353,6 +367,8 @@ impl Recorder {
                 histogram: wh,
             },
             errors: self.errors,
+            retries: 0,
+            reconnects: 0,
             elapsed,
             histogram,
             intervals: self.intervals,
@@ -445,6 +461,11 @@ pub struct JobResult {
     pub write: OpResult,
     /// Failed I/Os.
     pub errors: u64,
+    /// Commands the host resubmitted after a retryable failure (error
+    /// recovery; counted over the whole run, ramp included).
+    pub retries: u64,
+    /// Times the host reconnected after losing the controller.
+    pub reconnects: u64,
     /// Measured wall time (the longest job's, for a merge).
     pub elapsed: Duration,
     /// Latencies of reads and writes together, ns.
@@ -540,6 +561,8 @@ impl JobResult {
                 histogram: merge_hist(&|r| r.write.histogram.as_ref()),
             },
             errors: results.iter().map(|r| r.errors).sum(),
+            retries: results.iter().map(|r| r.retries).sum(),
+            reconnects: results.iter().map(|r| r.reconnects).sum(),
             elapsed: results.iter().map(|r| r.elapsed).max().unwrap_or_default(),
             histogram: merge_hist(&|r| r.histogram.as_ref()),
             intervals,

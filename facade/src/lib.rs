@@ -518,12 +518,29 @@ impl Target {
     /// Stops: controllers drained and deleted, reactors stopped, NVMe
     /// controllers shut down (their DMA memory is unmapped only after).
     pub fn stop(&self) -> Result<(), TargetError> {
-        let r = self.nvmf.stop();
+        let r = self.stop_engine();
+        self.shutdown_devices();
+        r
+    }
+
+    /// The first half of [`Target::stop`]: the NVMe-oF engine drains and
+    /// deletes its controllers and stops its reactors, but the backends
+    /// stay usable. A caller that must still read a backend directly after
+    /// the drain (the service's verify read-back) does so before
+    /// [`Target::shutdown_devices`]: a shut-down NVMe controller answers
+    /// nothing.
+    pub fn stop_engine(&self) -> Result<(), TargetError> {
+        self.nvmf.stop()
+    }
+
+    /// The second half of [`Target::stop`]: shuts the NVMe controllers
+    /// down (CC.SHN). Channels opened on them afterwards fail; I/O still
+    /// at them is aborted.
+    pub fn shutdown_devices(&self) {
         for c in lock(&self.controllers).values() {
             if let Err(e) = c.shutdown() {
                 tracing::warn!(error = %e, "NVMe controller shutdown");
             }
         }
-        r
     }
 }

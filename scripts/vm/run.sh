@@ -14,7 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 WORK="${VM_WORK:-/tmp/nvme-vm}"
 TARGET_DIR="${VM_TARGET_DIR:-$ROOT/target/vm}"
 TIMEOUT="${VM_TIMEOUT:-150}"
-CONFIGS="${VM_CONFIGS:-multi limits hotplug}"
+CONFIGS="${VM_CONFIGS:-multi limits service hotplug}"
 T0=$SECONDS
 
 required() { [ "${CI:-}" = "true" ] || [ "${VM_TESTS_REQUIRED:-}" = "1" ]; }
@@ -52,12 +52,9 @@ echo "vm: kernel $KERNEL, work dir $WORK"
 # ---- (b) static test binary --------------------------------------------------
 tb=$SECONDS
 echo "vm: building nvme-vm-tests (static, CARGO_TARGET_DIR=$TARGET_DIR)"
-# The hotplug guest runs the nvmf-tgt service.
-extra_bins=()
-case " $CONFIGS " in *" hotplug "*) extra_bins+=(-p tgt --bin nvmf-tgt) ;; esac
 if ! (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --release -q -p pcie-driver --bin nvme-vm-tests -p tests --bin nvmf-vm-loop \
-        "${extra_bins[@]}" --target x86_64-unknown-linux-gnu); then
+        -p tgt --bin nvmf-tgt --target x86_64-unknown-linux-gnu); then
     echo "vm: build failed"
     exit 1
 fi
@@ -105,11 +102,11 @@ build_initramfs() {
     done
     cp "$BIN" "$root/nvme-vm-tests"
     cp "$LOOPBIN" "$root/nvmf-vm-loop"
-    if [ ${#extra_bins[@]} -gt 0 ]; then
-        cp "$TGTBIN" "$root/nvmf-tgt"
-        cp "$ROOT/scripts/vm/hotplug-guest.sh" "$root/hotplug-guest.sh"
-        chmod +x "$root/hotplug-guest.sh"
-    fi
+    # The service and hotplug guests: the real daemon and their guest-side scripts.
+    cp "$TGTBIN" "$root/nvmf-tgt"
+    cp "$ROOT/scripts/vm/service.sh" "$root/service.sh"
+    cp "$ROOT/scripts/vm/hotplug-guest.sh" "$root/hotplug-guest.sh"
+    chmod +x "$root/service.sh" "$root/hotplug-guest.sh"
     [ -n "$extra_init" ] && eval "$extra_init"
     cat >"$root/init" <<'INIT'
 #!/bin/sh
@@ -133,6 +130,9 @@ if [ "$mode" = bench ]; then
 elif [ "$mode" = hotplug ]; then
   # nvmf-tgt on two hot-pluggable NVMe devices; the host unplugs one.
   /hotplug-guest.sh
+elif [ "$mode" = service ]; then
+  # nvmf-tgt on the VFIO NVMe backend with host jobs (scripts/vm/service.sh).
+  /service.sh
 else
   RUST_BACKTRACE=1 /nvme-vm-tests $mode
   # The driver's namespace exported through a subsystem and the loop transport.
@@ -216,6 +216,12 @@ config_args() {
                   -drive file=$WORK/h2.img,if=none,id=dh2,format=raw
                   -device nvme,id=nvme2,bus=rp2,serial=hotplug2,drive=dh2
                   -monitor unix:$WORK/monitor.sock,server=on,wait=off"
+            ;;
+        service)
+            # nvmf-tgt on this controller (scripts/vm/service.sh).
+            disk "$WORK/g.img" 256M
+            echo "-drive file=$WORK/g.img,if=none,id=dg,format=raw,discard=unmap
+                  -device nvme,serial=svc0,drive=dg"
             ;;
         limits)
             disk "$WORK/c.img" 64M; disk "$WORK/d.img" 64M; disk "$WORK/s.img" 16M

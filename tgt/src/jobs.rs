@@ -23,6 +23,10 @@ use transport_loop::{ConnectOptions, HostController};
 
 /// Host NQN the jobs connect with.
 pub const JOB_HOSTNQN: &str = "nqn.2026-11.io.nvmf-rs:nvmf-tgt-job";
+/// Pause between a job host's reconnect attempts.
+pub const JOB_RECONNECT_DELAY: Duration = Duration::from_millis(100);
+/// How long a job host keeps reconnecting before its job fails.
+pub const JOB_CTRL_LOSS_TMO: Duration = Duration::from_secs(30);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -71,6 +75,8 @@ impl HostJob {
             "ios": snap.ios,
             "bytes": snap.bytes,
             "errors": snap.errors,
+            "retries": snap.retries,
+            "reconnects": snap.reconnects,
             "iops": (snap.ios as f64 / secs).round(),
             "p99_ns": snap.p99_ns,
             "elapsed_s": (secs * 10.0).round() / 10.0,
@@ -156,7 +162,11 @@ impl Jobs {
                 let live = LiveStats::new();
                 let stop = Arc::new(AtomicBool::new(false));
                 let run = JobRun::new(inst.clone(), bs, blocks, live.clone(), stop.clone())?;
-                let mut o = ConnectOptions::new(&nqn, JOB_HOSTNQN);
+                // Host recovery as Linux's defaults for fabrics, scaled to an
+                // in-process transport: a target-side reset or controller
+                // loss is ridden through, not the end of the job.
+                let mut o = ConnectOptions::new(&nqn, JOB_HOSTNQN)
+                    .with_recovery(JOB_RECONNECT_DELAY, JOB_CTRL_LOSS_TMO);
                 o.queue_depth = (inst.iodepth + 1).min(4096) as u16;
                 let mut host = target
                     .transport()
@@ -249,12 +259,14 @@ impl Jobs {
             .map(|j| {
                 let st = j.status();
                 let mut line = format!(
-                    "job {}: {}: {} I/Os, {} errors, verify {}",
+                    "job {}: {}: {} I/Os, {} errors, verify {} ({} reconnects, {} retries)",
                     j.name(),
                     st["state"].as_str().unwrap_or("?"),
                     st["ios"],
                     st["errors"],
-                    st["verify_result"].as_str().unwrap_or("off")
+                    st["verify_result"].as_str().unwrap_or("off"),
+                    st["reconnects"],
+                    st["retries"]
                 );
                 if let Some(e) = st["error"].as_str()
                     && !j.spec.verify

@@ -88,9 +88,6 @@ fn main() -> ExitCode {
     {
         return rpc(socket, *json, *timeout, method, params);
     }
-    // Before any thread exists, so every thread inherits the mask and the
-    // signals reach only the waiting thread.
-    block_stop_signals();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
     tracing_subscriber::fmt()
@@ -154,12 +151,20 @@ fn check_config(cfg: &TargetConfig, origin: &Path, text: &str) -> ExitCode {
     }
 }
 
-enum Event {
-    Signal(i32),
-    Stopped(Result<Vec<String>, String>),
-}
-
 fn daemon(cli: &Cli, cfg: TargetConfig, origin: &Path, text: &str) -> ExitCode {
+    // First, so a signal during start-up is a stop request too.
+    let signals = match bench::signal::install_with(|s| {
+        tracing::error!(
+            signal = s,
+            "signal again: exiting without finishing the drain"
+        );
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let opts = StartOptions {
         unpinned: cli.unpinned,
         idle_backoff: None,
@@ -211,49 +216,36 @@ fn daemon(cli: &Cli, cfg: TargetConfig, origin: &Path, text: &str) -> ExitCode {
         tracing::info!("host job: {}", j.status());
     }
     tracing::info!("running; SIGINT or SIGTERM stops (draining in-flight I/O)");
-    let (tx, rx) = mpsc::channel();
-    let stx = tx.clone();
-    let _ = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            loop {
-                if stx.send(Event::Signal(wait_for_signal())).is_err() {
-                    break;
-                }
-            }
-        });
-    let Ok(Event::Signal(sig)) = rx.recv() else {
+    let Some(sig) = signals.wait() else {
         return ExitCode::FAILURE;
     };
+    let (tx, rx) = mpsc::channel();
     let bound = Duration::from_secs(cli.stop_timeout);
     tracing::info!(
         signal = sig,
-        "stopping within {bound:?}: draining {} (a second signal forces exit)",
-        svc.waiting_for()
+        "stopping within {bound:?}: draining {} (a signal repeated within {:?} is the same request; a later one forces exit)",
+        svc.waiting_for(),
+        bench::signal::SAME_REQUEST
     );
     let stopper = svc.clone();
     let _ = std::thread::Builder::new()
         .name("stop".into())
         .spawn(move || {
-            let _ = tx.send(Event::Stopped(stopper.stop(bound)));
+            let _ = tx.send(stopper.stop(bound));
         });
     let t0 = Instant::now();
     let code = loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(Event::Stopped(Ok(lines))) => {
+            Ok(Ok(lines)) => {
                 for l in lines {
                     tracing::info!("{l}");
                 }
                 tracing::info!("stopped in {:.2?}", t0.elapsed());
                 break ExitCode::SUCCESS;
             }
-            Ok(Event::Stopped(Err(e))) => {
+            Ok(Err(e)) => {
                 tracing::error!("stop: {e}");
                 break ExitCode::FAILURE;
-            }
-            Ok(Event::Signal(_)) => {
-                tracing::error!("second signal: exiting without finishing the drain");
-                std::process::exit(130);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if t0.elapsed() > bound + Duration::from_secs(5) {
@@ -310,39 +302,4 @@ fn rpc(socket: &Path, json: bool, timeout: u64, method: &str, args: &[String]) -
             ExitCode::FAILURE
         }
     }
-}
-
-#[allow(unsafe_code)]
-fn stop_signal_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it
-    // in place and only write to the set we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        set
-    }
-}
-
-#[allow(unsafe_code)]
-fn block_stop_signals() {
-    let set = stop_signal_set();
-    // SAFETY: pthread_sigmask reads the initialised set; blocking SIGINT and
-    // SIGTERM before threads start is the documented sigwait pattern.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
-
-#[allow(unsafe_code)]
-fn wait_for_signal() -> i32 {
-    let set = stop_signal_set();
-    let mut sig = 0;
-    // SAFETY: sigwait reads the initialised set and writes the signal number
-    // into our local; both signals are blocked in every thread.
-    unsafe {
-        libc::sigwait(&set, &mut sig);
-    }
-    sig
 }

@@ -129,11 +129,15 @@ impl Service {
         }
         // The jobs keep issuing while the target drains, so the drain meets
         // real in-flight I/O; their queues end with it.
-        let stop = self.target.stop().map_err(|e| e.to_string());
+        let stop = self.target.stop_engine().map_err(|e| e.to_string());
         self.jobs.signal_stop();
         if !self.jobs.join(bound) {
             tracing::warn!("host jobs did not end within {bound:?}");
         }
+        // Only now: the verify jobs read their backends back directly, and a
+        // shut-down NVMe controller fails every read (this ordering was the
+        // `read-back of LBA 0: read failed` of the NVMe backend).
+        self.target.shutdown_devices();
         let lines = self.jobs.summary();
         stop?;
         if self.jobs.all().iter().any(|j| j.failed()) {

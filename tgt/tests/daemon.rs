@@ -537,3 +537,99 @@ runtime = "1h"
     );
     svc.stop(Duration::from_secs(10)).unwrap();
 }
+
+/// GNU `timeout` sends its signal to the daemon and then to the whole
+/// process group, so the daemon sees SIGTERM twice within microseconds:
+/// one stop request, which drains (exit 0, read-backs intact), not a
+/// forced exit (130).
+#[test]
+fn gnu_timeout_double_signal_drains_instead_of_forcing() {
+    if Command::new("timeout").arg("--version").output().is_err() {
+        panic!("GNU timeout (coreutils) is needed for this test");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("tgt.sock");
+    let log = dir.path().join("tgt.log");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/service.toml"),
+    )
+    .unwrap()
+    .replace("/var/tmp/nvmf-tgt.sock", sock.to_str().unwrap())
+    .replace("127.0.0.1:9464", &format!("127.0.0.1:{}", free_port()));
+    let cfg = dir.path().join("service.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = Command::new("timeout")
+        .arg("--preserve-status")
+        .arg("-k")
+        .arg("40")
+        .arg("3")
+        .arg(env!("CARGO_BIN_EXE_nvmf-tgt"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--unpinned")
+        .arg("--stop-timeout")
+        .arg("20")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("no exit within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "exit {status:?}\n{log}");
+    assert!(!log.contains("exiting without finishing"), "{log}");
+    for j in ["soak1", "soak2"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("job {j}:")))
+            .unwrap_or_else(|| panic!("no summary for {j}\n{log}"));
+        assert!(
+            line.contains("acknowledged blocks read back intact"),
+            "{line}"
+        );
+    }
+}
+
+/// Two SIGTERMs 200 ms apart (a user pressing twice, or a supervisor and
+/// its process group): one stop request, exit 0 with the read-backs intact.
+#[test]
+fn a_signal_repeated_within_a_second_is_the_same_stop_request() {
+    let mut d = start(free_port());
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = d.child.as_ref().unwrap().id().to_string();
+    for _ in 0..2 {
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut child = d.child.take().unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("no exit within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(status.success(), "exit {status:?}\n{log}");
+    assert!(log.contains("repeated signal"), "second signal seen\n{log}");
+    assert!(log.contains("stopped in"), "{log}");
+}

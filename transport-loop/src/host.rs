@@ -2,7 +2,7 @@
 //! asynchronous events, reset, shutdown and disconnect.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -104,6 +104,20 @@ pub struct ConnectOptions {
     /// Run a background thread for keep-alive and asynchronous events.
     /// Off: call [`HostController::service`] yourself.
     pub background: bool,
+    /// Error recovery, as Linux's `ctrl_loss_tmo`: how long the host keeps
+    /// trying to reconnect after it lost the controller (a target-side
+    /// reset, a controller-fatal, a deleted controller, a dead queue).
+    /// `Duration::ZERO` (the default here) turns recovery off: a queue that
+    /// ends stays ended and the caller reconnects (the behaviour tests of
+    /// the target's teardown rely on).
+    pub ctrl_loss_tmo: Duration,
+    /// Pause between reconnect attempts (Linux's `reconnect_delay`); the
+    /// first attempt is immediate.
+    pub reconnect_delay: Duration,
+    /// With recovery on: how often one command is resubmitted after a
+    /// retryable failure (DNR clear: Aborted - SQ Deletion, Namespace Not
+    /// Ready...), as Linux's `nvme_core.max_retries`.
+    pub max_retries: u32,
 }
 
 impl ConnectOptions {
@@ -127,7 +141,19 @@ impl ConnectOptions {
             kato_ms: 10_000,
             timeout: Duration::from_secs(30),
             background: true,
+            ctrl_loss_tmo: Duration::ZERO,
+            reconnect_delay: Duration::from_millis(100),
+            max_retries: 5,
         }
+    }
+
+    /// Turns error recovery on: reconnect every `reconnect_delay` for up to
+    /// `ctrl_loss_tmo`, and resubmit retryable failures up to `max_retries`
+    /// times each.
+    pub fn with_recovery(mut self, reconnect_delay: Duration, ctrl_loss_tmo: Duration) -> Self {
+        self.reconnect_delay = reconnect_delay;
+        self.ctrl_loss_tmo = ctrl_loss_tmo;
+        self
     }
 }
 
@@ -141,23 +167,45 @@ pub enum AsyncEvent {
     Other(u32),
 }
 
-/// What queue pairs need to reconnect.
+/// What queue pairs need to reconnect, and the recovery state they share
+/// with the controller's poller.
 #[derive(Debug)]
 pub(crate) struct Assoc {
     pub transport: Arc<LoopTransport>,
     pub subnqn: String,
     pub hostnqn: String,
     pub hostid: [u8; 16],
-    pub cntlid: u16,
+    /// Controller ID of the current association (changes on recovery).
+    pub cntlid: AtomicU16,
     pub kato_ms: u32,
     pub timeout: Duration,
+    pub admin_depth: u16,
+    pub io_queues: u16,
+    /// Recovery options (`ctrl_loss_tmo` zero: off).
+    pub ctrl_loss_tmo: Duration,
+    pub reconnect_delay: Duration,
+    pub max_retries: u32,
     /// The controller is enabled and its I/O queues may connect.
     pub ready: AtomicBool,
-    /// The association is over.
+    /// The association is over for good (disconnected, or recovery gave up).
     pub gone: AtomicBool,
+    /// Counts associations: a queue pair connected in generation `g` knows
+    /// its rings are stale once this moved past `g`.
+    pub generation: AtomicU32,
+    /// A queue pair saw its queue end in the current generation.
+    pub recover_req: AtomicBool,
+    /// A recovery is under way (I/O queues wait for it).
+    pub recovering: AtomicBool,
+    /// Successful reconnects of the controller.
+    pub reconnects: AtomicU64,
 }
 
 impl Assoc {
+    /// Error recovery is on.
+    pub(crate) fn recovery(&self) -> bool {
+        !self.ctrl_loss_tmo.is_zero()
+    }
+
     pub(crate) fn connect_io_queue(&self, qid: u16, depth: u16) -> Result<QueueRings, HostError> {
         let target = self.transport.target.clone();
         wait::until(&target, self.timeout, "controller ready", || {
@@ -166,7 +214,7 @@ impl Assoc {
         if self.gone.load(Ordering::Acquire) {
             return Err(HostError::Disconnected("controller"));
         }
-        let (rings, _) = connect_queue(self, qid, depth, self.cntlid)?;
+        let (rings, _) = connect_queue(self, qid, depth, self.cntlid.load(Ordering::Acquire))?;
         Ok(rings)
     }
 }
@@ -228,7 +276,7 @@ impl QpairConnector {
 
     /// Controller ID.
     pub fn cntlid(&self) -> u16 {
-        self.0.cntlid
+        self.0.cntlid.load(Ordering::Acquire)
     }
 }
 
@@ -252,7 +300,7 @@ pub struct HostController {
 impl fmt::Debug for HostController {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HostController")
-            .field("cntlid", &self.assoc.cntlid)
+            .field("cntlid", &self.assoc.cntlid.load(Ordering::Relaxed))
             .field("subnqn", &self.assoc.subnqn)
             .finish()
     }
@@ -269,19 +317,28 @@ impl HostController {
                 opts.queue_depth, opts.admin_depth
             )));
         }
-        let mut assoc = Assoc {
+        let assoc = Assoc {
             transport,
             subnqn: opts.subnqn.clone(),
             hostnqn: opts.hostnqn.clone(),
             hostid: opts.hostid,
-            cntlid: 0xffff,
+            cntlid: AtomicU16::new(0xffff),
             kato_ms: opts.kato_ms,
             timeout: opts.timeout,
+            admin_depth: opts.admin_depth,
+            io_queues: opts.io_queues,
+            ctrl_loss_tmo: opts.ctrl_loss_tmo,
+            reconnect_delay: opts.reconnect_delay,
+            max_retries: opts.max_retries,
             ready: AtomicBool::new(false),
             gone: AtomicBool::new(false),
+            generation: AtomicU32::new(0),
+            recover_req: AtomicBool::new(false),
+            recovering: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
         };
         let (rings, cqe) = connect_queue(&assoc, 0, opts.admin_depth, 0xffff)?;
-        assoc.cntlid = cqe.dw0 as u16;
+        assoc.cntlid.store(cqe.dw0 as u16, Ordering::Release);
         let assoc = Arc::new(assoc);
         let mut c = Self {
             assoc,
@@ -329,31 +386,13 @@ impl HostController {
 
     /// CC.EN = 1, wait for CSTS.RDY, submit AERs.
     fn enable(&mut self) -> Result<(), HostError> {
-        self.property_set(CC, CC_ENABLE)?;
-        let to = Duration::from_millis(((self.cap >> 24) & 0xff).max(1) * 500);
-        let start = Instant::now();
-        loop {
-            let csts = self.property_get(CSTS, false)? as u32;
-            if csts & 0b10 != 0 {
-                return Err(HostError::Status {
-                    what: "enable (CSTS.CFS set)",
-                    status: Status::INTERNAL_ERROR,
-                    dw0: csts,
-                });
-            }
-            if csts & 1 != 0 {
-                break;
-            }
-            if start.elapsed() > to {
-                return Err(HostError::Timeout("CSTS.RDY"));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let mut a = lock(&self.admin);
-        while a.aer_cids.len() < self.aers {
-            a.submit_aer()?;
-        }
-        Ok(())
+        enable_ctrl(
+            self.target(),
+            &self.admin,
+            self.assoc.timeout,
+            self.cap,
+            self.aers,
+        )
     }
 
     /// I/O queues may connect now. Only after Number of Queues: a queue
@@ -363,13 +402,7 @@ impl HostController {
     }
 
     fn set_queues(&mut self, n: u16) -> Result<(), HostError> {
-        let z = n.max(1) as u32 - 1;
-        let (cqe, _) = self.admin_checked(
-            "Set Features (Number of Queues)",
-            set_features_sqe(0x07, z | (z << 16)),
-            DataBuf::None,
-        )?;
-        self.granted = ((cqe.dw0 & 0xffff).min(cqe.dw0 >> 16) + 1) as u16;
+        self.granted = set_queues_on(self.target(), &self.admin, self.assoc.timeout, n)?;
         Ok(())
     }
 
@@ -404,7 +437,23 @@ impl HostController {
 
     /// Controller ID the target assigned.
     pub fn cntlid(&self) -> u16 {
-        self.assoc.cntlid
+        self.assoc.cntlid.load(Ordering::Acquire)
+    }
+
+    /// Times the host reconnected this controller after losing it.
+    pub fn reconnects(&self) -> u64 {
+        self.assoc.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// `true` while the host is reconnecting after losing the controller.
+    pub fn is_recovering(&self) -> bool {
+        self.assoc.recovering.load(Ordering::Acquire)
+    }
+
+    /// `true` once the association is over for good (disconnected, or
+    /// recovery ran past `ctrl_loss_tmo` or met a permanent refusal).
+    pub fn is_gone(&self) -> bool {
+        self.assoc.gone.load(Ordering::Acquire)
     }
 
     /// CAP as read at connect.
@@ -453,20 +502,24 @@ impl HostController {
 
     /// Property Get.
     pub fn property_get(&self, offset: u32, size8: bool) -> Result<u64, HostError> {
-        let mut sqe = SubmissionEntry::fabrics(FabricsType::PROPERTY_GET, 0);
-        sqe.cdw10 = size8 as u32;
-        sqe.cdw11 = offset;
-        let (cqe, _) = self.admin_checked("Property Get", sqe, DataBuf::None)?;
-        Ok(cqe.dw0 as u64 | ((cqe.dw1 as u64) << 32))
+        prop_get(
+            self.target(),
+            &self.admin,
+            self.assoc.timeout,
+            offset,
+            size8,
+        )
     }
 
     /// Property Set of a 4-byte property.
     pub fn property_set(&self, offset: u32, value: u32) -> Result<(), HostError> {
-        let mut sqe = SubmissionEntry::fabrics(FabricsType::PROPERTY_SET, 0);
-        sqe.cdw11 = offset;
-        sqe.cdw12 = value;
-        self.admin_checked("Property Set", sqe, DataBuf::None)
-            .map(|_| ())
+        prop_set(
+            self.target(),
+            &self.admin,
+            self.assoc.timeout,
+            offset,
+            value,
+        )
     }
 
     /// Identify with `cns` for `nsid`; returns the 4096-byte data.
@@ -561,6 +614,21 @@ impl HostController {
     /// [`AsyncEvent`]s (reading the Changed Namespace List), keep AERs
     /// outstanding. The background poller calls this; without it, call it.
     pub fn service(&self) -> Result<(), HostError> {
+        if self.poller.is_none()
+            && self.assoc.recovery()
+            && !self.assoc.gone.load(Ordering::Acquire)
+            && !self.stop.load(Ordering::Acquire)
+            && (self.assoc.recover_req.load(Ordering::Acquire)
+                || lock(&self.admin).rings.target_done())
+        {
+            recover(
+                self.target(),
+                &self.assoc,
+                &self.admin,
+                self.aers,
+                &self.stop,
+            );
+        }
         service(
             self.target(),
             &self.assoc,
@@ -580,26 +648,51 @@ impl HostController {
             self.aers,
         );
         let spawned = std::thread::Builder::new()
-            .name(format!("nvmf-host-{}", assoc.cntlid))
+            .name(format!(
+                "nvmf-host-{}",
+                assoc.cntlid.load(Ordering::Relaxed)
+            ))
             .spawn(move || {
                 let ka_every = Duration::from_millis((assoc.kato_ms / 2).max(1) as u64);
+                // A Keep Alive unanswered for KATO means the controller is
+                // lost (a controller-fatal answers nothing more).
+                let ka_limit = match assoc.kato_ms {
+                    0 => assoc.timeout,
+                    k => assoc.timeout.min(Duration::from_millis(k as u64)),
+                };
                 let mut last_ka = Instant::now();
                 while !stop.load(Ordering::Acquire) {
+                    if assoc.recovery() && assoc.recover_req.load(Ordering::Acquire) {
+                        recover(&target, &assoc, &admin, aers, &stop);
+                        if assoc.gone.load(Ordering::Acquire) {
+                            break;
+                        }
+                        last_ka = Instant::now();
+                        continue;
+                    }
                     if let Err(e) = service(&target, &assoc, &admin, &events, aers) {
                         tracing::debug!(error = %e, "host admin service");
                     }
                     if assoc.kato_ms != 0 && last_ka.elapsed() >= ka_every {
                         let sqe = SubmissionEntry::new(AdminOpcode::KEEP_ALIVE.0, 0);
-                        match admin::command(&target, &admin, sqe, DataBuf::None, assoc.timeout) {
+                        match admin::command(&target, &admin, sqe, DataBuf::None, ka_limit) {
                             Ok((c, _)) if c.status().is_success() => {}
                             Ok((c, _)) => {
-                                tracing::warn!(status = %c.status(), "keep alive refused")
+                                tracing::warn!(status = %c.status(), "keep alive refused");
+                                assoc.recover_req.store(true, Ordering::Release);
                             }
-                            Err(e) => tracing::warn!(error = %e, "keep alive failed"),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "keep alive failed");
+                                assoc.recover_req.store(true, Ordering::Release);
+                            }
                         }
                         last_ka = Instant::now();
                     }
                     if lock(&admin).rings.target_done() {
+                        if assoc.recovery() && !stop.load(Ordering::Acquire) {
+                            assoc.recover_req.store(true, Ordering::Release);
+                            continue;
+                        }
                         assoc.gone.store(true, Ordering::Release);
                         break;
                     }
@@ -683,6 +776,201 @@ impl HostController {
 impl Drop for HostController {
     fn drop(&mut self) {
         self.close_admin();
+    }
+}
+
+fn prop_get(
+    target: &NvmfTarget,
+    admin: &Mutex<AdminQueue>,
+    limit: Duration,
+    offset: u32,
+    size8: bool,
+) -> Result<u64, HostError> {
+    let mut sqe = SubmissionEntry::fabrics(FabricsType::PROPERTY_GET, 0);
+    sqe.cdw10 = size8 as u32;
+    sqe.cdw11 = offset;
+    let (cqe, _) = admin::checked(target, admin, "Property Get", sqe, DataBuf::None, limit)?;
+    Ok(cqe.dw0 as u64 | ((cqe.dw1 as u64) << 32))
+}
+
+fn prop_set(
+    target: &NvmfTarget,
+    admin: &Mutex<AdminQueue>,
+    limit: Duration,
+    offset: u32,
+    value: u32,
+) -> Result<(), HostError> {
+    let mut sqe = SubmissionEntry::fabrics(FabricsType::PROPERTY_SET, 0);
+    sqe.cdw11 = offset;
+    sqe.cdw12 = value;
+    admin::checked(target, admin, "Property Set", sqe, DataBuf::None, limit).map(|_| ())
+}
+
+/// CC.EN = 1, wait (CAP.TO) for CSTS.RDY, submit AERs.
+fn enable_ctrl(
+    target: &NvmfTarget,
+    admin: &Mutex<AdminQueue>,
+    limit: Duration,
+    cap: u64,
+    aers: usize,
+) -> Result<(), HostError> {
+    prop_set(target, admin, limit, CC, CC_ENABLE)?;
+    let to = Duration::from_millis(((cap >> 24) & 0xff).max(1) * 500);
+    let start = Instant::now();
+    loop {
+        let csts = prop_get(target, admin, limit, CSTS, false)? as u32;
+        if csts & 0b10 != 0 {
+            return Err(HostError::Status {
+                what: "enable (CSTS.CFS set)",
+                status: Status::INTERNAL_ERROR,
+                dw0: csts,
+            });
+        }
+        if csts & 1 != 0 {
+            break;
+        }
+        if start.elapsed() > to {
+            return Err(HostError::Timeout("CSTS.RDY"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut a = lock(admin);
+    while a.aer_cids.len() < aers {
+        a.submit_aer()?;
+    }
+    Ok(())
+}
+
+/// Set Features Number of Queues; returns the queues granted.
+fn set_queues_on(
+    target: &NvmfTarget,
+    admin: &Mutex<AdminQueue>,
+    limit: Duration,
+    n: u16,
+) -> Result<u16, HostError> {
+    let z = n.max(1) as u32 - 1;
+    let (cqe, _) = admin::checked(
+        target,
+        admin,
+        "Set Features (Number of Queues)",
+        set_features_sqe(0x07, z | (z << 16)),
+        DataBuf::None,
+        limit,
+    )?;
+    Ok(((cqe.dw0 & 0xffff).min(cqe.dw0 >> 16) + 1) as u16)
+}
+
+/// A refusal that no retry will change: the target is stopping, the
+/// subsystem is no longer exposed, or the Connect status has DNR set.
+fn permanent(e: &HostError) -> bool {
+    match e {
+        HostError::Target(_) | HostError::NoListener(_) | HostError::Invalid(_) => true,
+        HostError::Status { status, .. } => status.dnr(),
+        _ => false,
+    }
+}
+
+/// Error recovery, as Linux's fabrics hosts do it: end the old association
+/// (the target deletes that controller, draining its queues), then connect
+/// a new one every `reconnect_delay` until it works or `ctrl_loss_tmo`
+/// runs out. I/O queue pairs see the new generation and reconnect
+/// themselves; their retryable commands are resubmitted then.
+fn recover(
+    target: &NvmfTarget,
+    assoc: &Assoc,
+    admin: &Mutex<AdminQueue>,
+    aers: usize,
+    stop: &AtomicBool,
+) {
+    assoc.ready.store(false, Ordering::Release);
+    assoc.recovering.store(true, Ordering::Release);
+    let old = assoc.cntlid.load(Ordering::Acquire);
+    tracing::warn!(
+        subnqn = assoc.subnqn,
+        cntlid = old,
+        "controller lost; reconnecting"
+    );
+    let rs = {
+        let a = lock(admin);
+        a.rings.host_close();
+        a.rings.state()
+    };
+    let _ = wait::until(target, assoc.timeout, "controller deletion", || {
+        (rs.target_done() || stop.load(Ordering::Acquire)).then_some(())
+    });
+    let start = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        if stop.load(Ordering::Acquire) {
+            assoc.gone.store(true, Ordering::Release);
+            assoc.recovering.store(false, Ordering::Release);
+            return;
+        }
+        if attempt > 0 {
+            let _ = wait::until(target, assoc.reconnect_delay, "reconnect delay", || {
+                stop.load(Ordering::Acquire).then_some(())
+            });
+        }
+        attempt += 1;
+        match reassociate(target, assoc, admin, aers) {
+            Ok(()) => {
+                assoc.reconnects.fetch_add(1, Ordering::Relaxed);
+                assoc.recover_req.store(false, Ordering::Release);
+                assoc.generation.fetch_add(1, Ordering::AcqRel);
+                assoc.recovering.store(false, Ordering::Release);
+                assoc.ready.store(true, Ordering::Release);
+                tracing::info!(
+                    subnqn = assoc.subnqn,
+                    old_cntlid = old,
+                    cntlid = assoc.cntlid.load(Ordering::Relaxed),
+                    attempt,
+                    "controller reconnected"
+                );
+                return;
+            }
+            Err(e) if permanent(&e) || start.elapsed() >= assoc.ctrl_loss_tmo => {
+                tracing::error!(
+                    subnqn = assoc.subnqn,
+                    error = %e,
+                    attempt,
+                    "reconnect failed; giving the controller up"
+                );
+                assoc.gone.store(true, Ordering::Release);
+                assoc.recovering.store(false, Ordering::Release);
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, attempt, "reconnect attempt failed"),
+        }
+    }
+}
+
+/// One reconnect attempt: admin queue Connect (dynamic controller), enable,
+/// Number of Queues.
+fn reassociate(
+    target: &NvmfTarget,
+    assoc: &Assoc,
+    admin: &Mutex<AdminQueue>,
+    aers: usize,
+) -> Result<(), HostError> {
+    if !assoc.transport.exposes(&assoc.subnqn) {
+        return Err(HostError::NoListener(assoc.subnqn.clone()));
+    }
+    let (rings, cqe) = connect_queue(assoc, 0, assoc.admin_depth, 0xffff)?;
+    *lock(admin) = AdminQueue::new(rings);
+    let r = (|| {
+        let cap = prop_get(target, admin, assoc.timeout, CAP, true)?;
+        enable_ctrl(target, admin, assoc.timeout, cap, aers)?;
+        set_queues_on(target, admin, assoc.timeout, assoc.io_queues)
+    })();
+    match r {
+        Ok(_) => {
+            assoc.cntlid.store(cqe.dw0 as u16, Ordering::Release);
+            Ok(())
+        }
+        Err(e) => {
+            lock(admin).rings.host_close();
+            Err(e)
+        }
     }
 }
 

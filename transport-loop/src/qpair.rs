@@ -6,9 +6,18 @@
 //! target never fetched before destroying the queue are taken back from the
 //! ring and completed here with *Command Aborted due to SQ Deletion*: each
 //! capsule is popped by exactly one side, so each command completes once.
+//!
+//! With error recovery on (`ConnectOptions::ctrl_loss_tmo`), a command that
+//! ends with a retryable status (DNR clear) is not delivered but parked and
+//! resubmitted, up to `max_retries` times; a queue that ends asks the
+//! controller's poller to reconnect, connects again to the new association
+//! and then resubmits what it parked. The caller sees one completion per
+//! command still: the last one.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use target_core::bdev::{DsmRange, encode_dsm_ranges};
 use target_core::iobuf::{DataBuf, IoBuf};
@@ -50,6 +59,10 @@ pub enum QpairState {
     Closing,
     /// Destroyed on the target; nothing more will arrive.
     Dead,
+    /// Ended, and the host is reconnecting (error recovery): submissions
+    /// are refused for now, parked commands are resubmitted once the queue
+    /// is connected again.
+    Reconnecting,
 }
 
 /// Counters of one host queue pair.
@@ -65,6 +78,10 @@ pub struct HostQpairStats {
     pub aborted_sq_deletion: u64,
     /// Of those, taken back from the ring by the host.
     pub reclaimed: u64,
+    /// Resubmissions after a retryable failure (error recovery).
+    pub retries: u64,
+    /// Times this queue connected again after it ended (error recovery).
+    pub reconnects: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -72,7 +89,13 @@ struct HostSlot {
     busy: bool,
     seq: u16,
     tag: u64,
+    /// The command as submitted (for a retry).
+    sqe: SubmissionEntry,
+    retries: u32,
 }
+
+/// Fabrics commands (Disconnect...) belong to their queue: never retried.
+const FABRICS_OPCODE: u8 = 0x7f;
 
 /// An I/O queue pair of a [`crate::HostController`].
 #[derive(Debug)]
@@ -85,12 +108,21 @@ pub struct HostQpair {
     free: Vec<u16>,
     outstanding: u32,
     stats: HostQpairStats,
+    /// Association generation the rings belong to.
+    generation: u32,
+    /// Commands waiting for a resubmission: slot, buffer, last status.
+    parked: VecDeque<(u16, DataBuf, Status)>,
+    /// No reconnect attempt before this.
+    next_attempt: Option<Instant>,
+    /// The host is disconnecting this queue: no recovery.
+    closing: bool,
 }
 
 impl HostQpair {
     pub(crate) fn new(assoc: Arc<Assoc>, qid: u16, depth: u16, rings: QueueRings) -> Self {
         // One entry stays free so the target can always post a completion.
         let usable = depth.saturating_sub(1).max(1);
+        let generation = assoc.generation.load(Ordering::Acquire);
         Self {
             assoc,
             qid,
@@ -100,6 +132,10 @@ impl HostQpair {
             free: (0..usable).rev().collect(),
             outstanding: 0,
             stats: HostQpairStats::default(),
+            generation,
+            parked: VecDeque::new(),
+            next_attempt: None,
+            closing: false,
         }
     }
 
@@ -126,7 +162,11 @@ impl HostQpair {
     /// Live, closing or dead.
     pub fn state(&self) -> QpairState {
         if self.rings.target_done() {
-            QpairState::Dead
+            if self.recovering() {
+                QpairState::Reconnecting
+            } else {
+                QpairState::Dead
+            }
         } else if self.rings.is_live() {
             QpairState::Live
         } else {
@@ -153,6 +193,8 @@ impl HostQpair {
             Ok(()) => {
                 s.busy = true;
                 s.tag = tag;
+                s.sqe = sqe;
+                s.retries = 0;
                 self.outstanding += 1;
                 self.stats.submitted += 1;
                 Ok(cid)
@@ -267,7 +309,107 @@ impl HostQpair {
                 }
             }
         }
+        if !self.parked.is_empty() || (self.recovering() && self.rings.target_done()) {
+            n += self.recover_step(f);
+        }
         n
+    }
+
+    /// Error recovery is on for this queue and has not given up.
+    #[inline]
+    fn recovering(&self) -> bool {
+        self.assoc.recovery() && !self.closing && !self.assoc.gone.load(Ordering::Acquire)
+    }
+
+    /// Recovery, one non-blocking step (except the Connect round trip):
+    /// once everything of a dead queue is back, ask for (or wait for) a new
+    /// association and connect to it; on a live queue resubmit what is
+    /// parked. When recovery gave up, the parked commands complete with
+    /// their last status.
+    fn recover_step(&mut self, f: &mut impl FnMut(HostCompletion)) -> usize {
+        if !self.recovering() {
+            let mut n = 0;
+            while let Some((slot, buf, status)) = self.parked.pop_front() {
+                let mut cqe = CompletionEntry::new(slot, status);
+                cqe.sqid = self.qid;
+                self.finish(slot as usize, cqe, buf, f);
+                n += 1;
+            }
+            return n;
+        }
+        if self.rings.target_done() {
+            if self.outstanding as usize != self.parked.len() {
+                // Completions still to reap or reclaim.
+                return 0;
+            }
+            let generation = self.assoc.generation.load(Ordering::Acquire);
+            if generation == self.generation {
+                if !self.assoc.recovering.load(Ordering::Acquire) {
+                    self.assoc.recover_req.store(true, Ordering::Release);
+                }
+                return 0;
+            }
+            if !self.assoc.ready.load(Ordering::Acquire)
+                || self.next_attempt.is_some_and(|t| Instant::now() < t)
+            {
+                return 0;
+            }
+            match self.assoc.connect_io_queue(self.qid, self.depth) {
+                Ok(rings) => {
+                    self.rings.host_close();
+                    self.rings = rings;
+                    self.generation = generation;
+                    self.stats.reconnects += 1;
+                    self.next_attempt = None;
+                }
+                Err(e) => {
+                    // The new association does not take its I/O queue (a
+                    // controller of a subsystem being deleted, say): the
+                    // controller's poller starts over, bounded by
+                    // ctrl_loss_tmo.
+                    tracing::debug!(qid = self.qid, error = %e, "I/O queue reconnect");
+                    self.next_attempt = Some(Instant::now() + self.assoc.reconnect_delay);
+                    if !self.assoc.recovering.load(Ordering::Acquire) {
+                        self.assoc.recover_req.store(true, Ordering::Release);
+                    }
+                    return 0;
+                }
+            }
+        }
+        while let Some((slot, buf, status)) = self.parked.pop_front() {
+            let s = &mut self.slots[slot as usize];
+            let mut sqe = s.sqe;
+            sqe.set_cid(slot | ((s.seq & 0xf) << SLOT_BITS));
+            match self.rings.submit(Capsule { sqe, buf }) {
+                Ok(()) => {}
+                Err(c) => {
+                    self.parked.push_front((slot, c.buf, status));
+                    break;
+                }
+            }
+        }
+        0
+    }
+
+    /// Delivers the completion of busy slot `slot`.
+    fn finish(
+        &mut self,
+        slot: usize,
+        cqe: CompletionEntry,
+        buf: DataBuf,
+        f: &mut impl FnMut(HostCompletion),
+    ) {
+        let s = &mut self.slots[slot];
+        s.busy = false;
+        s.seq = s.seq.wrapping_add(1);
+        let tag = s.tag;
+        self.free.push(slot as u16);
+        self.outstanding -= 1;
+        self.stats.completed += 1;
+        if cqe.status().same_code(Status::ABORTED_SQ_DELETION) {
+            self.stats.aborted_sq_deletion += 1;
+        }
+        f(HostCompletion { tag, cqe, buf });
     }
 
     #[inline]
@@ -279,6 +421,9 @@ impl HostQpair {
     ) -> bool {
         let slot = (cqe.cid & SLOT_MASK) as usize;
         let seq = cqe.cid >> SLOT_BITS;
+        let status = cqe.status();
+        // Only a failure pays for the recovery checks.
+        let retry_on = !status.is_success() && !status.dnr() && self.recovering();
         let Some(s) = self.slots.get_mut(slot) else {
             self.stats.stale += 1;
             return false;
@@ -287,16 +432,16 @@ impl HostQpair {
             self.stats.stale += 1;
             return false;
         }
-        s.busy = false;
-        s.seq = s.seq.wrapping_add(1);
-        let tag = s.tag;
-        self.free.push(slot as u16);
-        self.outstanding -= 1;
-        self.stats.completed += 1;
-        if cqe.status().same_code(Status::ABORTED_SQ_DELETION) {
-            self.stats.aborted_sq_deletion += 1;
+        if retry_on && s.sqe.opcode() != FABRICS_OPCODE && s.retries < self.assoc.max_retries {
+            // Retryable: keep the slot busy under a new sequence (a late
+            // duplicate is stale) and resubmit when the queue is live.
+            s.retries += 1;
+            s.seq = s.seq.wrapping_add(1);
+            self.stats.retries += 1;
+            self.parked.push_back((slot as u16, buf, status));
+            return false;
         }
-        f(HostCompletion { tag, cqe, buf });
+        self.finish(slot, cqe, buf, f);
         true
     }
 
@@ -322,6 +467,7 @@ impl HostQpair {
         f: &mut impl FnMut(HostCompletion),
     ) -> Result<(), HostError> {
         const DISCONNECT_TAG: u64 = u64::MAX;
+        self.closing = true;
         let mut sqe = SubmissionEntry::fabrics(FabricsType::DISCONNECT, 0);
         sqe.cdw10 = 0;
         let mut status = None;
@@ -359,9 +505,12 @@ impl HostQpair {
         if self.outstanding > 0 {
             return Err(HostError::Busy(self.outstanding));
         }
+        let generation = self.assoc.generation.load(Ordering::Acquire);
         let rings = self.assoc.connect_io_queue(self.qid, self.depth)?;
         self.rings.host_close();
         self.rings = rings;
+        self.generation = generation;
+        self.closing = false;
         Ok(())
     }
 }
