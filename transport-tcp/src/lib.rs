@@ -1,0 +1,12 @@
+//! NVMe/TCP (NVMe/TCP Transport Specification 1.0, NVMe-oF 1.1).
+//!
+//! # Architecture
+//!
+//! * [`pdu`]: the PDU codec, pure (bytes in, PDUs out and back), shared by
+//!   the target, a host and the fuzzer.
+//!
+//! # Not implemented
+//!
+//! TLS, CPDA/HPDA other than 0 (no padding is ever sent).
+
+pub mod pdu;
