@@ -9,4 +9,10 @@
 //!
 //! TLS, CPDA/HPDA other than 0 (no padding is ever sent).
 
+pub mod conn;
+pub mod listener;
 pub mod pdu;
+mod pool;
+
+pub use conn::{ConnCore, ConnSettings, ConnStats, DISCOVERY_NQN, TcpConn};
+pub use listener::{ListenerConfig, ListenerInfo, TcpTransport};

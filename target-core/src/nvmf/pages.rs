@@ -163,12 +163,14 @@ fn identify_controller(engine: &Engine, ctrl: &Controller, p: &mut Page) {
     id.nn = s.max_namespaces;
     id.oncs = (1 << 2) | (1 << 3); // Dataset Management, Write Zeroes
     id.vwc = 0b101; // present; flush to NSID FFFFFFFFh not supported
-    id.sgls = 1;
+    let cp = ctrl.state().capsule;
+    id.sgls = cp.sgls;
     id.mnan = s.max_namespaces;
     set_nul_padded(&mut id.subnqn, &s.nqn);
-    id.ioccsz = 4; // 64-byte capsules
-    id.iorcsz = 1; // 16-byte responses
-    id.msdbd = 1;
+    id.ioccsz = cp.ioccsz;
+    id.iorcsz = cp.iorcsz;
+    id.icdoff = cp.icdoff;
+    id.msdbd = cp.msdbd;
     p.bytes(0, id.as_bytes());
 }
 
