@@ -15,4 +15,4 @@ pub mod pdu;
 mod pool;
 
 pub use conn::{ConnCore, ConnSettings, ConnStats, DISCOVERY_NQN, TcpConn};
-pub use listener::{ListenerConfig, ListenerInfo, TcpTransport};
+pub use listener::{ListenError, ListenerConfig, ListenerInfo, TcpTransport};
