@@ -72,6 +72,7 @@ mod cns {
     pub const CONTROLLER: u32 = 0x01;
     pub const ACTIVE_NAMESPACES: u32 = 0x02;
     pub const NAMESPACE_DESCRIPTORS: u32 = 0x03;
+    pub const CSI_CONTROLLER: u32 = 0x06;
 }
 
 /// Identify (Base 2.0c §5.17).
@@ -130,6 +131,10 @@ pub(crate) fn identify(
             p.u8(off, 4);
             p.u8(off + 1, 1);
         }
+        // I/O Command Set specific Identify Controller for the NVM command
+        // set (NVM 1.0c Figure 95): all zero, no command size limits. The
+        // Linux host asks for it when VS >= 1.1.
+        cns::CSI_CONTROLLER if sqe.cdw11 >> 24 == 0 => {}
         _ => return AdminOutcome::status(Status::INVALID_FIELD.with_dnr()),
     }
     deliver(&p.0[..], buf, 0, PAGE)

@@ -118,6 +118,21 @@ impl TestHost {
         s
     }
 
+    /// A connection that has not sent its ICReq.
+    pub fn connect_tcp_raw(addr: &str) -> Self {
+        Self {
+            sock: Self::raw(addr),
+            codec: CodecParams {
+                header_digest: false,
+                data_digest: false,
+                max_plen: 4 << 20,
+            },
+            rx: Vec::new(),
+            icdata: 8192,
+            maxh2cdata: 0,
+        }
+    }
+
     pub fn connect_tcp(addr: &str, hdgst: bool, ddgst: bool) -> Self {
         let sock = Self::raw(addr);
         let mut h = Self {
