@@ -10,6 +10,7 @@
 //! TLS, CPDA/HPDA other than 0 (no padding is ever sent).
 
 pub mod conn;
+pub mod discovery;
 pub mod listener;
 pub mod pdu;
 mod pool;

@@ -18,7 +18,10 @@ use crossbeam_queue::SegQueue;
 use target_core::nvmf::NvmfTarget;
 use target_core::reactor::Poller;
 
-use crate::conn::{ConnSettings, Linger, TcpConn};
+use target_core::nvmf::SubsystemParams;
+
+use crate::conn::{ConnSettings, DISCOVERY_NQN, Linger, TcpConn};
+use crate::discovery::{self, DiscoveryEntry};
 
 /// One listener as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,7 +120,9 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, ListenError> {
 }
 
 impl TcpTransport {
-    /// The transport of `target`, with no listeners yet.
+    /// The transport of `target`, with no listeners yet. It serves the
+    /// Discovery Log Page; the first listener registers the discovery
+    /// subsystem.
     pub fn new(target: &Arc<NvmfTarget>) -> Arc<Self> {
         let max = target.engine().opts.max_xfer_bytes();
         let max_xfer = if max == 0 {
@@ -125,14 +130,73 @@ impl TcpTransport {
         } else {
             max.min(16 << 20) as u32
         };
-        Arc::new(Self {
+        let me = Arc::new(Self {
             target: Arc::downgrade(target),
             listeners: Mutex::new(Vec::new()),
             linger: Arc::new(SegQueue::new()),
             live: Arc::new(AtomicUsize::new(0)),
             accepted: AtomicU64::new(0),
             max_xfer,
-        })
+        });
+        let weak = Arc::downgrade(&me);
+        target
+            .engine()
+            .set_discovery_log(Arc::new(move |host: &str| match weak.upgrade() {
+                Some(t) => discovery::build(&t.discovery_entries(host)),
+                None => discovery::build(&[]),
+            }));
+        me
+    }
+
+    /// Registers the well-known discovery subsystem, once.
+    fn register_discovery(target: &NvmfTarget) {
+        if target.subsystem(DISCOVERY_NQN).is_err()
+            && let Err(e) = target.add_subsystem(SubsystemParams {
+                nqn: DISCOVERY_NQN.into(),
+                serial: "NVMF-RS-DISCOVERY".into(),
+                model: "nvmf-rs discovery".into(),
+                max_namespaces: 1,
+                allow_any_host: true,
+                hosts: Vec::new(),
+            })
+        {
+            tracing::warn!(error = %e, "cannot register the discovery subsystem");
+        }
+    }
+
+    /// What the Discovery Log Page lists for `hostnqn`.
+    pub fn discovery_entries(&self, hostnqn: &str) -> Vec<DiscoveryEntry> {
+        let Some(target) = self.target.upgrade() else {
+            return Vec::new();
+        };
+        let subs = target.engine().subsystems();
+        let mut out = Vec::new();
+        for (i, e) in self.lock().iter().enumerate() {
+            let portid = i as u16 + 1;
+            for s in &subs {
+                if s.nqn == DISCOVERY_NQN || !s.host_allowed(hostnqn) {
+                    continue;
+                }
+                if e.settings.subsystem.as_ref().is_some_and(|n| *n != s.nqn) {
+                    continue;
+                }
+                out.push(DiscoveryEntry {
+                    addr: e.info.bound,
+                    portid,
+                    subnqn: s.nqn.clone(),
+                    subtype: 2,
+                    asqsz: e.info.config.max_queue_depth.min(32),
+                });
+            }
+            out.push(DiscoveryEntry {
+                addr: e.info.bound,
+                portid,
+                subnqn: DISCOVERY_NQN.into(),
+                subtype: 3,
+                asqsz: 32,
+            });
+        }
+        out
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
@@ -172,6 +236,9 @@ impl TcpTransport {
                 config.address.clone(),
                 "in_capsule_data_size must be a multiple of 16, at most 1 MiB".into(),
             ));
+        }
+        if let Some(target) = self.target.upgrade() {
+            Self::register_discovery(&target);
         }
         let mut ls = self.lock();
         if ls

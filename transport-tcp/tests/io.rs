@@ -117,3 +117,46 @@ fn listener_subsystem_filter_and_queue_limit() {
     assert_eq!(c.status().sc(), 0x82);
     assert_eq!(c.dw0, 44, "IPO points at SQSIZE");
 }
+
+#[test]
+fn discovery_controller_lists_listener_and_subsystem() {
+    let f = fixture(ListenerConfig::default());
+    let (mut d, _) = TestHost::admin_to(&f.addr, transport_tcp::DISCOVERY_NQN, false, false);
+    let mut sqe = SubmissionEntry::new(AdminOpcode::IDENTIFY.0, 5);
+    sqe.cdw10 = 1;
+    let id = d.exec(sqe, &[], false, 4096).data;
+    assert_eq!(id[111], 2, "CNTRLTYPE: discovery controller");
+    let log = |d: &mut TestHost, len: u32| {
+        let mut sqe = SubmissionEntry::new(AdminOpcode::GET_LOG_PAGE.0, 6);
+        sqe.cdw10 = 0x70 | ((len / 4 - 1) << 16);
+        let r = d.exec(sqe, &[], false, len);
+        assert!(r.cqe.unwrap().status().is_success());
+        r.data
+    };
+    let hdr = log(&mut d, 1024);
+    let numrec = u64::from_le_bytes(hdr[8..16].try_into().unwrap());
+    assert_eq!(numrec, 2, "the subsystem and the discovery subsystem");
+    let page = log(&mut d, 1024 * 3);
+    assert_eq!(page[..16], hdr[..16], "same generation and count");
+    let e = &page[1024..2048];
+    assert_eq!(&e[0..3], &[3, 1, 2], "TCP, IPv4, NVM subsystem");
+    assert_eq!(&e[256..256 + NQN.len()], NQN.as_bytes());
+    let port = f.addr.rsplit(':').next().unwrap();
+    assert_eq!(&e[32..32 + port.len()], port.as_bytes());
+    assert_eq!(&e[512..521], b"127.0.0.1");
+    assert_eq!(page[2048 + 2], 3, "current discovery subsystem entry");
+    // The generation changes when what the host sees changes.
+    f.target
+        .add_subsystem(target_core::nvmf::SubsystemParams {
+            nqn: "nqn.2026-11.io.nvmf-rs:second".into(),
+            serial: "S2".into(),
+            model: "m".into(),
+            max_namespaces: 1,
+            allow_any_host: true,
+            hosts: vec![],
+        })
+        .unwrap();
+    let hdr2 = log(&mut d, 1024);
+    assert_eq!(u64::from_le_bytes(hdr2[8..16].try_into().unwrap()), 3);
+    assert_ne!(hdr2[..8], hdr[..8], "GENCTR changed");
+}

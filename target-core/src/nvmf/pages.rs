@@ -142,6 +142,9 @@ pub(crate) fn identify(
 
 fn identify_controller(engine: &Engine, ctrl: &Controller, p: &mut Page) {
     let s = &ctrl.subsys;
+    if s.nqn == super::nqn::DISCOVERY_NQN {
+        return identify_discovery_controller(engine, ctrl, p);
+    }
     let mut id = IdentifyController::zeroed();
     set_ascii(&mut id.sn, &s.serial);
     set_ascii(&mut id.mn, &s.model);
@@ -179,6 +182,28 @@ fn identify_controller(engine: &Engine, ctrl: &Controller, p: &mut Page) {
     p.bytes(0, id.as_bytes());
 }
 
+/// Identify Controller of a discovery controller (NVMe-oF 1.1a §5.1):
+/// CNTRLTYPE 2, no namespaces, no I/O queues; log pages only.
+fn identify_discovery_controller(engine: &Engine, ctrl: &Controller, p: &mut Page) {
+    let s = &ctrl.subsys;
+    let mut id = IdentifyController::zeroed();
+    set_ascii(&mut id.sn, &s.serial);
+    set_ascii(&mut id.mn, &s.model);
+    set_ascii(&mut id.fr, env!("CARGO_PKG_VERSION"));
+    id.mdts = engine.opts.mdts;
+    id.cntlid = ctrl.cntlid;
+    id.ver = VERSION;
+    id.cntrltype = 2; // discovery controller
+    id.aerl_z = AER_LIMIT as u8 - 1;
+    id.lpa = 1 << 2; // extended data for Get Log Page
+    id.kas = 1;
+    id.maxcmd = engine.opts.max_queue_entries;
+    id.sgls = ctrl.state().capsule.sgls;
+    set_nul_padded(&mut id.subnqn, &s.nqn);
+    id.msdbd = 1;
+    p.bytes(0, id.as_bytes());
+}
+
 fn identify_namespace(ns: &super::subsystem::Namespace, p: &mut Page) {
     let info = ns.bdev.info();
     let mut id = IdentifyNamespace::zeroed();
@@ -202,6 +227,7 @@ mod lid {
     pub const FIRMWARE_SLOT: u8 = 0x03;
     pub const CHANGED_NS: u8 = 0x04;
     pub const EFFECTS: u8 = 0x05;
+    pub const DISCOVERY: u8 = 0x70;
 }
 
 /// Admin opcodes reported as supported in the effects log.
@@ -222,7 +248,6 @@ pub(crate) fn get_log_page(
     sqe: &SubmissionEntry,
     buf: &mut DataBuf,
 ) -> AdminOutcome {
-    let _ = engine;
     let lid = (sqe.cdw10 & 0xff) as u8;
     let rae = sqe.cdw10 & (1 << 15) != 0;
     let numd = (((sqe.cdw11 & 0xffff) as u64) << 16 | (sqe.cdw10 >> 16) as u64) + 1;
@@ -230,6 +255,13 @@ pub(crate) fn get_log_page(
     let offset = sqe.cdw12 as u64 | ((sqe.cdw13 as u64) << 32);
     if offset & 3 != 0 || (sqe.cdw10 >> 8) & 0x7f != 0 {
         return AdminOutcome::status(Status::INVALID_FIELD.with_dnr());
+    }
+    if ctrl.subsys.nqn == super::nqn::DISCOVERY_NQN {
+        if lid != lid::DISCOVERY {
+            return AdminOutcome::status(Status::INVALID_LOG_PAGE.with_dnr());
+        }
+        let log = engine.discovery_log(&ctrl.hostnqn);
+        return deliver(&log, buf, offset, len);
     }
     let mut p = Page::new();
     match lid {

@@ -314,8 +314,12 @@ impl TestHost {
 
     /// Admin queue up: Connect, CC.EN = 1, wait for CSTS.RDY. Returns CNTLID.
     pub fn admin(addr: &str, hdgst: bool, ddgst: bool) -> (Self, u16) {
+        Self::admin_to(addr, NQN, hdgst, ddgst)
+    }
+
+    pub fn admin_to(addr: &str, nqn: &str, hdgst: bool, ddgst: bool) -> (Self, u16) {
         let mut h = Self::connect_tcp(addr, hdgst, ddgst);
-        let c = h.connect(0, 32, 0xffff, NQN);
+        let c = h.connect(0, 32, 0xffff, nqn);
         assert!(c.status().is_success(), "admin connect: {:?}", c.status());
         let cntlid = c.dw0 as u16;
         let c = h.prop_set(0x14, 1 | (6 << 16) | (4 << 20));
