@@ -41,6 +41,35 @@ pub enum StartError {
         /// The engine's error.
         source: TargetError,
     },
+    /// A listener could not be added (address in use, permission...).
+    #[error("listener: {0}")]
+    Listener(#[from] transport_tcp::listener::ListenError),
+}
+
+/// The TCP transport's listener settings for a `[[listener]]` of
+/// transport `tcp`.
+pub fn tcp_listener_config(
+    l: &target_core::config::ListenerConfig,
+) -> transport_tcp::ListenerConfig {
+    let d = transport_tcp::ListenerConfig::default();
+    let sub = l.subsystem.get_ref();
+    transport_tcp::ListenerConfig {
+        address: l
+            .address
+            .as_ref()
+            .map_or(d.address.clone(), |a| a.get_ref().clone()),
+        subsystem: (sub != "*").then(|| sub.clone()),
+        in_capsule_data_size: l
+            .in_capsule_data_size
+            .as_ref()
+            .map_or(d.in_capsule_data_size, |v| *v.get_ref()),
+        max_queue_depth: l
+            .max_queue_depth
+            .as_ref()
+            .map_or(d.max_queue_depth, |v| *v.get_ref()),
+        header_digest: l.header_digest.unwrap_or(d.header_digest),
+        data_digest: l.data_digest.unwrap_or(d.data_digest),
+    }
 }
 
 /// How to run reactors, beyond what the config says.
@@ -56,6 +85,7 @@ pub struct StartOptions {
 pub struct Target {
     nvmf: Arc<NvmfTarget>,
     transport: Arc<LoopTransport>,
+    tcp: Arc<transport_tcp::TcpTransport>,
     config: TargetConfig,
     controllers: Mutex<HashMap<String, Arc<NvmeController>>>,
     /// Backend name -> PCI address of the NVMe device under it (`nvme`
@@ -129,7 +159,16 @@ impl Target {
                 source,
             }
         })?;
+        let tcp = transport_tcp::TcpTransport::new(&nvmf);
+        if let Err(source) = tcp.start_poller() {
+            let _ = nvmf.stop();
+            return Err(StartError::Target {
+                what: "tcp accept poller".into(),
+                source,
+            });
+        }
         let target = Self {
+            tcp,
             transport: LoopTransport::new(nvmf.clone()),
             nvmf,
             config: cfg.clone(),
@@ -171,7 +210,11 @@ impl Target {
             }
         }
         for l in &cfg.listeners {
-            self.transport.listen(l.subsystem.get_ref());
+            if l.transport.get_ref() == "tcp" {
+                self.tcp.add_listener(tcp_listener_config(l))?;
+            } else {
+                self.transport.listen(l.subsystem.get_ref());
+            }
         }
         Ok(resolved)
     }
@@ -472,6 +515,11 @@ impl Target {
         &self.transport
     }
 
+    /// The NVMe/TCP transport: its listeners and connections.
+    pub fn tcp(&self) -> &Arc<transport_tcp::TcpTransport> {
+        &self.tcp
+    }
+
     /// The config it was started from, NSIDs resolved (the service tracks
     /// later changes).
     pub fn config(&self) -> &TargetConfig {
@@ -510,7 +558,16 @@ impl Target {
             }
         }
         for l in &self.config.listeners {
-            s.push_str(&format!("listener loop: {}\n", l.subsystem.get_ref()));
+            if l.transport.get_ref() != "tcp" {
+                s.push_str(&format!("listener loop: {}\n", l.subsystem.get_ref()));
+            }
+        }
+        for l in self.tcp.listeners() {
+            s.push_str(&format!(
+                "listener tcp {}: {}\n",
+                l.bound,
+                l.config.subsystem.as_deref().unwrap_or("*")
+            ));
         }
         s
     }

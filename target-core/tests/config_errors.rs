@@ -259,10 +259,26 @@ fn metrics_must_be_loopback_and_nsid_in_range() {
 #[test]
 fn unknown_listener_transport() {
     fails(
-        |b| format!("{b}\n[[listener]]\ntransport = \"tcp\"\nsubsystem = \"*\"\n"),
+        |b| format!("{b}\n[[listener]]\ntransport = \"rdma\"\nsubsystem = \"*\"\n"),
         18,
         "listener[0].transport",
         "unknown transport",
+    );
+    fails(
+        |b| format!("{b}\n[[listener]]\ntransport = \"tcp\"\nsubsystem = \"*\"\n"),
+        18,
+        "listener[0].address",
+        "needs address",
+    );
+    fails(
+        |b| {
+            format!(
+                "{b}\n[[listener]]\ntransport = \"tcp\"\nsubsystem = \"*\"\naddress = \"4420\"\n"
+            )
+        },
+        20,
+        "listener[0].address",
+        "host:port",
     );
     fails(
         |b| {

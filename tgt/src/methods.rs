@@ -115,6 +115,21 @@ pub const METHODS: &[Method] = &[
         f: nvmf_get_controllers,
     },
     Method {
+        name: "nvmf_get_listeners",
+        help: "listeners: transport, subsystem, address (tcp: bound address, settings, connections)",
+        f: nvmf_get_listeners,
+    },
+    Method {
+        name: "nvmf_subsystem_add_listener",
+        help: "add a listener {nqn (or \"*\"), transport = \"tcp\", address, in_capsule_data_size?, max_queue_depth?, header_digest?, data_digest?}",
+        f: nvmf_subsystem_add_listener,
+    },
+    Method {
+        name: "nvmf_subsystem_remove_listener",
+        help: "remove a listener {nqn, transport = \"tcp\", address?}; live connections stay",
+        f: nvmf_subsystem_remove_listener,
+    },
+    Method {
         name: "nvmf_get_qpairs",
         help: "queue pairs {nqn?}: controller, QID, reactor",
         f: nvmf_get_qpairs,
@@ -491,6 +506,136 @@ fn nvmf_get_subsystems(svc: &Service, p: Value) -> Result<Value, RpcError> {
     ))
 }
 
+fn listener_json(l: &target_core::config::ListenerConfig, svc: &Service) -> Value {
+    let mut v = json!({
+        "transport": l.transport.get_ref(),
+        "subsystem": l.subsystem.get_ref(),
+    });
+    if l.transport.get_ref() == "tcp" {
+        let c = target_facade::tcp_listener_config(l);
+        let bound = svc
+            .target
+            .tcp()
+            .listeners()
+            .into_iter()
+            .find(|i| i.config.address == c.address)
+            .map(|i| i.bound.to_string());
+        v["address"] = json!(c.address);
+        v["bound"] = json!(bound);
+        v["in_capsule_data_size"] = json!(c.in_capsule_data_size);
+        v["max_queue_depth"] = json!(c.max_queue_depth);
+        v["header_digest"] = json!(c.header_digest);
+        v["data_digest"] = json!(c.data_digest);
+    }
+    v
+}
+
+fn nvmf_get_listeners(svc: &Service, p: Value) -> Result<Value, RpcError> {
+    let _: Empty = params(p)?;
+    let running = lock(&svc.running).listeners.clone();
+    let list: Vec<Value> = running.iter().map(|l| listener_json(l, svc)).collect();
+    Ok(json!({
+        "listeners": list,
+        "tcp_connections": svc.target.tcp().connections(),
+        "tcp_accepted": svc.target.tcp().accepted(),
+    }))
+}
+
+fn nvmf_subsystem_add_listener(svc: &Service, p: Value) -> Result<Value, RpcError> {
+    let mut m = object(p)?;
+    let nqn = take_str(&mut m, "nqn")?;
+    if !m.contains_key("transport") {
+        m.insert("transport".into(), json!("tcp"));
+    }
+    m.insert("subsystem".into(), json!(nqn));
+    let table = toml_table(m)?;
+    let _g = svc.begin_change()?;
+    let before = lock(&svc.running).listeners.len();
+    let cfg = svc.edit(|t| {
+        array(t, "listener")?.push(toml::Value::Table(table));
+        Ok(())
+    })?;
+    let l = cfg
+        .listeners
+        .get(before)
+        .ok_or_else(|| internal("new listener missing from the config"))?;
+    if l.transport.get_ref() == "tcp" {
+        let c = target_facade::tcp_listener_config(l);
+        if cfg.listeners[..before].iter().any(|o| {
+            o.transport.get_ref() == "tcp"
+                && target_facade::tcp_listener_config(o).address == c.address
+        }) {
+            return Err(RpcError::new(
+                proto::ALREADY_EXISTS,
+                format!("a listener on {} exists already", c.address),
+            ));
+        }
+        svc.target
+            .tcp()
+            .add_listener(c)
+            .map_err(|e| RpcError::new(proto::OPERATION_FAILED, e.to_string()))?;
+    } else {
+        svc.target.transport().listen(&nqn);
+    }
+    let out = listener_json(l, svc);
+    svc.commit(cfg);
+    Ok(out)
+}
+
+fn nvmf_subsystem_remove_listener(svc: &Service, p: Value) -> Result<Value, RpcError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        nqn: String,
+        #[serde(default)]
+        transport: Option<String>,
+        #[serde(default)]
+        address: Option<String>,
+    }
+    let P {
+        nqn,
+        transport,
+        address,
+    } = params(p)?;
+    let transport = transport.unwrap_or_else(|| "tcp".into());
+    let _g = svc.begin_change()?;
+    let matches = |l: &toml::Value| {
+        l.get("subsystem").and_then(toml::Value::as_str) == Some(&nqn)
+            && l.get("transport").and_then(toml::Value::as_str) == Some(&transport)
+            && (address.is_none()
+                || l.get("address").and_then(toml::Value::as_str) == address.as_deref())
+    };
+    let mut removed: Vec<String> = Vec::new();
+    let cfg = svc.edit(|t| {
+        let ls = array(t, "listener")?;
+        for l in ls.iter().filter(|l| matches(l)) {
+            removed.push(
+                l.get("address")
+                    .and_then(toml::Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+            );
+        }
+        if removed.is_empty() {
+            return Err(RpcError::new(
+                proto::NOT_FOUND,
+                format!("no {transport} listener for {nqn}"),
+            ));
+        }
+        ls.retain(|l| !matches(l));
+        Ok(())
+    })?;
+    if transport == "tcp" {
+        for a in &removed {
+            svc.target.tcp().remove_listener(a);
+        }
+    } else {
+        svc.target.transport().unlisten(&nqn);
+    }
+    svc.commit(cfg);
+    Ok(json!({"nqn": nqn, "transport": transport, "removed": removed}))
+}
+
 fn nvmf_create_subsystem(svc: &Service, p: Value) -> Result<Value, RpcError> {
     let mut m = object(p)?;
     let nqn = take_str(&mut m, "nqn")?;
@@ -515,9 +660,10 @@ fn nvmf_create_subsystem(svc: &Service, p: Value) -> Result<Value, RpcError> {
     }
     let cfg = svc.edit(|t| {
         array(t, "subsystem")?.push(toml::Value::Table(table));
-        let wildcard = array(t, "listener")?
-            .iter()
-            .any(|l| l.get("subsystem").and_then(toml::Value::as_str) == Some("*"));
+        let wildcard = array(t, "listener")?.iter().any(|l| {
+            l.get("subsystem").and_then(toml::Value::as_str) == Some("*")
+                && l.get("transport").and_then(toml::Value::as_str) == Some("loop")
+        });
         if listen && !wildcard {
             let mut l = toml::Table::new();
             l.insert("transport".into(), "loop".into());
@@ -580,6 +726,11 @@ fn nvmf_delete_subsystem(svc: &Service, p: Value) -> Result<Value, RpcError> {
         Ok(())
     })?;
     svc.target.transport().unlisten(&nqn);
+    for l in svc.target.tcp().listeners() {
+        if l.config.subsystem.as_deref() == Some(nqn.as_str()) {
+            svc.target.tcp().remove_listener(&l.config.address);
+        }
+    }
     svc.target
         .nvmf()
         .remove_subsystem(&nqn)

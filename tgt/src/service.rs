@@ -155,6 +155,8 @@ pub(crate) fn start_err(e: StartError) -> RpcError {
             r.message = format!("{what}: {}", r.message);
             r
         }
-        StartError::Backend { .. } => RpcError::new(proto::OPERATION_FAILED, e.to_string()),
+        StartError::Backend { .. } | StartError::Listener(_) => {
+            RpcError::new(proto::OPERATION_FAILED, e.to_string())
+        }
     }
 }

@@ -177,10 +177,25 @@ pub struct NamespaceConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// Transport; only `loop` exists.
+    /// Transport: `loop` (in-process hosts) or `tcp` (NVMe/TCP).
     pub transport: Spanned<String>,
     /// Subsystem NQN, or `*` for every subsystem.
     pub subsystem: Spanned<String>,
+    /// `tcp`: `host:port` to listen on (IPv6 as `[addr]:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Spanned<String>>,
+    /// `tcp`: in-capsule data size for I/O queues, bytes (default 8192).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_capsule_data_size: Option<Spanned<u32>>,
+    /// `tcp`: largest queue a host may connect (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue_depth: Option<Spanned<u16>>,
+    /// `tcp`: grant header digests when a host asks (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_digest: Option<bool>,
+    /// `tcp`: grant data digests when a host asks (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_digest: Option<bool>,
 }
 
 impl TargetConfig {

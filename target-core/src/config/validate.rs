@@ -332,14 +332,75 @@ pub(super) fn validate(cfg: &TargetConfig, file: &str, text: &str) -> Result<(),
     }
     // Listeners.
     for (i, l) in cfg.listeners.iter().enumerate() {
-        if l.transport.get_ref() != "loop" {
+        let tcp = match l.transport.get_ref().as_str() {
+            "loop" => false,
+            "tcp" => true,
+            other => {
+                return Err(cx.err(
+                    l.transport.span(),
+                    format!("listener[{i}].transport"),
+                    format!("unknown transport \"{other}\" (\"loop\" or \"tcp\")"),
+                ));
+            }
+        };
+        match (&l.address, tcp) {
+            (None, true) => {
+                return Err(cx.err(
+                    l.transport.span(),
+                    format!("listener[{i}].address"),
+                    "a tcp listener needs address = \"host:port\"",
+                ));
+            }
+            (Some(a), false) => {
+                return Err(cx.err(
+                    a.span(),
+                    format!("listener[{i}].address"),
+                    "only tcp listeners have an address",
+                ));
+            }
+            (Some(a), true) => {
+                let ok = a
+                    .get_ref()
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !ok {
+                    return Err(cx.err(
+                        a.span(),
+                        format!("listener[{i}].address"),
+                        "must be host:port (IPv6 as [addr]:port)",
+                    ));
+                }
+            }
+            (None, false) => {}
+        }
+        if !tcp
+            && (l.in_capsule_data_size.is_some()
+                || l.max_queue_depth.is_some()
+                || l.header_digest.is_some()
+                || l.data_digest.is_some())
+        {
             return Err(cx.err(
                 l.transport.span(),
-                format!("listener[{i}].transport"),
-                format!(
-                    "unknown transport \"{}\" (only \"loop\")",
-                    l.transport.get_ref()
-                ),
+                format!("listener[{i}]"),
+                "in_capsule_data_size, max_queue_depth and digests are tcp settings",
+            ));
+        }
+        if let Some(icd) = &l.in_capsule_data_size
+            && (!icd.get_ref().is_multiple_of(16) || *icd.get_ref() > 1 << 20)
+        {
+            return Err(cx.err(
+                icd.span(),
+                format!("listener[{i}].in_capsule_data_size"),
+                "must be a multiple of 16, at most 1048576",
+            ));
+        }
+        if let Some(q) = &l.max_queue_depth
+            && *q.get_ref() < 2
+        {
+            return Err(cx.err(
+                q.span(),
+                format!("listener[{i}].max_queue_depth"),
+                "must be at least 2",
             ));
         }
         let sub = l.subsystem.get_ref();

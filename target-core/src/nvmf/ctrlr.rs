@@ -123,6 +123,8 @@ pub struct ControllerState {
     pub error_count: u64,
     /// A teardown is under way.
     pub teardown: Option<TeardownKind>,
+    /// Capsule parameters of the transport the association came over.
+    pub capsule: super::transport::CapsuleParams,
 }
 
 /// A controller.
@@ -211,6 +213,7 @@ impl Controller {
                 errors: VecDeque::new(),
                 error_count: 0,
                 teardown: None,
+                capsule: Default::default(),
             }),
         }
     }

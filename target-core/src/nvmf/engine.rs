@@ -168,7 +168,12 @@ pub struct Engine {
     pgs: OnceLock<Vec<PgHandle>>,
     epoch: Instant,
     next_pg: AtomicUsize,
+    discovery: RwLock<Option<DiscoveryLogFn>>,
 }
+
+/// Builds the Discovery Log Page (log identifier 70h) for a host NQN: the
+/// transports know their listeners, the engine serves the page.
+pub type DiscoveryLogFn = Arc<dyn Fn(&str) -> Vec<u8> + Send + Sync>;
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -184,7 +189,27 @@ impl Engine {
             pgs: OnceLock::new(),
             epoch: Instant::now(),
             next_pg: AtomicUsize::new(0),
+            discovery: RwLock::new(None),
         })
+    }
+
+    /// Installs the builder of the Discovery Log Page.
+    pub fn set_discovery_log(&self, f: DiscoveryLogFn) {
+        *self.discovery.write().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    /// The Discovery Log Page for `hostnqn` (header only when no transport
+    /// installed a builder).
+    pub fn discovery_log(&self, hostnqn: &str) -> Vec<u8> {
+        let f = self
+            .discovery
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match f {
+            Some(f) => f(hostnqn),
+            None => vec![0u8; 1024],
+        }
     }
 
     pub(crate) fn set_pgs(&self, pgs: Vec<PgHandle>) {

@@ -174,8 +174,12 @@ fn connect_admin(
         st.controllers.insert(id, c.clone());
         c
     };
-    // Until the host sets Number of Queues, it may use all of them.
-    ctrl.state().io_queues_granted = engine.opts.max_io_queues;
+    {
+        let mut st = ctrl.state();
+        // Until the host sets Number of Queues, it may use all of them.
+        st.io_queues_granted = engine.opts.max_io_queues;
+        st.capsule = qp.tr.capsule_params();
+    }
     qp.qid = 0;
     qp.sid = subsys.id;
     qp.set_entries(sqsize_z + 1);

@@ -72,6 +72,7 @@ mod cns {
     pub const CONTROLLER: u32 = 0x01;
     pub const ACTIVE_NAMESPACES: u32 = 0x02;
     pub const NAMESPACE_DESCRIPTORS: u32 = 0x03;
+    pub const CSI_CONTROLLER: u32 = 0x06;
 }
 
 /// Identify (Base 2.0c §5.17).
@@ -130,6 +131,10 @@ pub(crate) fn identify(
             p.u8(off, 4);
             p.u8(off + 1, 1);
         }
+        // I/O Command Set specific Identify Controller for the NVM command
+        // set (NVM 1.0c Figure 95): all zero, no command size limits. The
+        // Linux host asks for it when VS >= 1.1.
+        cns::CSI_CONTROLLER if sqe.cdw11 >> 24 == 0 => {}
         _ => return AdminOutcome::status(Status::INVALID_FIELD.with_dnr()),
     }
     deliver(&p.0[..], buf, 0, PAGE)
@@ -137,6 +142,9 @@ pub(crate) fn identify(
 
 fn identify_controller(engine: &Engine, ctrl: &Controller, p: &mut Page) {
     let s = &ctrl.subsys;
+    if s.nqn == super::nqn::DISCOVERY_NQN {
+        return identify_discovery_controller(engine, ctrl, p);
+    }
     let mut id = IdentifyController::zeroed();
     set_ascii(&mut id.sn, &s.serial);
     set_ascii(&mut id.mn, &s.model);
@@ -163,11 +171,35 @@ fn identify_controller(engine: &Engine, ctrl: &Controller, p: &mut Page) {
     id.nn = s.max_namespaces;
     id.oncs = (1 << 2) | (1 << 3); // Dataset Management, Write Zeroes
     id.vwc = 0b101; // present; flush to NSID FFFFFFFFh not supported
-    id.sgls = 1;
+    let cp = ctrl.state().capsule;
+    id.sgls = cp.sgls;
     id.mnan = s.max_namespaces;
     set_nul_padded(&mut id.subnqn, &s.nqn);
-    id.ioccsz = 4; // 64-byte capsules
-    id.iorcsz = 1; // 16-byte responses
+    id.ioccsz = cp.ioccsz;
+    id.iorcsz = cp.iorcsz;
+    id.icdoff = cp.icdoff;
+    id.msdbd = cp.msdbd;
+    p.bytes(0, id.as_bytes());
+}
+
+/// Identify Controller of a discovery controller (NVMe-oF 1.1a §5.1):
+/// CNTRLTYPE 2, no namespaces, no I/O queues; log pages only.
+fn identify_discovery_controller(engine: &Engine, ctrl: &Controller, p: &mut Page) {
+    let s = &ctrl.subsys;
+    let mut id = IdentifyController::zeroed();
+    set_ascii(&mut id.sn, &s.serial);
+    set_ascii(&mut id.mn, &s.model);
+    set_ascii(&mut id.fr, env!("CARGO_PKG_VERSION"));
+    id.mdts = engine.opts.mdts;
+    id.cntlid = ctrl.cntlid;
+    id.ver = VERSION;
+    id.cntrltype = 2; // discovery controller
+    id.aerl_z = AER_LIMIT as u8 - 1;
+    id.lpa = 1 << 2; // extended data for Get Log Page
+    id.kas = 1;
+    id.maxcmd = engine.opts.max_queue_entries;
+    id.sgls = ctrl.state().capsule.sgls;
+    set_nul_padded(&mut id.subnqn, &s.nqn);
     id.msdbd = 1;
     p.bytes(0, id.as_bytes());
 }
@@ -195,6 +227,7 @@ mod lid {
     pub const FIRMWARE_SLOT: u8 = 0x03;
     pub const CHANGED_NS: u8 = 0x04;
     pub const EFFECTS: u8 = 0x05;
+    pub const DISCOVERY: u8 = 0x70;
 }
 
 /// Admin opcodes reported as supported in the effects log.
@@ -215,7 +248,6 @@ pub(crate) fn get_log_page(
     sqe: &SubmissionEntry,
     buf: &mut DataBuf,
 ) -> AdminOutcome {
-    let _ = engine;
     let lid = (sqe.cdw10 & 0xff) as u8;
     let rae = sqe.cdw10 & (1 << 15) != 0;
     let numd = (((sqe.cdw11 & 0xffff) as u64) << 16 | (sqe.cdw10 >> 16) as u64) + 1;
@@ -223,6 +255,13 @@ pub(crate) fn get_log_page(
     let offset = sqe.cdw12 as u64 | ((sqe.cdw13 as u64) << 32);
     if offset & 3 != 0 || (sqe.cdw10 >> 8) & 0x7f != 0 {
         return AdminOutcome::status(Status::INVALID_FIELD.with_dnr());
+    }
+    if ctrl.subsys.nqn == super::nqn::DISCOVERY_NQN {
+        if lid != lid::DISCOVERY {
+            return AdminOutcome::status(Status::INVALID_LOG_PAGE.with_dnr());
+        }
+        let log = engine.discovery_log(&ctrl.hostnqn);
+        return deliver(&log, buf, offset, len);
     }
     let mut p = Page::new();
     match lid {

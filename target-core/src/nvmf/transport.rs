@@ -35,8 +35,44 @@ pub struct Response {
     pub buf: DataBuf,
 }
 
+/// What Identify Controller tells a host about a transport's capsules
+/// (NVMe-oF 1.1a §4.1, Base 2.0c Figure 275): the engine reports them, the
+/// transport decides them (in memory there is no in-capsule data; over TCP
+/// the listener's in-capsule data size sets IOCCSZ).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapsuleParams {
+    /// IOCCSZ: I/O command capsule size in 16-byte units (4: the SQE only).
+    pub ioccsz: u32,
+    /// IORCSZ: I/O response capsule size in 16-byte units (1: the CQE).
+    pub iorcsz: u32,
+    /// ICDOFF: in-capsule data offset in 16-byte units.
+    pub icdoff: u16,
+    /// MSDBD: SGL data block descriptors per command at most.
+    pub msdbd: u8,
+    /// SGLS: SGL support bits (bit 0: SGLs supported; bit 20: SGL offset,
+    /// i.e. in-capsule data addressed by an offset descriptor).
+    pub sgls: u32,
+}
+
+impl Default for CapsuleParams {
+    fn default() -> Self {
+        Self {
+            ioccsz: 4,
+            iorcsz: 1,
+            icdoff: 0,
+            msdbd: 1,
+            sgls: 1,
+        }
+    }
+}
+
 /// The target's end of a queue pair.
 pub trait QpairTransport: Send + fmt::Debug {
+    /// Capsule sizes and SGL support to advertise for controllers whose
+    /// admin queue came over this transport.
+    fn capsule_params(&self) -> CapsuleParams {
+        CapsuleParams::default()
+    }
     /// Takes the next submitted capsule, if any.
     fn recv(&mut self) -> Option<Capsule>;
     /// Posts a response. `Err` gives it back when the completion ring is full.

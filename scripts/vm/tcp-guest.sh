@@ -1,0 +1,239 @@
+#!/bin/sh
+# Runs inside the `tcp` VM guest (scripts/vm/run.sh): our nvmf-tgt serves a
+# RAM namespace on 127.0.0.1:4420 and the guest kernel's own NVMe/TCP host
+# (nvme-tcp, written and tested by others) connects to it through
+# /dev/nvme-fabrics. Prints TEST/SUMMARY lines as run.sh parses them.
+NQN=nqn.2026-11.io.nvmf-rs:vm-tcp
+SERIAL=VMTCP0001
+MODEL="nvmf-rs vm tcp"
+RAM_MIB=64
+pass=0
+fail=0
+ok() { echo "TEST $1 ... ok${2:+ ($2)}"; pass=$((pass + 1)); }
+bad() { echo "TEST $1 ... FAILED: $2"; fail=$((fail + 1)); }
+info() { echo "  tcp: $*"; }
+
+for m in $(cat /tcp.order); do
+    insmod /lib/modules/$m 2>/dev/null || info "insmod $m failed"
+done
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+
+cat >/tmp/tgt.toml <<EOF
+[target]
+mdts = 5
+
+[reactors]
+cores = [0]
+
+[[backend]]
+name = "ram0"
+kind = "malloc"
+block_size = 512
+size = "${RAM_MIB}MiB"
+
+[[subsystem]]
+nqn = "$NQN"
+serial = "$SERIAL"
+model = "$MODEL"
+allow_any_host = true
+
+  [[subsystem.namespace]]
+  nsid = 1
+  backend = "ram0"
+
+[[listener]]
+transport = "tcp"
+address = "127.0.0.1:4420"
+subsystem = "*"
+EOF
+
+RUST_BACKTRACE=1 /nvmf-tgt -c /tmp/tgt.toml --unpinned --rpc-socket /tmp/tgt.sock \
+    --log-level info >/tmp/tgt.log 2>&1 &
+TGT=$!
+rpc() { /nvmf-tgt rpc --socket /tmp/tgt.sock "$@"; }
+i=0
+until rpc nvmf_get_listeners >/dev/null 2>&1; do
+    i=$((i + 1))
+    if [ $i -gt 60 ] || ! kill -0 $TGT 2>/dev/null; then break; fi
+    sleep 1
+done
+if rpc nvmf_get_listeners >/dev/null 2>&1; then
+    ok target_started
+else
+    bad target_started "nvmf-tgt is not answering"
+    tail -n 20 /tmp/tgt.log
+    echo "SUMMARY passed=$pass failed=$fail"
+    exit 1
+fi
+
+# waits up to $1 seconds for command $2... to succeed
+wait_for() {
+    n=$1
+    shift
+    while [ "$n" -gt 0 ]; do
+        "$@" && return 0
+        sleep 1
+        n=$((n - 1))
+    done
+    "$@"
+}
+
+find_ctrl() {
+    for c in /sys/class/nvme/nvme*; do
+        [ -e "$c/subsysnqn" ] || continue
+        [ "$(cat $c/subsysnqn)" = "$NQN" ] || continue
+        [ "$(cat $c/transport)" = tcp ] || continue
+        echo "${c##*/}"
+        return 0
+    done
+    return 1
+}
+
+find_ns() {
+    for b in /sys/block/nvme*n1; do
+        [ -e "$b" ] || continue
+        echo "${b##*/}"
+        return 0
+    done
+    return 1
+}
+
+ctrl_live() { [ "$(cat /sys/class/nvme/$CTRL/state 2>/dev/null)" = live ]; }
+ns_present() { NS=$(find_ns) && [ -b /dev/$NS ]; }
+
+connect() {
+    opts="transport=tcp,traddr=127.0.0.1,trsvcid=4420,nqn=$NQN$1"
+    if ! echo "$opts" >/dev/nvme-fabrics; then
+        return 1
+    fi
+    wait_for 30 find_ctrl >/dev/null || return 1
+    CTRL=$(find_ctrl)
+    wait_for 30 ns_present || return 1
+    NS=$(find_ns)
+}
+
+# Writes random data at several sizes with O_DIRECT and reads it back.
+io_tests() {
+    tag=$1
+    for spec in "4k 4096 32 0" "64k 65536 8 16" "1m 1048576 4 8"; do
+        set -- $spec
+        name=$1 bs=$2 n=$3 at=$4
+        dd if=/dev/urandom of=/tmp/w bs=$bs count=$n 2>/dev/null
+        if ! dd if=/tmp/w of=/dev/$NS bs=$bs count=$n seek=$at oflag=direct 2>/tmp/dd.err; then
+            bad "${tag}_dd_${name}" "write failed: $(tail -n1 /tmp/dd.err)"
+            continue
+        fi
+        if ! dd if=/dev/$NS of=/tmp/r bs=$bs count=$n skip=$at iflag=direct 2>/tmp/dd.err; then
+            bad "${tag}_dd_${name}" "read failed: $(tail -n1 /tmp/dd.err)"
+            continue
+        fi
+        if cmp -s /tmp/w /tmp/r; then
+            ok "${tag}_dd_${name}" "$n x $bs written and read back with O_DIRECT"
+        else
+            bad "${tag}_dd_${name}" "read back differs"
+        fi
+    done
+    # Kept for the reset test: 64k region checksum.
+    dd if=/dev/$NS of=/tmp/keep bs=65536 count=8 skip=16 iflag=direct 2>/dev/null
+}
+
+# ---- plain connection ---------------------------------------------------------
+if connect ""; then
+    ok connect "controller $CTRL, namespace $NS"
+else
+    bad connect "no controller or namespace appeared"
+    dmesg | grep -i nvme | tail -n 10 | sed 's/^/  dmesg: /'
+    tail -n 10 /tmp/tgt.log | sed 's/^/  tgt: /'
+    echo "SUMMARY passed=$pass failed=$fail"
+    exit 1
+fi
+
+c=/sys/class/nvme/$CTRL
+got="$(cat $c/model | sed 's/ *$//')|$(cat $c/serial | sed 's/ *$//')|$(cat $c/subsysnqn)"
+want="$MODEL|$SERIAL|$NQN"
+[ "$got" = "$want" ] && ok sysfs_identity "$got" || bad sysfs_identity "got '$got', want '$want'"
+
+sectors=$(cat /sys/block/$NS/size)
+want=$((RAM_MIB * 2048))
+[ "$sectors" = "$want" ] && ok namespace_size "$sectors sectors" || bad namespace_size "$sectors sectors, want $want"
+
+io_tests plain
+
+# ---- controller resets ---------------------------------------------------------
+resets=0
+for i in 1 2 3 4 5; do
+    echo 1 >$c/reset_controller 2>/dev/null || break
+    sleep 1
+    wait_for 60 ctrl_live || break
+    wait_for 30 ns_present || break
+    resets=$((resets + 1))
+done
+if [ $resets -eq 5 ]; then
+    if dd if=/dev/$NS of=/tmp/r bs=65536 count=8 skip=16 iflag=direct 2>/dev/null && cmp -s /tmp/keep /tmp/r; then
+        ok reset_controller "5 resets, data written before reads back"
+    else
+        bad reset_controller "data differs after resets"
+    fi
+else
+    bad reset_controller "controller not live after reset $((resets + 1)) (state $(cat $c/state 2>/dev/null))"
+fi
+
+# ---- delete while I/O runs ------------------------------------------------------
+dd if=/dev/$NS of=/dev/null bs=65536 count=100000 iflag=direct 2>/dev/null &
+DD=$!
+sleep 2
+echo 1 >$c/delete_controller 2>/dev/null
+n=0
+while kill -0 $DD 2>/dev/null && [ $n -lt 60 ]; do
+    sleep 1
+    n=$((n + 1))
+done
+if kill -0 $DD 2>/dev/null; then
+    bad delete_controller_under_io "reader still blocked after 60 s"
+    kill -9 $DD 2>/dev/null
+elif find_ctrl >/dev/null; then
+    bad delete_controller_under_io "controller still present"
+elif ! kill -0 $TGT 2>/dev/null; then
+    bad delete_controller_under_io "nvmf-tgt died"
+else
+    ok delete_controller_under_io "reader ended, controller gone, target up"
+fi
+
+# ---- header and data digests ---------------------------------------------------
+if connect ",hdr_digest,data_digest"; then
+    ok connect_digests "controller $CTRL with header and data digests"
+    io_tests digest
+    echo 1 >/sys/class/nvme/$CTRL/delete_controller
+    wait_for 30 sh -c '! ls /sys/class/nvme/ 2>/dev/null | grep -q nvme' || true
+else
+    bad connect_digests "no controller or namespace appeared"
+fi
+
+# ---- the target's view -------------------------------------------------------------
+if rpc nvmf_get_stats >/tmp/stats 2>&1; then
+    ok target_alive_after_tests
+else
+    bad target_alive_after_tests "RPC failed"
+fi
+
+# ---- kernel log -----------------------------------------------------------------
+if dmesg | grep -E "WARNING|BUG:|Oops|Call Trace|hung_task|blocked for more than" >/tmp/bad; then
+    bad dmesg_clean "$(head -n 3 /tmp/bad | tr '\n' ' ')"
+else
+    ok dmesg_clean
+fi
+dmesg | grep -i "nvme" | tail -n 12 | sed 's/^/  dmesg: /'
+grep -E "WARN|ERROR|protocol" /tmp/tgt.log | tail -n 8 | sed 's/^/  tgt: /'
+
+kill $TGT 2>/dev/null
+n=0
+while kill -0 $TGT 2>/dev/null && [ $n -lt 30 ]; do
+    sleep 1
+    n=$((n + 1))
+done
+if kill -0 $TGT 2>/dev/null; then
+    bad target_stop "nvmf-tgt did not stop on SIGTERM"
+else
+    ok target_stop
+fi
+echo "SUMMARY passed=$pass failed=$fail"

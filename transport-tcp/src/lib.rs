@@ -1,0 +1,19 @@
+//! NVMe/TCP (NVMe/TCP Transport Specification 1.0, NVMe-oF 1.1).
+//!
+//! # Architecture
+//!
+//! * [`pdu`]: the PDU codec, pure (bytes in, PDUs out and back), shared by
+//!   the target, a host and the fuzzer.
+//!
+//! # Not implemented
+//!
+//! TLS, CPDA/HPDA other than 0 (no padding is ever sent).
+
+pub mod conn;
+pub mod discovery;
+pub mod listener;
+pub mod pdu;
+mod pool;
+
+pub use conn::{ConnCore, ConnSettings, ConnStats, DISCOVERY_NQN, TcpConn};
+pub use listener::{ListenError, ListenerConfig, ListenerInfo, TcpTransport};
