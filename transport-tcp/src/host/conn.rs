@@ -438,7 +438,7 @@ impl HostConn {
                     (c.part.off + datao) as usize,
                     &w.rx[start..start + len as usize],
                 );
-                c.recvd += len;
+                c.recvd = c.recvd.saturating_add(len);
                 if digest_error {
                     c.digest_error = true;
                     self.stats.data_digest_errors += 1;

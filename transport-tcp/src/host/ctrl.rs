@@ -414,7 +414,7 @@ fn set_queues_on(admin: &Mutex<Admin>, limit: Duration, n: u16) -> Result<u16, H
         DataBuf::None,
         limit,
     )?;
-    Ok(((cqe.dw0 & 0xffff).min(cqe.dw0 >> 16) + 1) as u16)
+    Ok(((cqe.dw0 & 0xffff).min(cqe.dw0 >> 16).min(0xfffe) + 1) as u16)
 }
 
 fn set_features_sqe(fid: u8, cdw11: u32) -> SubmissionEntry {
@@ -558,9 +558,10 @@ impl HostController {
             self.identify[1794],
             self.identify[1795],
         ]);
-        self.assoc
-            .in_capsule
-            .store((ioccsz * 16).saturating_sub(64), Ordering::Release);
+        self.assoc.in_capsule.store(
+            ioccsz.saturating_mul(16).saturating_sub(64),
+            Ordering::Release,
+        );
         let mdts = self.max_transfer();
         let max = match mdts {
             0 => opts.max_transfer as u64,
@@ -628,9 +629,11 @@ impl HostController {
     /// `min(MDTS, ConnectOptions::max_transfer)`.
     pub fn max_transfer(&self) -> u64 {
         let mpsmin = 4096u64 << ((self.cap >> 48) & 0xf);
+        // MDTS comes from the peer: a shift past 2^63 means no limit.
         match self.identify[77] {
             0 => 0,
-            m => mpsmin << m,
+            m if m < 32 => mpsmin << m,
+            _ => u64::MAX,
         }
     }
 
