@@ -4,6 +4,8 @@
 //!
 //! * [`pdu`]: the PDU codec, pure (bytes in, PDUs out and back), shared by
 //!   the target, a host and the fuzzer.
+//! * [`host`]: the NVMe/TCP host (initiator), polled, with the loop
+//!   host's API shape.
 //!
 //! # Not implemented
 //!
@@ -11,6 +13,7 @@
 
 pub mod conn;
 pub mod discovery;
+pub mod host;
 pub mod listener;
 pub mod pdu;
 mod pool;

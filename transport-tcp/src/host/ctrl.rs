@@ -1,0 +1,1094 @@
+//! The host controller: connect, bring-up, keep-alive, asynchronous
+//! events, error recovery, reset, shutdown and disconnect.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use target_core::iobuf::{DataBuf, IoBuf};
+use target_core::nvmf::raw;
+use target_core::spec::{AdminOpcode, CompletionEntry, FabricsType, Status, SubmissionEntry};
+
+use super::conn::{HostConn, MAX_DEPTH};
+use super::qpair::HostQpair;
+use super::wire::Wire;
+use super::{HostError, SubmitError};
+
+const CAP: u32 = 0x00;
+const VS: u32 = 0x08;
+const CC: u32 = 0x14;
+const CSTS: u32 = 0x1c;
+/// CC value enabling the controller: EN, IOSQES 6 (64 B), IOCQES 4 (16 B).
+const CC_ENABLE: u32 = 1 | (6 << 16) | (4 << 20);
+const CC_SHN_NORMAL: u32 = 1 << 14;
+/// In-capsule data every controller takes on the admin queue (NVMe/TCP
+/// 1.0 §3.3: 8 KiB regardless of IOCCSZ).
+const ADMIN_IN_CAPSULE: u32 = 8192;
+/// Largest admin data transfer the host asks for.
+const ADMIN_MAX_XFER: usize = 128 * 1024;
+/// Connect CATTR bit 2 (in CDW11 bits 23:16): SQ flow control disabled.
+const CATTR_DISABLE_SQFLOW: u32 = 1 << (16 + 2);
+/// Tag of the host's own Asynchronous Event Requests.
+const AER_TAG: u64 = u64::MAX;
+const ADMIN_POLL: Duration = Duration::from_micros(20);
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Target address, `host:port` (IPv6 as `[addr]:port`).
+    pub traddr: String,
+    /// Subsystem NQN.
+    pub subnqn: String,
+    /// Host NQN.
+    pub hostnqn: String,
+    /// Host identifier (128 bits, non-zero).
+    pub hostid: [u8; 16],
+    /// I/O queue pairs to create (one TCP connection each).
+    pub io_queues: u16,
+    /// Entries per I/O queue (capped by CAP.MQES).
+    pub queue_depth: u16,
+    /// Entries of the admin queue (at least 32).
+    pub admin_depth: u16,
+    /// Keep-alive timeout asked of the target, ms (0 = none).
+    pub kato_ms: u32,
+    /// Bound for every wait of the host (connect, admin commands).
+    pub timeout: Duration,
+    /// Run a background thread for keep-alive, asynchronous events and
+    /// error recovery. Off: call [`HostController::service`] yourself.
+    pub background: bool,
+    /// Ask for header digests (the target may refuse).
+    pub header_digest: bool,
+    /// Ask for data digests (the target may refuse).
+    pub data_digest: bool,
+    /// Connect I/O queues with SQ flow control disabled, which lets the
+    /// target end a read with C2HData SUCCESS instead of a response capsule.
+    pub disable_sqflow: bool,
+    /// Largest data of one command the host sends (the controller's MDTS
+    /// lowers it); longer reads and writes are split.
+    pub max_transfer: u32,
+    /// Error recovery, as Linux's `ctrl_loss_tmo`: how long the host keeps
+    /// trying to reconnect after it lost the controller. `Duration::ZERO`
+    /// (the default) turns recovery off.
+    pub ctrl_loss_tmo: Duration,
+    /// Pause between reconnect attempts; the first is immediate.
+    pub reconnect_delay: Duration,
+    /// With recovery on: how often one command is resubmitted after a
+    /// retryable failure (DNR clear).
+    pub max_retries: u32,
+}
+
+impl ConnectOptions {
+    /// Defaults: one queue of 128 entries, 10 s keep-alive, background on,
+    /// no digests, SQ flow control off, 128 KiB transfers, recovery off.
+    pub fn new(traddr: &str, subnqn: &str, hostnqn: &str) -> Self {
+        let mut hostid = [0u8; 16];
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (i, b) in hostnqn.bytes().chain(std::iter::once(1)).enumerate() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+            hostid[i % 16] ^= (h >> 24) as u8;
+        }
+        hostid[0] |= 1;
+        Self {
+            traddr: traddr.to_owned(),
+            subnqn: subnqn.to_owned(),
+            hostnqn: hostnqn.to_owned(),
+            hostid,
+            io_queues: 1,
+            queue_depth: 128,
+            admin_depth: 32,
+            kato_ms: 10_000,
+            timeout: Duration::from_secs(30),
+            background: true,
+            header_digest: false,
+            data_digest: false,
+            disable_sqflow: true,
+            max_transfer: 128 * 1024,
+            ctrl_loss_tmo: Duration::ZERO,
+            reconnect_delay: Duration::from_millis(100),
+            max_retries: 5,
+        }
+    }
+
+    /// Turns error recovery on: reconnect every `reconnect_delay` for up to
+    /// `ctrl_loss_tmo`, and resubmit retryable failures up to `max_retries`
+    /// times each.
+    pub fn with_recovery(mut self, reconnect_delay: Duration, ctrl_loss_tmo: Duration) -> Self {
+        self.reconnect_delay = reconnect_delay;
+        self.ctrl_loss_tmo = ctrl_loss_tmo;
+        self
+    }
+
+    /// Asks for header and data digests.
+    pub fn with_digests(mut self, header: bool, data: bool) -> Self {
+        self.header_digest = header;
+        self.data_digest = data;
+        self
+    }
+}
+
+/// An asynchronous event the host received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AsyncEvent {
+    /// Namespaces were added, removed or changed (from the Changed
+    /// Namespace List log; `[u32::MAX]` means "more than 1024").
+    NamespaceChanged(Vec<u32>),
+    /// Any other event: completion dword 0.
+    Other(u32),
+}
+
+/// What queue pairs need to (re)connect, and the recovery state they share
+/// with the controller.
+#[derive(Debug)]
+pub(crate) struct Assoc {
+    pub opts: ConnectOptions,
+    /// Controller ID of the current association.
+    pub cntlid: AtomicU16,
+    /// In-capsule data the I/O queues take (IOCCSZ × 16 − 64).
+    pub in_capsule: AtomicU32,
+    /// Largest data of one I/O command (MDTS and `max_transfer`).
+    pub max_xfer: AtomicU32,
+    /// The controller is enabled and its I/O queues may connect.
+    pub ready: AtomicBool,
+    /// The association is over for good.
+    pub gone: AtomicBool,
+    /// Counts associations; a queue of an older one is stale.
+    pub generation: AtomicU32,
+    /// A queue lost its connection in the current generation.
+    pub recover_req: AtomicBool,
+    /// A recovery is under way.
+    pub recovering: AtomicBool,
+    /// Successful reconnects of the controller.
+    pub reconnects: AtomicU64,
+    /// Why the controller was lost, last time.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Assoc {
+    pub(crate) fn recovery(&self) -> bool {
+        !self.opts.ctrl_loss_tmo.is_zero()
+    }
+
+    fn note(&self, e: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A new connection for I/O queue `qid`: waits (bounded) for the
+    /// controller to be ready, ICReq, Connect.
+    pub(crate) fn open_io(&self, qid: u16, depth: u16) -> Result<Wire, HostError> {
+        let deadline = Instant::now() + self.opts.timeout;
+        while !self.ready.load(Ordering::Acquire) {
+            if self.gone.load(Ordering::Acquire) {
+                return Err(HostError::Disconnected(
+                    self.last_error()
+                        .unwrap_or_else(|| "controller is gone".into()),
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(HostError::Timeout("controller ready"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let max_xfer = self.max_xfer.load(Ordering::Acquire) as usize;
+        let mut w = Wire::open(
+            &self.opts.traddr,
+            self.opts.header_digest,
+            self.opts.data_digest,
+            max_xfer.max(ADMIN_IN_CAPSULE as usize) + 1024,
+            self.opts.timeout,
+        )?;
+        let mut sqe = raw::connect_sqe(qid, depth, 0);
+        if self.opts.disable_sqflow {
+            sqe.cdw11 |= CATTR_DISABLE_SQFLOW;
+        }
+        let cntlid = self.cntlid.load(Ordering::Acquire);
+        let data = raw::connect_data(
+            &self.opts.hostid,
+            cntlid,
+            &self.opts.subnqn,
+            &self.opts.hostnqn,
+        );
+        let cqe = w.exchange(
+            sqe,
+            data.as_slice(),
+            self.in_capsule.load(Ordering::Acquire) as usize,
+            self.opts.timeout,
+        )?;
+        if !cqe.status().is_success() {
+            return Err(HostError::Status {
+                what: "Connect (I/O queue)",
+                status: cqe.status(),
+                dw0: cqe.dw0,
+            });
+        }
+        Ok(w)
+    }
+}
+
+/// The admin queue: its command table and what its AERs brought.
+#[derive(Debug)]
+struct Admin {
+    conn: HostConn,
+    events: Vec<u32>,
+    aers_out: usize,
+    next_tag: u64,
+}
+
+impl Admin {
+    fn new(conn: HostConn) -> Self {
+        Self {
+            conn,
+            events: Vec::new(),
+            aers_out: 0,
+            next_tag: 1,
+        }
+    }
+
+    /// Drives the queue once; AER completions become events. Returns the
+    /// completion with `tag`, if it came.
+    fn poll(&mut self, tag: u64) -> Option<(CompletionEntry, DataBuf)> {
+        let Admin {
+            conn,
+            events,
+            aers_out,
+            ..
+        } = self;
+        let mut got = None;
+        conn.poll(usize::MAX, &mut |c| {
+            if c.tag == AER_TAG {
+                *aers_out = aers_out.saturating_sub(1);
+                if c.status().is_success() {
+                    events.push(c.cqe.dw0);
+                }
+            } else if c.tag == tag {
+                got = Some((c.cqe, c.buf));
+            }
+        });
+        got
+    }
+
+    fn reason(&self) -> String {
+        self.conn
+            .dead_reason
+            .clone()
+            .unwrap_or_else(|| "admin queue closed".into())
+    }
+}
+
+fn lock(m: &Mutex<Admin>) -> MutexGuard<'_, Admin> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs one admin command; returns its completion whatever the status.
+fn command(
+    admin: &Mutex<Admin>,
+    sqe: SubmissionEntry,
+    buf: DataBuf,
+    limit: Duration,
+    what: &'static str,
+) -> Result<(CompletionEntry, DataBuf), HostError> {
+    let mut a = lock(admin);
+    let tag = a.next_tag;
+    a.next_tag += 1;
+    match a.conn.submit(sqe, buf, tag) {
+        Ok(_) => {}
+        Err(SubmitError::QueueFull(_)) => return Err(HostError::Busy(a.conn.outstanding())),
+        Err(SubmitError::Closed(_)) => return Err(HostError::Disconnected(a.reason())),
+    }
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(r) = a.poll(tag) {
+            return Ok(r);
+        }
+        if !a.conn.is_live() {
+            return Err(HostError::Disconnected(a.reason()));
+        }
+        if Instant::now() > deadline {
+            return Err(HostError::Timeout(what));
+        }
+        std::thread::sleep(ADMIN_POLL);
+    }
+}
+
+fn checked(
+    admin: &Mutex<Admin>,
+    what: &'static str,
+    sqe: SubmissionEntry,
+    buf: DataBuf,
+    limit: Duration,
+) -> Result<(CompletionEntry, DataBuf), HostError> {
+    let (cqe, buf) = command(admin, sqe, buf, limit, what)?;
+    if !cqe.status().is_success() {
+        return Err(HostError::Status {
+            what,
+            status: cqe.status(),
+            dw0: cqe.dw0,
+        });
+    }
+    Ok((cqe, buf))
+}
+
+fn prop_get(
+    admin: &Mutex<Admin>,
+    limit: Duration,
+    offset: u32,
+    size8: bool,
+) -> Result<u64, HostError> {
+    let mut sqe = SubmissionEntry::fabrics(FabricsType::PROPERTY_GET, 0);
+    sqe.cdw10 = size8 as u32;
+    sqe.cdw11 = offset;
+    let (cqe, _) = checked(admin, "Property Get", sqe, DataBuf::None, limit)?;
+    Ok(cqe.dw0 as u64 | ((cqe.dw1 as u64) << 32))
+}
+
+fn prop_set(
+    admin: &Mutex<Admin>,
+    limit: Duration,
+    offset: u32,
+    value: u32,
+) -> Result<(), HostError> {
+    let mut sqe = SubmissionEntry::fabrics(FabricsType::PROPERTY_SET, 0);
+    sqe.cdw11 = offset;
+    sqe.cdw12 = value;
+    checked(admin, "Property Set", sqe, DataBuf::None, limit).map(|_| ())
+}
+
+/// CC.EN = 1, wait (CAP.TO, in 500 ms units) for CSTS.RDY, submit AERs.
+fn enable_ctrl(
+    admin: &Mutex<Admin>,
+    limit: Duration,
+    cap: u64,
+    aers: usize,
+) -> Result<(), HostError> {
+    prop_set(admin, limit, CC, CC_ENABLE)?;
+    let to = Duration::from_millis(((cap >> 24) & 0xff).max(1) * 500);
+    let start = Instant::now();
+    loop {
+        let csts = prop_get(admin, limit, CSTS, false)? as u32;
+        if csts & 0b10 != 0 {
+            return Err(HostError::Status {
+                what: "enable (CSTS.CFS set)",
+                status: Status::INTERNAL_ERROR,
+                dw0: csts,
+            });
+        }
+        if csts & 1 != 0 {
+            break;
+        }
+        if start.elapsed() > to {
+            return Err(HostError::Timeout("CSTS.RDY (CAP.TO)"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    submit_aers(admin, aers);
+    Ok(())
+}
+
+fn submit_aers(admin: &Mutex<Admin>, aers: usize) {
+    let mut a = lock(admin);
+    while a.aers_out < aers && a.conn.is_live() {
+        let sqe = SubmissionEntry::new(AdminOpcode::ASYNC_EVENT_REQUEST.0, 0);
+        if a.conn.submit(sqe, DataBuf::None, AER_TAG).is_err() {
+            break;
+        }
+        a.aers_out += 1;
+    }
+}
+
+/// Set Features Number of Queues; returns the queues granted.
+fn set_queues_on(admin: &Mutex<Admin>, limit: Duration, n: u16) -> Result<u16, HostError> {
+    let z = n.max(1) as u32 - 1;
+    let (cqe, _) = checked(
+        admin,
+        "Set Features (Number of Queues)",
+        set_features_sqe(0x07, z | (z << 16)),
+        DataBuf::None,
+        limit,
+    )?;
+    Ok(((cqe.dw0 & 0xffff).min(cqe.dw0 >> 16).min(0xfffe) + 1) as u16)
+}
+
+fn set_features_sqe(fid: u8, cdw11: u32) -> SubmissionEntry {
+    let mut sqe = SubmissionEntry::new(AdminOpcode::SET_FEATURES.0, 0);
+    sqe.cdw10 = fid as u32;
+    sqe.cdw11 = cdw11;
+    sqe
+}
+
+/// Opens the admin connection and runs Connect (dynamic controller).
+/// Returns the queue and the CNTLID.
+fn open_admin(o: &ConnectOptions) -> Result<(HostConn, u16), HostError> {
+    let mut w = Wire::open(
+        &o.traddr,
+        o.header_digest,
+        o.data_digest,
+        ADMIN_MAX_XFER + 1024,
+        o.timeout,
+    )?;
+    let sqe = raw::connect_sqe(0, o.admin_depth, o.kato_ms);
+    let data = raw::connect_data(&o.hostid, 0xffff, &o.subnqn, &o.hostnqn);
+    let cqe = w.exchange(sqe, data.as_slice(), ADMIN_IN_CAPSULE as usize, o.timeout)?;
+    if !cqe.status().is_success() {
+        return Err(HostError::Status {
+            what: "Connect (admin queue)",
+            status: cqe.status(),
+            dw0: cqe.dw0,
+        });
+    }
+    let conn = HostConn::new(w, 0, o.admin_depth, ADMIN_IN_CAPSULE, 0);
+    Ok((conn, cqe.dw0 as u16))
+}
+
+/// Connects I/O queue pairs of one controller; cheap to clone and send.
+#[derive(Clone, Debug)]
+pub struct QpairConnector(Arc<Assoc>);
+
+impl QpairConnector {
+    /// Connects queue `qid` with `depth` entries (waits, bounded, for the
+    /// controller to be ready; fails once the association is gone).
+    pub fn connect(&self, qid: u16, depth: u16) -> Result<HostQpair, HostError> {
+        let wire = self.0.open_io(qid, depth)?;
+        Ok(HostQpair::new(self.0.clone(), qid, depth, wire))
+    }
+
+    /// Controller ID.
+    pub fn cntlid(&self) -> u16 {
+        self.0.cntlid.load(Ordering::Acquire)
+    }
+}
+
+/// A connected NVMe/TCP host controller (one association).
+pub struct HostController {
+    assoc: Arc<Assoc>,
+    admin: Arc<Mutex<Admin>>,
+    cap: u64,
+    vs: u32,
+    identify: Box<[u8; 4096]>,
+    granted: u16,
+    qpairs: Mutex<Vec<HostQpair>>,
+    events: Arc<Mutex<Vec<AsyncEvent>>>,
+    stop: Arc<AtomicBool>,
+    poller: Option<JoinHandle<()>>,
+    aers: usize,
+    last_ka: Mutex<Instant>,
+}
+
+impl fmt::Debug for HostController {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostController")
+            .field("traddr", &self.assoc.opts.traddr)
+            .field("cntlid", &self.assoc.cntlid.load(Ordering::Relaxed))
+            .field("subnqn", &self.assoc.opts.subnqn)
+            .finish()
+    }
+}
+
+impl HostController {
+    /// Connects a host controller: admin queue, property handshake,
+    /// Identify, Number of Queues, then the I/O queue pairs.
+    pub fn connect(opts: ConnectOptions) -> Result<Self, HostError> {
+        if opts.queue_depth < 2 || opts.queue_depth > MAX_DEPTH || opts.admin_depth < 32 {
+            return Err(HostError::Invalid(format!(
+                "queue depth must be 2..={MAX_DEPTH} and admin depth at least 32 (got {} and {})",
+                opts.queue_depth, opts.admin_depth
+            )));
+        }
+        if opts.max_transfer < 4096 {
+            return Err(HostError::Invalid(format!(
+                "max_transfer must be at least 4096 (got {})",
+                opts.max_transfer
+            )));
+        }
+        let (conn, cntlid) = open_admin(&opts)?;
+        let assoc = Arc::new(Assoc {
+            opts: opts.clone(),
+            cntlid: AtomicU16::new(cntlid),
+            in_capsule: AtomicU32::new(0),
+            max_xfer: AtomicU32::new(opts.max_transfer),
+            ready: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+            generation: AtomicU32::new(0),
+            recover_req: AtomicBool::new(false),
+            recovering: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        });
+        let mut c = Self {
+            assoc,
+            admin: Arc::new(Mutex::new(Admin::new(conn))),
+            cap: 0,
+            vs: 0,
+            identify: Box::new([0u8; 4096]),
+            granted: 0,
+            qpairs: Mutex::new(Vec::new()),
+            events: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+            poller: None,
+            aers: 1,
+            last_ka: Mutex::new(Instant::now()),
+        };
+        if let Err(e) = c.bring_up(&opts) {
+            c.close_admin();
+            return Err(e);
+        }
+        if opts.background {
+            c.start_poller();
+        }
+        Ok(c)
+    }
+
+    fn bring_up(&mut self, opts: &ConnectOptions) -> Result<(), HostError> {
+        self.cap = self.property_get(CAP, true)?;
+        self.vs = self.property_get(VS, false)? as u32;
+        enable_ctrl(&self.admin, opts.timeout, self.cap, self.aers)?;
+        let (_, buf) = self.identify_raw(1, 0)?;
+        buf.copy_out(0, &mut self.identify[..]);
+        let ioccsz = u32::from_le_bytes([
+            self.identify[1792],
+            self.identify[1793],
+            self.identify[1794],
+            self.identify[1795],
+        ]);
+        self.assoc.in_capsule.store(
+            ioccsz.saturating_mul(16).saturating_sub(64),
+            Ordering::Release,
+        );
+        let mdts = self.max_transfer();
+        let max = match mdts {
+            0 => opts.max_transfer as u64,
+            m => m.min(opts.max_transfer as u64),
+        };
+        self.assoc.max_xfer.store(max as u32, Ordering::Release);
+        self.granted = set_queues_on(&self.admin, opts.timeout, opts.io_queues)?;
+        self.assoc.ready.store(true, Ordering::Release);
+        let mqes = (self.cap & 0xffff) as u16 + 1;
+        let depth = opts.queue_depth.min(mqes.max(2));
+        for qid in 1..=opts.io_queues.min(self.granted) {
+            let q = self.connector().connect(qid, depth)?;
+            self.qpairs
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(q);
+        }
+        Ok(())
+    }
+
+    /// Controller ID the target assigned.
+    pub fn cntlid(&self) -> u16 {
+        self.assoc.cntlid.load(Ordering::Acquire)
+    }
+
+    /// Times the host reconnected this controller after losing it.
+    pub fn reconnects(&self) -> u64 {
+        self.assoc.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// `true` while the host is reconnecting after losing the controller.
+    pub fn is_recovering(&self) -> bool {
+        self.assoc.recovering.load(Ordering::Acquire)
+    }
+
+    /// `true` once the association is over for good (disconnected, lost
+    /// without recovery, or recovery ran past `ctrl_loss_tmo`).
+    pub fn is_gone(&self) -> bool {
+        self.assoc.gone.load(Ordering::Acquire)
+    }
+
+    /// Why the controller was last lost (a closed connection, a protocol
+    /// error, an unanswered Keep Alive), if it was.
+    pub fn last_error(&self) -> Option<String> {
+        self.assoc.last_error()
+    }
+
+    /// CAP as read at connect.
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// VS as read at connect.
+    pub fn version(&self) -> u32 {
+        self.vs
+    }
+
+    /// Identify Controller data read at connect.
+    pub fn identify_controller(&self) -> &[u8; 4096] {
+        &self.identify
+    }
+
+    /// Largest transfer in bytes the controller takes (MDTS in units of
+    /// CAP.MPSMIN), 0 = unlimited. The host splits above
+    /// `min(MDTS, ConnectOptions::max_transfer)`.
+    pub fn max_transfer(&self) -> u64 {
+        let mpsmin = 4096u64 << ((self.cap >> 48) & 0xf);
+        // MDTS comes from the peer: a shift past 2^63 means no limit.
+        match self.identify[77] {
+            0 => 0,
+            m if m < 32 => mpsmin << m,
+            _ => u64::MAX,
+        }
+    }
+
+    /// Largest data of one command the host sends on I/O queues.
+    pub fn host_max_transfer(&self) -> u32 {
+        self.assoc.max_xfer.load(Ordering::Acquire)
+    }
+
+    /// In-capsule data the I/O queues take (IOCCSZ × 16 − 64 bytes).
+    pub fn in_capsule_data_size(&self) -> u32 {
+        self.assoc.in_capsule.load(Ordering::Acquire)
+    }
+
+    /// I/O queues granted by the target.
+    pub fn io_queues_granted(&self) -> u16 {
+        self.granted
+    }
+
+    /// Takes the I/O queue pairs (each is then owned by one thread).
+    pub fn take_qpairs(&mut self) -> Vec<HostQpair> {
+        std::mem::take(self.qpairs.get_mut().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Connects one more I/O queue pair.
+    pub fn create_qpair(&self, qid: u16, depth: u16) -> Result<HostQpair, HostError> {
+        self.connector().connect(qid, depth)
+    }
+
+    /// A handle that connects I/O queue pairs of this controller from any
+    /// thread.
+    pub fn connector(&self) -> QpairConnector {
+        QpairConnector(self.assoc.clone())
+    }
+
+    /// Runs any admin command; returns its completion whatever the status.
+    pub fn admin_raw(
+        &self,
+        sqe: SubmissionEntry,
+        buf: DataBuf,
+    ) -> Result<(CompletionEntry, DataBuf), HostError> {
+        command(
+            &self.admin,
+            sqe,
+            buf,
+            self.assoc.opts.timeout,
+            "admin command",
+        )
+    }
+
+    fn admin_checked(
+        &self,
+        what: &'static str,
+        sqe: SubmissionEntry,
+        buf: DataBuf,
+    ) -> Result<(CompletionEntry, DataBuf), HostError> {
+        checked(&self.admin, what, sqe, buf, self.assoc.opts.timeout)
+    }
+
+    /// Property Get.
+    pub fn property_get(&self, offset: u32, size8: bool) -> Result<u64, HostError> {
+        prop_get(&self.admin, self.assoc.opts.timeout, offset, size8)
+    }
+
+    /// Property Set of a 4-byte property.
+    pub fn property_set(&self, offset: u32, value: u32) -> Result<(), HostError> {
+        prop_set(&self.admin, self.assoc.opts.timeout, offset, value)
+    }
+
+    /// Identify with `cns` for `nsid`; returns the 4096-byte data.
+    pub fn identify_raw(
+        &self,
+        cns: u8,
+        nsid: u32,
+    ) -> Result<(CompletionEntry, DataBuf), HostError> {
+        let mut sqe = SubmissionEntry::new(AdminOpcode::IDENTIFY.0, 0);
+        sqe.nsid = nsid;
+        sqe.cdw10 = cns as u32;
+        self.admin_checked("Identify", sqe, DataBuf::One(IoBuf::new(4096)))
+    }
+
+    /// Active namespace IDs.
+    pub fn active_namespaces(&self) -> Result<Vec<u32>, HostError> {
+        let (_, buf) = self.identify_raw(2, 0)?;
+        let mut raw = [0u8; 4096];
+        buf.copy_out(0, &mut raw);
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .take_while(|&id| id != 0)
+            .collect())
+    }
+
+    /// Size in blocks and block size of a namespace (Identify Namespace).
+    pub fn namespace_geometry(&self, nsid: u32) -> Result<(u64, u32), HostError> {
+        let (_, buf) = self.identify_raw(0, nsid)?;
+        let mut raw = [0u8; 4096];
+        buf.copy_out(0, &mut raw);
+        let nsze = u64::from_le_bytes([
+            raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
+        ]);
+        // FLBAS bits 3:0 (and 6:5 above 16 formats) pick the LBA format;
+        // LBADS is byte 2 of its 4-byte descriptor at 128.
+        let flbas = (raw[26] & 0xf) as usize | (((raw[26] >> 5) & 3) as usize) << 4;
+        let lbads = raw.get(128 + flbas * 4 + 2).copied().unwrap_or(0);
+        if nsze == 0 || !(9..=16).contains(&lbads) {
+            return Err(HostError::Invalid(format!(
+                "namespace {nsid} is not active"
+            )));
+        }
+        Ok((nsze, 1u32 << lbads))
+    }
+
+    /// Get Log Page of `len` bytes at `offset`.
+    pub fn get_log_page(
+        &self,
+        lid: u8,
+        nsid: u32,
+        len: usize,
+        offset: u64,
+    ) -> Result<DataBuf, HostError> {
+        let numd_z = (len / 4).max(1) as u32 - 1;
+        let mut sqe = SubmissionEntry::new(AdminOpcode::GET_LOG_PAGE.0, 0);
+        sqe.nsid = nsid;
+        sqe.cdw10 = lid as u32 | ((numd_z & 0xffff) << 16);
+        sqe.cdw11 = numd_z >> 16;
+        sqe.cdw12 = offset as u32;
+        sqe.cdw13 = (offset >> 32) as u32;
+        self.admin_checked("Get Log Page", sqe, DataBuf::One(IoBuf::new(len)))
+            .map(|(_, b)| b)
+    }
+
+    /// Get Features; returns completion dword 0.
+    pub fn get_features(&self, fid: u8, cdw11: u32) -> Result<u32, HostError> {
+        let mut sqe = SubmissionEntry::new(AdminOpcode::GET_FEATURES.0, 0);
+        sqe.cdw10 = fid as u32;
+        sqe.cdw11 = cdw11;
+        self.admin_checked("Get Features", sqe, DataBuf::None)
+            .map(|(c, _)| c.dw0)
+    }
+
+    /// Set Features; returns completion dword 0.
+    pub fn set_features(&self, fid: u8, cdw11: u32) -> Result<u32, HostError> {
+        self.admin_checked("Set Features", set_features_sqe(fid, cdw11), DataBuf::None)
+            .map(|(c, _)| c.dw0)
+    }
+
+    /// Sends a Keep Alive now.
+    pub fn keep_alive(&self) -> Result<(), HostError> {
+        let sqe = SubmissionEntry::new(AdminOpcode::KEEP_ALIVE.0, 0);
+        self.admin_checked("Keep Alive", sqe, DataBuf::None)
+            .map(|_| ())
+    }
+
+    /// Asynchronous events received since the last call.
+    pub fn take_events(&self) -> Vec<AsyncEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// One round of admin housekeeping: reap, turn events into
+    /// [`AsyncEvent`]s, keep AERs outstanding, send Keep Alive when KATO/2
+    /// passed, and (with recovery on) reconnect a lost controller. The
+    /// background poller calls this; without it, call it.
+    pub fn service(&self) -> Result<(), HostError> {
+        let mut last = *self.last_ka.lock().unwrap_or_else(|p| p.into_inner());
+        let r = service_round(
+            &self.assoc,
+            &self.admin,
+            &self.events,
+            self.aers,
+            &self.stop,
+            &mut last,
+        );
+        *self.last_ka.lock().unwrap_or_else(|p| p.into_inner()) = last;
+        r
+    }
+
+    fn start_poller(&mut self) {
+        let (assoc, admin, events, stop, aers) = (
+            self.assoc.clone(),
+            self.admin.clone(),
+            self.events.clone(),
+            self.stop.clone(),
+            self.aers,
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!(
+                "nvmf-tcp-host-{}",
+                assoc.cntlid.load(Ordering::Relaxed)
+            ))
+            .spawn(move || {
+                let mut last_ka = Instant::now();
+                while !stop.load(Ordering::Acquire) && !assoc.gone.load(Ordering::Acquire) {
+                    if let Err(e) =
+                        service_round(&assoc, &admin, &events, aers, &stop, &mut last_ka)
+                    {
+                        tracing::debug!(error = %e, "host admin service");
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            });
+        match spawned {
+            Ok(h) => self.poller = Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the host admin poller; call service() yourself")
+            }
+        }
+    }
+
+    /// Controller reset (CC.EN = 0, then enable again). The target ends
+    /// the I/O queues; queue pairs reconnect themselves with recovery on,
+    /// else with [`HostQpair::reconnect`].
+    pub fn reset(&mut self) -> Result<(), HostError> {
+        self.assoc.ready.store(false, Ordering::Release);
+        self.assoc.generation.fetch_add(1, Ordering::AcqRel);
+        self.property_set(CC, CC_ENABLE & !1)?;
+        let to = Duration::from_millis(((self.cap >> 24) & 0xff).max(1) * 500);
+        let start = Instant::now();
+        while self.property_get(CSTS, false)? & 1 != 0 {
+            if start.elapsed() > to {
+                return Err(HostError::Timeout("CSTS.RDY clear after reset"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        lock(&self.admin).aers_out = 0;
+        enable_ctrl(&self.admin, self.assoc.opts.timeout, self.cap, self.aers)?;
+        self.granted = set_queues_on(&self.admin, self.assoc.opts.timeout, self.granted)?;
+        self.assoc.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Normal shutdown (CC.SHN), waiting for CSTS.SHST complete; then the
+    /// association is closed.
+    pub fn shutdown(mut self) -> Result<(), HostError> {
+        self.assoc.ready.store(false, Ordering::Release);
+        let r = self
+            .property_set(CC, CC_ENABLE | CC_SHN_NORMAL)
+            .and_then(|_| {
+                let start = Instant::now();
+                loop {
+                    let csts = self.property_get(CSTS, false)? as u32;
+                    if (csts >> 2) & 3 == 2 {
+                        return Ok(());
+                    }
+                    if start.elapsed() > self.assoc.opts.timeout {
+                        return Err(HostError::Timeout("CSTS.SHST complete"));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+        self.close_admin();
+        r
+    }
+
+    /// Ends the association: the admin connection closes, and the target
+    /// deletes the controller with its I/O queues.
+    pub fn disconnect(mut self) -> Result<(), HostError> {
+        self.close_admin();
+        Ok(())
+    }
+
+    fn close_admin(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.poller.take() {
+            let _ = h.join();
+        }
+        self.assoc.ready.store(false, Ordering::Release);
+        self.assoc.gone.store(true, Ordering::Release);
+        let mut a = lock(&self.admin);
+        if let Some(mut w) = a.conn.wire.take() {
+            w.close();
+        }
+    }
+}
+
+impl Drop for HostController {
+    fn drop(&mut self) {
+        self.close_admin();
+    }
+}
+
+/// Admin housekeeping, shared by the poller thread and
+/// [`HostController::service`].
+fn service_round(
+    assoc: &Assoc,
+    admin: &Mutex<Admin>,
+    events: &Mutex<Vec<AsyncEvent>>,
+    aers: usize,
+    stop: &AtomicBool,
+    last_ka: &mut Instant,
+) -> Result<(), HostError> {
+    if assoc.gone.load(Ordering::Acquire) || stop.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let timeout = assoc.opts.timeout;
+    let dead = {
+        let mut a = lock(admin);
+        a.poll(0);
+        (!a.conn.is_live()).then(|| a.reason())
+    };
+    if let Some(why) = dead {
+        lost(assoc, why);
+    }
+    if assoc.recover_req.load(Ordering::Acquire) {
+        if assoc.recovery() {
+            recover(assoc, admin, aers, stop);
+            *last_ka = Instant::now();
+        }
+        return Ok(());
+    }
+    let raw = std::mem::take(&mut lock(admin).events);
+    for dw0 in raw {
+        // Notice (type 2), Namespace Attribute Changed (info 0), log 04h.
+        let ev = if dw0 & 7 == 2 && (dw0 >> 8) & 0xff == 0 {
+            let mut sqe = SubmissionEntry::new(AdminOpcode::GET_LOG_PAGE.0, 0);
+            sqe.cdw10 = 0x04 | (1023 << 16);
+            let (cqe, buf) = command(
+                admin,
+                sqe,
+                DataBuf::One(IoBuf::new(4096)),
+                timeout,
+                "Get Log Page",
+            )?;
+            let mut list = Vec::new();
+            if cqe.status().is_success() {
+                let mut raw = [0u8; 4096];
+                buf.copy_out(0, &mut raw);
+                list = raw
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .take_while(|&id| id != 0)
+                    .collect();
+            }
+            AsyncEvent::NamespaceChanged(list)
+        } else {
+            AsyncEvent::Other(dw0)
+        };
+        events.lock().unwrap_or_else(|p| p.into_inner()).push(ev);
+    }
+    if assoc.ready.load(Ordering::Acquire) {
+        submit_aers(admin, aers);
+    }
+    let kato = assoc.opts.kato_ms;
+    if kato != 0 && last_ka.elapsed() >= Duration::from_millis((kato / 2).max(1) as u64) {
+        *last_ka = Instant::now();
+        // A Keep Alive unanswered within KATO means the controller is lost.
+        let limit = timeout.min(Duration::from_millis(kato as u64));
+        let sqe = SubmissionEntry::new(AdminOpcode::KEEP_ALIVE.0, 0);
+        match command(admin, sqe, DataBuf::None, limit, "Keep Alive") {
+            Ok((c, _)) if c.status().is_success() => {}
+            Ok((c, _)) => lost(assoc, format!("Keep Alive refused: {}", c.status())),
+            Err(e) => lost(assoc, format!("Keep Alive failed: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// The controller is lost: recover (when on) or give it up.
+fn lost(assoc: &Assoc, why: String) {
+    if assoc.gone.load(Ordering::Acquire) {
+        return;
+    }
+    tracing::warn!(
+        traddr = assoc.opts.traddr,
+        subnqn = assoc.opts.subnqn,
+        reason = why,
+        "NVMe/TCP controller lost"
+    );
+    assoc.note(why);
+    if assoc.recovery() {
+        assoc.recover_req.store(true, Ordering::Release);
+    } else {
+        assoc.ready.store(false, Ordering::Release);
+        assoc.gone.store(true, Ordering::Release);
+    }
+}
+
+/// A refusal no retry will change.
+fn permanent(e: &HostError) -> bool {
+    match e {
+        HostError::Invalid(_) => true,
+        HostError::Status { status, .. } => status.dnr(),
+        _ => false,
+    }
+}
+
+/// Error recovery: drop the old association, connect a new one every
+/// `reconnect_delay` until it works or `ctrl_loss_tmo` runs out. I/O queue
+/// pairs see the new generation and reconnect themselves.
+fn recover(assoc: &Assoc, admin: &Mutex<Admin>, aers: usize, stop: &AtomicBool) {
+    assoc.ready.store(false, Ordering::Release);
+    assoc.recovering.store(true, Ordering::Release);
+    // Every I/O queue of the old association is stale from here on.
+    assoc.generation.fetch_add(1, Ordering::AcqRel);
+    if let Some(mut w) = lock(admin).conn.wire.take() {
+        w.close();
+    }
+    let start = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+        if attempt > 0 {
+            let until = Instant::now() + assoc.opts.reconnect_delay;
+            while Instant::now() < until && !stop.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        attempt += 1;
+        match reassociate(assoc, admin, aers) {
+            Ok(()) => {
+                assoc.reconnects.fetch_add(1, Ordering::Relaxed);
+                assoc.recover_req.store(false, Ordering::Release);
+                assoc.generation.fetch_add(1, Ordering::AcqRel);
+                assoc.recovering.store(false, Ordering::Release);
+                assoc.ready.store(true, Ordering::Release);
+                tracing::info!(
+                    traddr = assoc.opts.traddr,
+                    cntlid = assoc.cntlid.load(Ordering::Relaxed),
+                    attempt,
+                    "NVMe/TCP controller reconnected"
+                );
+                return;
+            }
+            Err(e) if permanent(&e) || start.elapsed() >= assoc.opts.ctrl_loss_tmo => {
+                tracing::error!(traddr = assoc.opts.traddr, error = %e, attempt, "reconnect failed; giving the controller up");
+                assoc.note(format!("reconnect gave up after {attempt} attempts: {e}"));
+                break;
+            }
+            Err(e) => tracing::debug!(error = %e, attempt, "reconnect attempt failed"),
+        }
+    }
+    assoc.gone.store(true, Ordering::Release);
+    assoc.recovering.store(false, Ordering::Release);
+}
+
+fn reassociate(assoc: &Assoc, admin: &Mutex<Admin>, aers: usize) -> Result<(), HostError> {
+    let (conn, cntlid) = open_admin(&assoc.opts)?;
+    *lock(admin) = Admin::new(conn);
+    let t = assoc.opts.timeout;
+    let r = (|| {
+        let cap = prop_get(admin, t, CAP, true)?;
+        enable_ctrl(admin, t, cap, aers)?;
+        set_queues_on(admin, t, assoc.opts.io_queues)
+    })();
+    match r {
+        Ok(_) => {
+            assoc.cntlid.store(cntlid, Ordering::Release);
+            Ok(())
+        }
+        Err(e) => {
+            if let Some(mut w) = lock(admin).conn.wire.take() {
+                w.close();
+            }
+            Err(e)
+        }
+    }
+}

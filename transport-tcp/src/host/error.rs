@@ -1,0 +1,70 @@
+//! Host-side errors and submission refusals, named as the loop host's
+//! (`transport_loop::{HostError, SubmitError}`) so callers of either host
+//! match on the same shapes.
+
+use target_core::iobuf::DataBuf;
+use target_core::spec::Status;
+
+/// Errors of host operations (connect, admin commands, reset...).
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The TCP connection could not be made or broke (address in the text).
+    #[error("connection: {0}")]
+    Io(String),
+    /// The target sent something the NVMe/TCP binding does not allow: a
+    /// PDU of the wrong type, a short or malformed PDU, a digest error,
+    /// data outside a command's buffer, a C2HTermReq.
+    #[error("protocol error from the target: {0}")]
+    Protocol(String),
+    /// The target refused a command; `status` is its NVMe status.
+    #[error("{what} failed: {status}")]
+    Status {
+        /// The command.
+        what: &'static str,
+        /// NVMe status.
+        status: Status,
+        /// Completion dword 0 (for Connect: IATTR/IPO).
+        dw0: u32,
+    },
+    /// A bounded wait ran out.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// The queue or controller is gone; the text says why.
+    #[error("disconnected: {0}")]
+    Disconnected(String),
+    /// The operation needs an idle queue pair.
+    #[error("queue pair has {0} commands outstanding")]
+    Busy(u32),
+    /// Bad argument.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+impl HostError {
+    /// The NVMe status, when the target answered with one.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            HostError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Why a submission was not accepted; the buffer is given back.
+#[derive(Debug)]
+pub enum SubmitError {
+    /// Every slot is in use: poll, then retry.
+    QueueFull(DataBuf),
+    /// The queue's connection is gone: drain, then reconnect.
+    Closed(DataBuf),
+}
+
+impl SubmitError {
+    /// The buffer that was not submitted.
+    pub fn into_buf(self) -> DataBuf {
+        match self {
+            SubmitError::QueueFull(b) | SubmitError::Closed(b) => b,
+        }
+    }
+}
