@@ -151,6 +151,10 @@ fn stage3_fails_the_controller_and_answers_each_command_at_most_once() {
     assert_eq!(err.held_count(), 1);
     assert!(err.resets() >= 1, "the backend was never reset");
     assert!(pg_sum(&t, |s| s.backend_resets.load(Ordering::Relaxed)) >= 1);
+    assert_eq!(
+        pg_sum(&t, |s| s.controllers_failed.load(Ordering::Relaxed)),
+        1
+    );
     let late_before = pg_sum(&t, |s| s.late_completions.load(Ordering::Relaxed));
 
     // The backend lets go: the completion is dropped by the target.

@@ -94,8 +94,9 @@ fn reset_view(
 }
 
 /// Stage 3: fails `ctrl` to its host, once.
-fn fail_controller(ctrl: &Controller, why: &'static str) {
+fn fail_controller(ctrl: &Controller, why: &'static str, failed: &std::sync::atomic::AtomicU64) {
     if ctrl.fail() {
+        bump(failed, 1);
         tracing::error!(
             cntlid = ctrl.cntlid,
             subsystem = %ctrl.subsys.nqn,
@@ -240,7 +241,7 @@ impl PollGroup {
             );
             drain.stage = 2;
             if let Some(ctrl) = qp.ctrl.clone() {
-                fail_controller(&ctrl, "drain");
+                fail_controller(&ctrl, "drain", &stats.controllers_failed);
             }
         }
         self.destroy_qpair(r);
@@ -585,7 +586,7 @@ impl PollGroup {
                 .any(|s| s.busy && fail_views.contains(&s.view))
                 && let Some(ctrl) = &qp.ctrl
             {
-                fail_controller(ctrl, "namespace removal");
+                fail_controller(ctrl, "namespace removal", &self.stats.controllers_failed);
             }
         }
     }
@@ -615,7 +616,7 @@ impl PollGroup {
             if qp.in_backend > 0
                 && let Some(ctrl) = &qp.ctrl
             {
-                fail_controller(ctrl, "target stop");
+                fail_controller(ctrl, "target stop", &self.stats.controllers_failed);
             }
             let r = QpairRef {
                 pg: self.id,
