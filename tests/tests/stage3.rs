@@ -265,7 +265,14 @@ fn removed_namespace_stuck_past_its_reset_fails_the_controller() {
         n == 1
     }));
     assert_eq!(q.stats().stale, 0);
+    // CSTS.RDY is still 1 here, but a failed controller takes no new queue.
+    assert_eq!(c.property_get(CSTS, false).unwrap() & 1, 1);
     drop(q);
+    std::thread::sleep(Duration::from_millis(100)); // the old queue is gone
+    assert!(
+        c.create_qpair(1, 8).is_err(),
+        "an I/O queue connected to a failed controller"
+    );
     drop(c);
     t.stop().unwrap();
 }
