@@ -728,24 +728,21 @@ mod tests {
         )
         .unwrap();
         let hostid = [5u8; 16];
-        let mut admin = RawQueue::open(&t, 32).unwrap();
-        let cqe = admin
-            .connect(0, 32, 0, connect_data(&hostid, 0xffff, NQN, HOST))
-            .unwrap();
-        assert!(cqe.status().is_success());
-        let cntlid = cqe.dw0 as u16;
-        let mut en = SubmissionEntry::fabrics(FabricsType::PROPERTY_SET, 0);
-        en.cdw11 = 0x14;
-        en.cdw12 = 1 | (6 << 16) | (4 << 20);
-        assert!(
-            admin
-                .execute(en, DataBuf::None)
-                .unwrap()
-                .0
-                .status()
-                .is_success()
-        );
-        let io_queue = |t: &Arc<NvmfTarget>, qid: u16| {
+        // A controller: its admin queue, enabled.
+        let controller = |t: &Arc<NvmfTarget>| {
+            let mut admin = RawQueue::open(t, 32).unwrap();
+            let cqe = admin
+                .connect(0, 32, 0, connect_data(&hostid, 0xffff, NQN, HOST))
+                .unwrap();
+            assert!(cqe.status().is_success());
+            let mut en = SubmissionEntry::fabrics(FabricsType::PROPERTY_SET, 0);
+            en.cdw11 = 0x14;
+            en.cdw12 = 1 | (6 << 16) | (4 << 20);
+            let r = admin.execute(en, DataBuf::None).unwrap().0;
+            assert!(r.status().is_success());
+            (admin, cqe.dw0 as u16)
+        };
+        let io_queue = |t: &Arc<NvmfTarget>, cntlid: u16, qid: u16| {
             let mut q = RawQueue::open(t, 8).unwrap();
             let c = q
                 .connect(qid, 8, 0, connect_data(&hostid, cntlid, NQN, HOST))
@@ -766,7 +763,8 @@ mod tests {
             .unwrap()
         };
 
-        let mut q1 = io_queue(&t, 1);
+        let (admin, cntlid) = controller(&t);
+        let mut q1 = io_queue(&t, cntlid, 1);
         let (before, _) = slots(&t);
         let idx = before.iter().position(|e| e.0 == Some(1)).unwrap();
         q1.submit(
@@ -790,11 +788,16 @@ mod tests {
             "quarantined index on the free list"
         );
 
-        // A new queue pair goes elsewhere.
-        let mut q2 = io_queue(&t, 2);
+        // New queue pairs (the failed controller takes none: a new one)
+        // go elsewhere.
+        let (admin2, cntlid2) = controller(&t);
+        let mut q2 = io_queue(&t, cntlid2, 2);
         let (now, _) = slots(&t);
-        let idx2 = now.iter().position(|e| e.0 == Some(2)).unwrap();
-        assert_ne!(idx2, idx);
+        assert!(
+            now[idx].0.is_none(),
+            "a queue pair took the quarantined index"
+        );
+        assert!(now.iter().any(|e| e.0 == Some(2)));
 
         // The backend lets go: dropped as late, the index comes back, and
         // the new queue pair hears nothing.
@@ -812,6 +815,7 @@ mod tests {
         assert!(free.contains(&(idx as u32)));
         assert!(q2.rings_mut().reap().is_none());
         drop(q2);
+        drop(admin2);
         drop(admin);
         t.stop().unwrap();
     }
