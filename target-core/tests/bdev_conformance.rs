@@ -453,6 +453,53 @@ fn error_holds_until_release_and_reset_gives_back() {
 }
 
 #[test]
+fn error_stuck_survives_resets_until_released() {
+    let e = ErrorBdev::new(
+        ErrorParams {
+            name: "e".into(),
+            rules: vec![ErrorRule {
+                op: OpMatch::Op(IoOp::Write),
+                lba_range: None,
+                trigger: Trigger::EveryNth(1),
+                count: Some(1),
+                action: ErrorAction::Stuck,
+            }],
+            seed: 1,
+        },
+        malloc("m"),
+    )
+    .unwrap();
+    let mut ch = e.open_channel().unwrap();
+    let mut data = IoBuf::new(512);
+    data.as_mut_slice().fill(0xab);
+    ch.submit(BdevIo {
+        tag: 5,
+        op: IoOp::Write,
+        lba: 3,
+        blocks: 1,
+        fua: false,
+        buf: DataBuf::One(data),
+    })
+    .unwrap();
+    let mut got = Vec::new();
+    // Resets report it as still held and give nothing back.
+    for _ in 0..3 {
+        assert_eq!(ch.reset(), 1);
+        ch.poll(&mut |c| got.push(c));
+        assert!(got.is_empty());
+    }
+    assert_eq!((ch.in_flight(), e.held_count(), e.resets()), (1, 1, 3));
+    // Released, it proceeds normally: written, completed once.
+    e.release_held();
+    ch.poll(&mut |c| got.push(c));
+    ch.poll(&mut |c| got.push(c));
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].tag, got[0].result), (5, Ok(())));
+    assert_eq!((ch.in_flight(), e.held_count(), ch.reset()), (0, 0, 0));
+    assert_eq!(read_back(ch.as_mut(), 3, 1), vec![0xab; 512]);
+}
+
+#[test]
 fn delay_holds_completions_until_the_deadline() {
     let d = DelayBdev::new(
         DelayParams {

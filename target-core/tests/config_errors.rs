@@ -232,6 +232,12 @@ fn bad_inject_rules() {
         "backend[1].inject[0].status",
         "unknown status",
     );
+    fails(
+        err_backend("  action = \"wedge\""),
+        14,
+        "backend[1].inject[0].action",
+        "(fail, corrupt, hold, stuck)",
+    );
 }
 
 #[test]

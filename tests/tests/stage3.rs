@@ -151,6 +151,10 @@ fn stage3_fails_the_controller_and_answers_each_command_at_most_once() {
     assert_eq!(err.held_count(), 1);
     assert!(err.resets() >= 1, "the backend was never reset");
     assert!(pg_sum(&t, |s| s.backend_resets.load(Ordering::Relaxed)) >= 1);
+    assert_eq!(
+        pg_sum(&t, |s| s.controllers_failed.load(Ordering::Relaxed)),
+        1
+    );
     let late_before = pg_sum(&t, |s| s.late_completions.load(Ordering::Relaxed));
 
     // The backend lets go: the completion is dropped by the target.
@@ -261,7 +265,14 @@ fn removed_namespace_stuck_past_its_reset_fails_the_controller() {
         n == 1
     }));
     assert_eq!(q.stats().stale, 0);
+    // CSTS.RDY is still 1 here, but a failed controller takes no new queue.
+    assert_eq!(c.property_get(CSTS, false).unwrap() & 1, 1);
     drop(q);
+    std::thread::sleep(Duration::from_millis(100)); // the old queue is gone
+    assert!(
+        c.create_qpair(1, 8).is_err(),
+        "an I/O queue connected to a failed controller"
+    );
     drop(c);
     t.stop().unwrap();
 }

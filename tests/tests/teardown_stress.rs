@@ -519,12 +519,14 @@ fn connect(lt: &Arc<LoopTransport>) -> HostController {
 struct TargetTotals {
     resets: u64,
     late: u64,
+    failed: u64,
 }
 
 fn add_totals(t: &NvmfTarget, tot: &mut TargetTotals) {
     for h in t.engine().pgs() {
         tot.resets += h.stats.backend_resets.load(Ordering::Relaxed);
         tot.late += h.stats.late_completions.load(Ordering::Relaxed);
+        tot.failed += h.stats.controllers_failed.load(Ordering::Relaxed);
     }
 }
 
@@ -699,7 +701,8 @@ fn run(cycles: u64) {
          reads checked during the run: {}; blocks checked at the end: {checked}\n  \
          failed writes later found written: {}, found not written: {}\n  \
          backend resets: {resets} (error backend saw {}); holds and failures injected: {}; \
-         late completions dropped by the target: {}\n  statuses {statuses:?}",
+         late completions dropped by the target: {}; controllers failed (stage 3): {}\n  \
+         statuses {statuses:?}",
         inflight_sum as f64 / cycles.max(1) as f64,
         total.submitted,
         total.queues_retired,
@@ -709,7 +712,10 @@ fn run(cycles: u64) {
         d.err.resets(),
         d.err.injected(),
         totals.late,
+        totals.failed,
     );
+    // Every hold here is one a reset gives back: stage 3 must never strike.
+    assert_eq!(totals.failed, 0, "a controller was failed to its host");
     assert!(
         met_inflight * 4 >= cycles * 3,
         "only {met_inflight} of {cycles} teardowns met commands at the backend"

@@ -71,6 +71,9 @@ pub struct PgStats {
     pub backend_resets: AtomicU64,
     /// Queue pairs destroyed.
     pub qpairs_destroyed: AtomicU64,
+    /// Controllers failed to their hosts (teardown stage 3: a backend kept
+    /// commands after its reset).
+    pub controllers_failed: AtomicU64,
 }
 
 /// Single-writer counter bump: a plain load and store, no locked

@@ -217,7 +217,7 @@ fn connect_io(
     }
     {
         let mut st = ctrl.state();
-        if !ctrl.is_ready() || st.teardown.is_some() {
+        if !ctrl.is_ready() || st.teardown.is_some() || ctrl.is_failed() {
             return AdminOutcome::status(Status::COMMAND_SEQUENCE_ERROR);
         }
         let granted = st.io_queues_granted;

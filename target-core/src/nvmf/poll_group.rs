@@ -155,6 +155,17 @@ impl std::fmt::Debug for PollGroup {
     }
 }
 
+/// Stage-3 orphans came back: an index whose last one has is free again.
+#[cold]
+fn reclaim_qp_indices(qps: &[QpEntry], free_qps: &mut Vec<u32>) {
+    for (qi, e) in qps.iter().enumerate() {
+        let qi = qi as u32;
+        if e.qp.is_none() && e.orphans == 0 && !free_qps.contains(&qi) {
+            free_qps.push(qi);
+        }
+    }
+}
+
 #[inline]
 fn encode_tag(qi: u32, qgen: u32, slot: u16, sgen: u16) -> u64 {
     ((qi as u64) << 48) | (((qgen & 0xffff) as u64) << 32) | ((slot as u64) << 16) | sgen as u64
@@ -490,6 +501,7 @@ impl PollGroup {
             }
             let mut done = 0u32;
             let mut late = 0u64;
+            let mut orphans_back = false;
             let vstats = &view.stats;
             let lat = &mut view.lat;
             view.ch.poll(&mut |c: BdevCompletion| {
@@ -499,19 +511,18 @@ impl PollGroup {
                     late += 1;
                     return;
                 };
-                let Some(qp) =
-                    e.qp.as_deref_mut()
-                        .filter(|_| e.generation & 0xffff == qgen)
-                else {
+                let Some(qp) = e.qp.as_deref_mut() else {
                     // A command of a queue pair destroyed at stage 3: its
                     // buffer was the backend's until now; it goes no further.
                     late += 1;
                     e.orphans = e.orphans.saturating_sub(1);
-                    if e.orphans == 0 && e.qp.is_none() && !free_qps.contains(&qi) {
-                        free_qps.push(qi);
-                    }
+                    orphans_back = true;
                     return;
                 };
+                if e.generation & 0xffff != qgen {
+                    late += 1;
+                    return;
+                }
                 let Some(slot) = qp.slots.get_mut(si as usize) else {
                     late += 1;
                     return;
@@ -557,6 +568,9 @@ impl PollGroup {
             }
             if late > 0 {
                 bump(&stats.late_completions, late);
+            }
+            if orphans_back {
+                reclaim_qp_indices(qps, free_qps);
             }
             total += done as usize;
         }

@@ -244,6 +244,17 @@ impl NvmfTarget {
         }
     }
 
+    /// Manual mode: runs `f` on poll group `i` (white-box engine tests).
+    #[cfg(test)]
+    pub(crate) fn with_manual_pg<R>(
+        &self,
+        i: usize,
+        f: impl FnOnce(&mut PollGroup) -> R,
+    ) -> Option<R> {
+        let m = self.manual.as_ref()?;
+        lock(m).get_mut(i).map(f)
+    }
+
     /// Waits for a control answer: polls the groups in manual mode, blocks
     /// (bounded) otherwise.
     fn wait<T>(

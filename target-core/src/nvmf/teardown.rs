@@ -67,7 +67,10 @@ pub(crate) struct Retire {
 }
 
 /// Resets a view's channel unless a reset already started within the last
-/// bound. Returns `true` if it reset.
+/// bound. Returns `true` if it reset. Skipping is sound: a drain escalates
+/// one bound after its quiesce, and nothing is submitted by a quiesced
+/// queue pair or to a retiring view, so a reset within the last bound was
+/// issued after every command this drain waits for.
 fn reset_view(
     v: &mut NsView,
     now_ms: u64,
@@ -91,8 +94,9 @@ fn reset_view(
 }
 
 /// Stage 3: fails `ctrl` to its host, once.
-fn fail_controller(ctrl: &Controller, why: &'static str) {
+fn fail_controller(ctrl: &Controller, why: &'static str, failed: &std::sync::atomic::AtomicU64) {
     if ctrl.fail() {
+        bump(failed, 1);
         tracing::error!(
             cntlid = ctrl.cntlid,
             subsystem = %ctrl.subsys.nqn,
@@ -237,7 +241,7 @@ impl PollGroup {
             );
             drain.stage = 2;
             if let Some(ctrl) = qp.ctrl.clone() {
-                fail_controller(&ctrl, "drain");
+                fail_controller(&ctrl, "drain", &stats.controllers_failed);
             }
         }
         self.destroy_qpair(r);
@@ -582,7 +586,7 @@ impl PollGroup {
                 .any(|s| s.busy && fail_views.contains(&s.view))
                 && let Some(ctrl) = &qp.ctrl
             {
-                fail_controller(ctrl, "namespace removal");
+                fail_controller(ctrl, "namespace removal", &self.stats.controllers_failed);
             }
         }
     }
@@ -612,7 +616,7 @@ impl PollGroup {
             if qp.in_backend > 0
                 && let Some(ctrl) = &qp.ctrl
             {
-                fail_controller(ctrl, "target stop");
+                fail_controller(ctrl, "target stop", &self.stats.controllers_failed);
             }
             let r = QpairRef {
                 pg: self.id,
@@ -631,5 +635,188 @@ impl crate::reactor::Poller for PollGroup {
 
     fn stop(&mut self) {
         self.stop_all();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    use crate::bdev::error::Trigger;
+    use crate::bdev::{
+        ErrorAction, ErrorBdev, ErrorParams, ErrorRule, IoOp, MallocBdev, MallocParams, OpMatch,
+    };
+    use crate::iobuf::{DataBuf, IoBuf};
+    use crate::nvmf::raw::{RawQueue, connect_data};
+    use crate::nvmf::target::{NamespaceParams, ReactorMode};
+    use crate::nvmf::{EngineOptions, NvmfTarget, SubsystemParams, TargetOptions};
+    use crate::spec::{FabricsType, NvmOpcode, SubmissionEntry};
+
+    const NQN: &str = "nqn.2026-11.io.nvmf-rs:orphans";
+    const HOST: &str = "nqn.2026-11.io.nvmf-rs:orphans-host";
+
+    fn poll_for(t: &NvmfTarget, limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            t.poll();
+            if f() {
+                return true;
+            }
+        }
+        f()
+    }
+
+    /// A queue pair destroyed at stage 3 leaves its index quarantined until
+    /// the backend gives its commands back: a later queue pair never shares
+    /// an index with a command that may still complete, so the 16-bit
+    /// generation in the tag never has to hold across a wrap.
+    #[test]
+    fn stage3_quarantines_the_qpair_index_until_its_orphans_return() {
+        let t = NvmfTarget::start(TargetOptions {
+            engine: EngineOptions {
+                drain_timeout: Duration::from_millis(30),
+                ..EngineOptions::default()
+            },
+            reactors: ReactorMode::Manual(1),
+        })
+        .unwrap();
+        let ram = Arc::new(
+            MallocBdev::new(MallocParams {
+                name: "ram".into(),
+                block_size: 512,
+                num_blocks: 64,
+            })
+            .unwrap(),
+        );
+        let err = Arc::new(
+            ErrorBdev::new(
+                ErrorParams {
+                    name: "err".into(),
+                    rules: vec![ErrorRule {
+                        op: OpMatch::Op(IoOp::Write),
+                        lba_range: Some((0, 1)),
+                        trigger: Trigger::EveryNth(1),
+                        count: Some(1),
+                        action: ErrorAction::Stuck,
+                    }],
+                    seed: 1,
+                },
+                ram,
+            )
+            .unwrap(),
+        );
+        t.add_bdev(err.clone()).unwrap();
+        t.add_subsystem(SubsystemParams {
+            nqn: NQN.into(),
+            serial: "O".into(),
+            model: "orphans".into(),
+            max_namespaces: 1,
+            allow_any_host: true,
+            hosts: vec![],
+        })
+        .unwrap();
+        t.add_namespace(
+            NQN,
+            NamespaceParams {
+                nsid: Some(1),
+                bdev: "err".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let hostid = [5u8; 16];
+        // A controller: its admin queue, enabled.
+        let controller = |t: &Arc<NvmfTarget>| {
+            let mut admin = RawQueue::open(t, 32).unwrap();
+            let cqe = admin
+                .connect(0, 32, 0, connect_data(&hostid, 0xffff, NQN, HOST))
+                .unwrap();
+            assert!(cqe.status().is_success());
+            let mut en = SubmissionEntry::fabrics(FabricsType::PROPERTY_SET, 0);
+            en.cdw11 = 0x14;
+            en.cdw12 = 1 | (6 << 16) | (4 << 20);
+            let r = admin.execute(en, DataBuf::None).unwrap().0;
+            assert!(r.status().is_success());
+            (admin, cqe.dw0 as u16)
+        };
+        let io_queue = |t: &Arc<NvmfTarget>, cntlid: u16, qid: u16| {
+            let mut q = RawQueue::open(t, 8).unwrap();
+            let c = q
+                .connect(qid, 8, 0, connect_data(&hostid, cntlid, NQN, HOST))
+                .unwrap();
+            assert!(c.status().is_success(), "{:?}", c.status());
+            q
+        };
+        let slots = |t: &NvmfTarget| {
+            t.with_manual_pg(0, |pg| {
+                (
+                    pg.qps
+                        .iter()
+                        .map(|e| (e.qp.as_ref().map(|q| q.qid), e.orphans))
+                        .collect::<Vec<_>>(),
+                    pg.free_qps.clone(),
+                )
+            })
+            .unwrap()
+        };
+
+        let (admin, cntlid) = controller(&t);
+        let mut q1 = io_queue(&t, cntlid, 1);
+        let (before, _) = slots(&t);
+        let idx = before.iter().position(|e| e.0 == Some(1)).unwrap();
+        q1.submit(
+            SubmissionEntry::nvm_rw(NvmOpcode::WRITE.0, 0, 1, 0, 1),
+            DataBuf::One(IoBuf::new(512)),
+        )
+        .unwrap();
+        assert!(poll_for(&t, Duration::from_secs(5), || err.held_count() == 1));
+        // The host closes the queue: drain, reset, one more bound, stage 3.
+        drop(q1);
+        assert!(poll_for(&t, Duration::from_secs(5), || slots(&t).0[idx]
+            .0
+            .is_none()));
+        let (after, free) = slots(&t);
+        assert_eq!(
+            after[idx].1, 1,
+            "the stuck command is not counted as an orphan"
+        );
+        assert!(
+            !free.contains(&(idx as u32)),
+            "quarantined index on the free list"
+        );
+
+        // New queue pairs (the failed controller takes none: a new one)
+        // go elsewhere.
+        let (admin2, cntlid2) = controller(&t);
+        let mut q2 = io_queue(&t, cntlid2, 2);
+        let (now, _) = slots(&t);
+        assert!(
+            now[idx].0.is_none(),
+            "a queue pair took the quarantined index"
+        );
+        assert!(now.iter().any(|e| e.0 == Some(2)));
+
+        // The backend lets go: dropped as late, the index comes back, and
+        // the new queue pair hears nothing.
+        let late = |t: &NvmfTarget| {
+            t.engine().pgs()[0]
+                .stats
+                .late_completions
+                .load(Ordering::Relaxed)
+        };
+        let late0 = late(&t);
+        err.release_held();
+        assert!(poll_for(&t, Duration::from_secs(5), || late(&t) == late0 + 1));
+        let (end, free) = slots(&t);
+        assert_eq!(end[idx].1, 0);
+        assert!(free.contains(&(idx as u32)));
+        assert!(q2.rings_mut().reap().is_none());
+        drop(q2);
+        drop(admin2);
+        drop(admin);
+        t.stop().unwrap();
     }
 }
