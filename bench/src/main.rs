@@ -8,7 +8,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use bench::progress::{Progress, ProgressMode};
-use bench::runner::{self, InlineJob, JobOutcome, JobRun, LoopPort, Port};
+use bench::runner::{self, InlineJob, JobOutcome, JobRun, LoopPort, Port, SplitPort};
 use bench::stats::{JobResult, LiveStats};
 use bench::{Cli, JobSpec, jobs_from_cli, report, signal};
 use clap::Parser;
@@ -131,8 +131,10 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, Ru
                         .connect(o)
                         .map_err(|e| format!("connect to {nqn}: {e}"))?;
                     let qp = c.take_qpairs().pop().ok_or("no I/O queue granted")?;
+                    let mdts = c.max_transfer();
                     hosts.push(c);
-                    Box::new(LoopPort { qp, nsid })
+                    // I/O above MDTS is split and recombined.
+                    Box::new(SplitPort::new(LoopPort { qp, nsid }, bs, mdts))
                 }
             };
             live.push(l);
@@ -255,6 +257,20 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, Ru
     if let Some(m) = mismatch {
         eprintln!("nvmf-bench: verify FAILED: {m}");
         return Ok(ExitCode::FAILURE);
+    }
+    if total.errors > 0 && total.ios() == 0 {
+        eprintln!(
+            "nvmf-bench: FAILED: all {} I/Os failed, none completed",
+            total.errors
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if total.errors > 0 {
+        eprintln!(
+            "nvmf-bench: {} of {} I/Os failed",
+            total.errors,
+            total.errors + total.ios()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -81,6 +81,214 @@ impl Port for LoopPort {
     }
 }
 
+/// Splits I/Os larger than the controller's largest transfer (MDTS) into
+/// commands that fit, and completes the original once all of them have,
+/// as the Linux block layer does: a job's `bs` is not bounded by the
+/// controller. Transport-agnostic (any [`Port`]); smaller I/Os pass
+/// straight through. A split I/O goes through chunk buffers (copied in for
+/// writes, out for reads): only I/O above MDTS pays for it.
+#[derive(Debug)]
+pub struct SplitPort<P: Port> {
+    inner: P,
+    block_size: u32,
+    /// Blocks per command (`u32::MAX`: no limit).
+    max_blocks: u32,
+    parents: Vec<Option<SplitParent>>,
+    free_parents: Vec<u32>,
+    chunks: Vec<IoBuf>,
+    /// Children accepted but not yet taken by the queue (it was full).
+    pending: std::collections::VecDeque<(u32, u32)>,
+}
+
+#[derive(Debug)]
+struct SplitParent {
+    tag: u64,
+    op: Op,
+    lba: u64,
+    blocks: u32,
+    buf: IoBuf,
+    outstanding: u32,
+    ok: bool,
+}
+
+/// Child tags: bit 62 set, bit 63 clear (jobs use slot indexes and
+/// `u64::MAX`), parent index above the child number.
+const CHILD_TAG: u64 = 1 << 62;
+const CHILD_BITS: u32 = 20;
+
+impl<P: Port> SplitPort<P> {
+    /// Wraps `inner`; `max_transfer` bytes per command (0: unlimited).
+    pub fn new(inner: P, block_size: u32, max_transfer: u64) -> Self {
+        let max_blocks = match max_transfer / block_size.max(1) as u64 {
+            0 if max_transfer == 0 => u32::MAX,
+            0 => 1,
+            n => n.min(u32::MAX as u64) as u32,
+        };
+        Self {
+            inner,
+            block_size,
+            max_blocks,
+            parents: Vec::new(),
+            free_parents: Vec::new(),
+            chunks: Vec::new(),
+            pending: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The wrapped port.
+    pub fn inner(&self) -> &P {
+        &self.inner
+    }
+
+    /// Blocks per command.
+    pub fn max_blocks(&self) -> u32 {
+        self.max_blocks
+    }
+
+    /// Submits child `child` of parent `pi`; `false` if the queue refused.
+    fn submit_child(&mut self, pi: u32, child: u32) -> bool {
+        let Some(Some(p)) = self.parents.get(pi as usize) else {
+            return true;
+        };
+        let first = child as u64 * self.max_blocks as u64;
+        let blocks = (p.blocks as u64 - first).min(self.max_blocks as u64) as u32;
+        let bytes = blocks as usize * self.block_size as usize;
+        let chunk_len = self.max_blocks as usize * self.block_size as usize;
+        let mut chunk = self.chunks.pop().unwrap_or_else(|| IoBuf::new(chunk_len));
+        if p.op == Op::Write {
+            let off = first as usize * self.block_size as usize;
+            chunk.as_mut_slice()[..bytes].copy_from_slice(&p.buf.as_slice()[off..off + bytes]);
+        }
+        let (op, lba) = (p.op, p.lba + first);
+        let tag = CHILD_TAG | ((pi as u64) << CHILD_BITS) | child as u64;
+        match self.inner.submit(op, lba, blocks, chunk, tag) {
+            Ok(()) => true,
+            Err(c) => {
+                if c.len() == chunk_len {
+                    self.chunks.push(c);
+                }
+                false
+            }
+        }
+    }
+
+    fn flush_pending(&mut self) {
+        while let Some(&(pi, child)) = self.pending.front() {
+            if !self.submit_child(pi, child) {
+                if !self.inner.alive() {
+                    // The queue is gone: these children never ran.
+                    while let Some((pi, _)) = self.pending.pop_front() {
+                        if let Some(Some(p)) = self.parents.get_mut(pi as usize) {
+                            p.ok = false;
+                            p.outstanding -= 1;
+                        }
+                    }
+                }
+                break;
+            }
+            self.pending.pop_front();
+        }
+    }
+}
+
+impl<P: Port> Port for SplitPort<P> {
+    fn submit(&mut self, op: Op, lba: u64, blocks: u32, buf: IoBuf, tag: u64) -> Result<(), IoBuf> {
+        if blocks <= self.max_blocks {
+            return self.inner.submit(op, lba, blocks, buf, tag);
+        }
+        if !self.pending.is_empty() || !self.inner.alive() {
+            return Err(buf);
+        }
+        let n = blocks.div_ceil(self.max_blocks);
+        let pi = match self.free_parents.pop() {
+            Some(i) => i,
+            None => {
+                self.parents.push(None);
+                self.parents.len() as u32 - 1
+            }
+        };
+        self.parents[pi as usize] = Some(SplitParent {
+            tag,
+            op,
+            lba,
+            blocks,
+            buf,
+            outstanding: n,
+            ok: true,
+        });
+        for child in 0..n {
+            self.pending.push_back((pi, child));
+        }
+        self.flush_pending();
+        Ok(())
+    }
+
+    fn poll(&mut self, f: &mut dyn FnMut(u64, bool, DataBuf)) -> usize {
+        let Self {
+            inner,
+            parents,
+            chunks,
+            block_size,
+            max_blocks,
+            ..
+        } = self;
+        let chunk_len = *max_blocks as usize * *block_size as usize;
+        let mut n = inner.poll(&mut |tag, ok, buf| {
+            if tag >> 62 != 1 {
+                f(tag, ok, buf);
+                return;
+            }
+            let pi = ((tag & !CHILD_TAG) >> CHILD_BITS) as usize;
+            let child = tag & ((1 << CHILD_BITS) - 1);
+            let Some(Some(p)) = parents.get_mut(pi) else {
+                return;
+            };
+            let chunk = match buf {
+                DataBuf::One(b) => Some(b),
+                _ => None,
+            };
+            if !ok || chunk.is_none() {
+                p.ok = false;
+            }
+            if let Some(c) = chunk {
+                if p.op == Op::Read && ok {
+                    let first = child * *max_blocks as u64;
+                    let blocks = (p.blocks as u64 - first).min(*max_blocks as u64) as usize;
+                    let off = first as usize * *block_size as usize;
+                    let bytes = blocks * *block_size as usize;
+                    p.buf.as_mut_slice()[off..off + bytes].copy_from_slice(&c.as_slice()[..bytes]);
+                }
+                if c.len() == chunk_len {
+                    chunks.push(c);
+                }
+            }
+            p.outstanding -= 1;
+        });
+        // Parents whose children all came back (or never ran).
+        for (i, slot) in self.parents.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|p| p.outstanding == 0) {
+                if let Some(p) = slot.take() {
+                    f(p.tag, p.ok, DataBuf::One(p.buf));
+                    self.free_parents.push(i as u32);
+                    n += 1;
+                }
+            }
+        }
+        if !self.pending.is_empty() {
+            self.flush_pending();
+        }
+        n
+    }
+
+    fn alive(&self) -> bool {
+        self.inner.alive() || self.parents.iter().any(Option::is_some)
+    }
+
+    fn recovery(&self) -> (u64, u64) {
+        self.inner.recovery()
+    }
+}
+
 /// A block-device channel used directly.
 #[derive(Debug)]
 pub struct DirectPort {
