@@ -266,12 +266,12 @@ impl<P: Port> Port for SplitPort<P> {
         });
         // Parents whose children all came back (or never ran).
         for (i, slot) in self.parents.iter_mut().enumerate() {
-            if slot.as_ref().is_some_and(|p| p.outstanding == 0) {
-                if let Some(p) = slot.take() {
-                    f(p.tag, p.ok, DataBuf::One(p.buf));
-                    self.free_parents.push(i as u32);
-                    n += 1;
-                }
+            if slot.as_ref().is_some_and(|p| p.outstanding == 0)
+                && let Some(p) = slot.take()
+            {
+                f(p.tag, p.ok, DataBuf::One(p.buf));
+                self.free_parents.push(i as u32);
+                n += 1;
             }
         }
         if !self.pending.is_empty() {
@@ -694,3 +694,103 @@ impl Poller for InlineJob {
 
 /// How long to wait for a job's last completions after it stopped issuing.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An in-memory disk behind a queue of `depth` slots that completes
+    /// on the next poll; refuses commands above `max_blocks` as a target
+    /// refuses transfers above MDTS.
+    struct FakePort {
+        disk: Vec<u8>,
+        bs: usize,
+        depth: usize,
+        max_blocks: u32,
+        queued: Vec<(u64, bool, IoBuf)>,
+        commands: u64,
+    }
+
+    impl Port for FakePort {
+        fn submit(
+            &mut self,
+            op: Op,
+            lba: u64,
+            blocks: u32,
+            mut buf: IoBuf,
+            tag: u64,
+        ) -> Result<(), IoBuf> {
+            if self.queued.len() >= self.depth {
+                return Err(buf);
+            }
+            self.commands += 1;
+            let ok = blocks <= self.max_blocks;
+            if ok {
+                let (off, n) = (lba as usize * self.bs, blocks as usize * self.bs);
+                match op {
+                    Op::Write => self.disk[off..off + n].copy_from_slice(&buf.as_slice()[..n]),
+                    Op::Read => buf.as_mut_slice()[..n].copy_from_slice(&self.disk[off..off + n]),
+                }
+            }
+            self.queued.push((tag, ok, buf));
+            Ok(())
+        }
+
+        fn poll(&mut self, f: &mut dyn FnMut(u64, bool, DataBuf)) -> usize {
+            let n = self.queued.len();
+            for (tag, ok, buf) in self.queued.drain(..) {
+                f(tag, ok, DataBuf::One(buf));
+            }
+            n
+        }
+    }
+
+    fn wait_one(p: &mut SplitPort<FakePort>) -> (u64, bool, IoBuf) {
+        for _ in 0..100 {
+            let mut got = None;
+            p.poll(&mut |t, ok, b| {
+                if let DataBuf::One(b) = b {
+                    got = Some((t, ok, b));
+                }
+            });
+            if let Some(g) = got {
+                return g;
+            }
+        }
+        panic!("no completion");
+    }
+
+    #[test]
+    fn split_port_splits_above_the_limit_and_recombines_through_a_shallow_queue() {
+        let fake = FakePort {
+            disk: vec![0; 64 * 512],
+            bs: 512,
+            depth: 2,
+            max_blocks: 4,
+            queued: Vec::new(),
+            commands: 0,
+        };
+        let mut p = SplitPort::new(fake, 512, 4 * 512);
+        assert_eq!(p.max_blocks(), 4);
+        // 18 blocks = 5 commands through a 2-deep queue.
+        let mut w = IoBuf::new(18 * 512);
+        for (i, x) in w.as_mut_slice().iter_mut().enumerate() {
+            *x = (i * 7 + i / 512) as u8;
+        }
+        let want = w.as_slice().to_vec();
+        p.submit(Op::Write, 3, 18, w, 7).unwrap();
+        let (tag, ok, _) = wait_one(&mut p);
+        assert_eq!((tag, ok), (7, true));
+        assert_eq!(p.inner().commands, 5, "18 blocks in commands of 4");
+        assert_eq!(&p.inner().disk[3 * 512..21 * 512], &want[..]);
+        p.submit(Op::Read, 3, 18, IoBuf::new(18 * 512), u64::MAX)
+            .unwrap();
+        let (tag, ok, buf) = wait_one(&mut p);
+        assert_eq!((tag, ok), (u64::MAX, true));
+        assert_eq!(buf.as_slice(), &want[..], "recombined in order");
+        // At or below the limit: one command, passed straight through.
+        p.submit(Op::Read, 0, 4, IoBuf::new(4 * 512), 1).unwrap();
+        assert_eq!(wait_one(&mut p).0, 1);
+        assert_eq!(p.inner().commands, 11);
+    }
+}
