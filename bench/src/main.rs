@@ -123,8 +123,15 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, Ru
             let port: Box<dyn Port> = match cli.target {
                 bench::cli::TargetKind::Direct => Box::new(runner::direct_port(&ns.bdev)?),
                 bench::cli::TargetKind::Loop => {
-                    let mut o = ConnectOptions::new(&nqn, HOSTNQN)
-                        .with_recovery(cli.reconnect_delay, cli.ctrl_loss_tmo);
+                    // Inline jobs poll on a reactor: a reconnect's blocking
+                    // Connect round trip would wait on that very reactor.
+                    let tmo = if inst.inline {
+                        Duration::ZERO
+                    } else {
+                        cli.ctrl_loss_tmo
+                    };
+                    let mut o =
+                        ConnectOptions::new(&nqn, HOSTNQN).with_recovery(cli.reconnect_delay, tmo);
                     o.queue_depth = (inst.iodepth + 1).min(4096) as u16;
                     let mut c = target
                         .transport()
