@@ -130,7 +130,8 @@ pub struct Cli {
     pub reconnect_delay: Duration,
 
     /// Host error recovery: how long to keep reconnecting before the jobs
-    /// fail, as Linux's ctrl_loss_tmo (0 = no recovery: a reset ends the run)
+    /// fail, as Linux's ctrl_loss_tmo (0 = no recovery: a reset ends the run;
+    /// inline jobs run without recovery)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s", help_heading = "Target")]
     pub ctrl_loss_tmo: Duration,
 

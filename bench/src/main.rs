@@ -8,7 +8,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use bench::progress::{Progress, ProgressMode};
-use bench::runner::{self, InlineJob, JobOutcome, JobRun, LoopPort, Port};
+use bench::runner::{self, InlineJob, JobOutcome, JobRun, LoopPort, Port, SplitPort};
 use bench::stats::{JobResult, LiveStats};
 use bench::{Cli, JobSpec, jobs_from_cli, report, signal};
 use clap::Parser;
@@ -123,16 +123,25 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, Ru
             let port: Box<dyn Port> = match cli.target {
                 bench::cli::TargetKind::Direct => Box::new(runner::direct_port(&ns.bdev)?),
                 bench::cli::TargetKind::Loop => {
-                    let mut o = ConnectOptions::new(&nqn, HOSTNQN)
-                        .with_recovery(cli.reconnect_delay, cli.ctrl_loss_tmo);
+                    // Inline jobs poll on a reactor: a reconnect's blocking
+                    // Connect round trip would wait on that very reactor.
+                    let tmo = if inst.inline {
+                        Duration::ZERO
+                    } else {
+                        cli.ctrl_loss_tmo
+                    };
+                    let mut o =
+                        ConnectOptions::new(&nqn, HOSTNQN).with_recovery(cli.reconnect_delay, tmo);
                     o.queue_depth = (inst.iodepth + 1).min(4096) as u16;
                     let mut c = target
                         .transport()
                         .connect(o)
                         .map_err(|e| format!("connect to {nqn}: {e}"))?;
                     let qp = c.take_qpairs().pop().ok_or("no I/O queue granted")?;
+                    let mdts = c.max_transfer();
                     hosts.push(c);
-                    Box::new(LoopPort { qp, nsid })
+                    // I/O above MDTS is split and recombined.
+                    Box::new(SplitPort::new(LoopPort { qp, nsid }, bs, mdts))
                 }
             };
             live.push(l);
@@ -255,6 +264,20 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, Ru
     if let Some(m) = mismatch {
         eprintln!("nvmf-bench: verify FAILED: {m}");
         return Ok(ExitCode::FAILURE);
+    }
+    if total.errors > 0 && total.ios() == 0 {
+        eprintln!(
+            "nvmf-bench: FAILED: all {} I/Os failed, none completed",
+            total.errors
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if total.errors > 0 {
+        eprintln!(
+            "nvmf-bench: {} of {} I/Os failed",
+            total.errors,
+            total.errors + total.ios()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

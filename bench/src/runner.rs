@@ -81,6 +81,214 @@ impl Port for LoopPort {
     }
 }
 
+/// Splits I/Os larger than the controller's largest transfer (MDTS) into
+/// commands that fit, and completes the original once all of them have,
+/// as the Linux block layer does: a job's `bs` is not bounded by the
+/// controller. Transport-agnostic (any [`Port`]); smaller I/Os pass
+/// straight through. A split I/O goes through chunk buffers (copied in for
+/// writes, out for reads): only I/O above MDTS pays for it.
+#[derive(Debug)]
+pub struct SplitPort<P: Port> {
+    inner: P,
+    block_size: u32,
+    /// Blocks per command (`u32::MAX`: no limit).
+    max_blocks: u32,
+    parents: Vec<Option<SplitParent>>,
+    free_parents: Vec<u32>,
+    chunks: Vec<IoBuf>,
+    /// Children accepted but not yet taken by the queue (it was full).
+    pending: std::collections::VecDeque<(u32, u32)>,
+}
+
+#[derive(Debug)]
+struct SplitParent {
+    tag: u64,
+    op: Op,
+    lba: u64,
+    blocks: u32,
+    buf: IoBuf,
+    outstanding: u32,
+    ok: bool,
+}
+
+/// Child tags: bit 62 set, bit 63 clear (jobs use slot indexes and
+/// `u64::MAX`), parent index above the child number.
+const CHILD_TAG: u64 = 1 << 62;
+const CHILD_BITS: u32 = 20;
+
+impl<P: Port> SplitPort<P> {
+    /// Wraps `inner`; `max_transfer` bytes per command (0: unlimited).
+    pub fn new(inner: P, block_size: u32, max_transfer: u64) -> Self {
+        let max_blocks = match max_transfer / block_size.max(1) as u64 {
+            0 if max_transfer == 0 => u32::MAX,
+            0 => 1,
+            n => n.min(u32::MAX as u64) as u32,
+        };
+        Self {
+            inner,
+            block_size,
+            max_blocks,
+            parents: Vec::new(),
+            free_parents: Vec::new(),
+            chunks: Vec::new(),
+            pending: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The wrapped port.
+    pub fn inner(&self) -> &P {
+        &self.inner
+    }
+
+    /// Blocks per command.
+    pub fn max_blocks(&self) -> u32 {
+        self.max_blocks
+    }
+
+    /// Submits child `child` of parent `pi`; `false` if the queue refused.
+    fn submit_child(&mut self, pi: u32, child: u32) -> bool {
+        let Some(Some(p)) = self.parents.get(pi as usize) else {
+            return true;
+        };
+        let first = child as u64 * self.max_blocks as u64;
+        let blocks = (p.blocks as u64 - first).min(self.max_blocks as u64) as u32;
+        let bytes = blocks as usize * self.block_size as usize;
+        let chunk_len = self.max_blocks as usize * self.block_size as usize;
+        let mut chunk = self.chunks.pop().unwrap_or_else(|| IoBuf::new(chunk_len));
+        if p.op == Op::Write {
+            let off = first as usize * self.block_size as usize;
+            chunk.as_mut_slice()[..bytes].copy_from_slice(&p.buf.as_slice()[off..off + bytes]);
+        }
+        let (op, lba) = (p.op, p.lba + first);
+        let tag = CHILD_TAG | ((pi as u64) << CHILD_BITS) | child as u64;
+        match self.inner.submit(op, lba, blocks, chunk, tag) {
+            Ok(()) => true,
+            Err(c) => {
+                if c.len() == chunk_len {
+                    self.chunks.push(c);
+                }
+                false
+            }
+        }
+    }
+
+    fn flush_pending(&mut self) {
+        while let Some(&(pi, child)) = self.pending.front() {
+            if !self.submit_child(pi, child) {
+                if !self.inner.alive() {
+                    // The queue is gone: these children never ran.
+                    while let Some((pi, _)) = self.pending.pop_front() {
+                        if let Some(Some(p)) = self.parents.get_mut(pi as usize) {
+                            p.ok = false;
+                            p.outstanding -= 1;
+                        }
+                    }
+                }
+                break;
+            }
+            self.pending.pop_front();
+        }
+    }
+}
+
+impl<P: Port> Port for SplitPort<P> {
+    fn submit(&mut self, op: Op, lba: u64, blocks: u32, buf: IoBuf, tag: u64) -> Result<(), IoBuf> {
+        if blocks <= self.max_blocks {
+            return self.inner.submit(op, lba, blocks, buf, tag);
+        }
+        if !self.pending.is_empty() || !self.inner.alive() {
+            return Err(buf);
+        }
+        let n = blocks.div_ceil(self.max_blocks);
+        let pi = match self.free_parents.pop() {
+            Some(i) => i,
+            None => {
+                self.parents.push(None);
+                self.parents.len() as u32 - 1
+            }
+        };
+        self.parents[pi as usize] = Some(SplitParent {
+            tag,
+            op,
+            lba,
+            blocks,
+            buf,
+            outstanding: n,
+            ok: true,
+        });
+        for child in 0..n {
+            self.pending.push_back((pi, child));
+        }
+        self.flush_pending();
+        Ok(())
+    }
+
+    fn poll(&mut self, f: &mut dyn FnMut(u64, bool, DataBuf)) -> usize {
+        let Self {
+            inner,
+            parents,
+            chunks,
+            block_size,
+            max_blocks,
+            ..
+        } = self;
+        let chunk_len = *max_blocks as usize * *block_size as usize;
+        let mut n = inner.poll(&mut |tag, ok, buf| {
+            if tag >> 62 != 1 {
+                f(tag, ok, buf);
+                return;
+            }
+            let pi = ((tag & !CHILD_TAG) >> CHILD_BITS) as usize;
+            let child = tag & ((1 << CHILD_BITS) - 1);
+            let Some(Some(p)) = parents.get_mut(pi) else {
+                return;
+            };
+            let chunk = match buf {
+                DataBuf::One(b) => Some(b),
+                _ => None,
+            };
+            if !ok || chunk.is_none() {
+                p.ok = false;
+            }
+            if let Some(c) = chunk {
+                if p.op == Op::Read && ok {
+                    let first = child * *max_blocks as u64;
+                    let blocks = (p.blocks as u64 - first).min(*max_blocks as u64) as usize;
+                    let off = first as usize * *block_size as usize;
+                    let bytes = blocks * *block_size as usize;
+                    p.buf.as_mut_slice()[off..off + bytes].copy_from_slice(&c.as_slice()[..bytes]);
+                }
+                if c.len() == chunk_len {
+                    chunks.push(c);
+                }
+            }
+            p.outstanding -= 1;
+        });
+        // Parents whose children all came back (or never ran).
+        for (i, slot) in self.parents.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|p| p.outstanding == 0)
+                && let Some(p) = slot.take()
+            {
+                f(p.tag, p.ok, DataBuf::One(p.buf));
+                self.free_parents.push(i as u32);
+                n += 1;
+            }
+        }
+        if !self.pending.is_empty() {
+            self.flush_pending();
+        }
+        n
+    }
+
+    fn alive(&self) -> bool {
+        self.inner.alive() || self.parents.iter().any(Option::is_some)
+    }
+
+    fn recovery(&self) -> (u64, u64) {
+        self.inner.recovery()
+    }
+}
+
 /// A block-device channel used directly.
 #[derive(Debug)]
 pub struct DirectPort {
@@ -486,3 +694,103 @@ impl Poller for InlineJob {
 
 /// How long to wait for a job's last completions after it stopped issuing.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An in-memory disk behind a queue of `depth` slots that completes
+    /// on the next poll; refuses commands above `max_blocks` as a target
+    /// refuses transfers above MDTS.
+    struct FakePort {
+        disk: Vec<u8>,
+        bs: usize,
+        depth: usize,
+        max_blocks: u32,
+        queued: Vec<(u64, bool, IoBuf)>,
+        commands: u64,
+    }
+
+    impl Port for FakePort {
+        fn submit(
+            &mut self,
+            op: Op,
+            lba: u64,
+            blocks: u32,
+            mut buf: IoBuf,
+            tag: u64,
+        ) -> Result<(), IoBuf> {
+            if self.queued.len() >= self.depth {
+                return Err(buf);
+            }
+            self.commands += 1;
+            let ok = blocks <= self.max_blocks;
+            if ok {
+                let (off, n) = (lba as usize * self.bs, blocks as usize * self.bs);
+                match op {
+                    Op::Write => self.disk[off..off + n].copy_from_slice(&buf.as_slice()[..n]),
+                    Op::Read => buf.as_mut_slice()[..n].copy_from_slice(&self.disk[off..off + n]),
+                }
+            }
+            self.queued.push((tag, ok, buf));
+            Ok(())
+        }
+
+        fn poll(&mut self, f: &mut dyn FnMut(u64, bool, DataBuf)) -> usize {
+            let n = self.queued.len();
+            for (tag, ok, buf) in self.queued.drain(..) {
+                f(tag, ok, DataBuf::One(buf));
+            }
+            n
+        }
+    }
+
+    fn wait_one(p: &mut SplitPort<FakePort>) -> (u64, bool, IoBuf) {
+        for _ in 0..100 {
+            let mut got = None;
+            p.poll(&mut |t, ok, b| {
+                if let DataBuf::One(b) = b {
+                    got = Some((t, ok, b));
+                }
+            });
+            if let Some(g) = got {
+                return g;
+            }
+        }
+        panic!("no completion");
+    }
+
+    #[test]
+    fn split_port_splits_above_the_limit_and_recombines_through_a_shallow_queue() {
+        let fake = FakePort {
+            disk: vec![0; 64 * 512],
+            bs: 512,
+            depth: 2,
+            max_blocks: 4,
+            queued: Vec::new(),
+            commands: 0,
+        };
+        let mut p = SplitPort::new(fake, 512, 4 * 512);
+        assert_eq!(p.max_blocks(), 4);
+        // 18 blocks = 5 commands through a 2-deep queue.
+        let mut w = IoBuf::new(18 * 512);
+        for (i, x) in w.as_mut_slice().iter_mut().enumerate() {
+            *x = (i * 7 + i / 512) as u8;
+        }
+        let want = w.as_slice().to_vec();
+        p.submit(Op::Write, 3, 18, w, 7).unwrap();
+        let (tag, ok, _) = wait_one(&mut p);
+        assert_eq!((tag, ok), (7, true));
+        assert_eq!(p.inner().commands, 5, "18 blocks in commands of 4");
+        assert_eq!(&p.inner().disk[3 * 512..21 * 512], &want[..]);
+        p.submit(Op::Read, 3, 18, IoBuf::new(18 * 512), u64::MAX)
+            .unwrap();
+        let (tag, ok, buf) = wait_one(&mut p);
+        assert_eq!((tag, ok), (u64::MAX, true));
+        assert_eq!(buf.as_slice(), &want[..], "recombined in order");
+        // At or below the limit: one command, passed straight through.
+        p.submit(Op::Read, 0, 4, IoBuf::new(4 * 512), 1).unwrap();
+        assert_eq!(wait_one(&mut p).0, 1);
+        assert_eq!(p.inner().commands, 11);
+    }
+}

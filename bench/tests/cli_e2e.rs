@@ -249,3 +249,118 @@ fn sigint_stops_cleanly_and_writes_results() {
     assert_eq!(job["errors"].as_u64(), Some(0));
     assert_eq!(hlog_total(&out, job), ios);
 }
+
+/// I/O above the controller's MDTS (128 KiB on the embedded default) is
+/// split and recombined: a 1 MiB verify run completes I/Os without errors
+/// (it used to run 0 I/Os with thousands of errors and exit 0).
+#[test]
+fn verify_above_mdts_is_split_and_recombined() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r");
+    let o = bench(&[
+        "--rw",
+        "verify",
+        "--bs",
+        "1m",
+        "-q",
+        "4",
+        "--size",
+        "32MiB",
+        "--io-count",
+        "200",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v = json(&out);
+    assert_eq!(v["total"]["errors"], 0, "{}", text(&o));
+    assert_eq!(v["jobs"][0]["mixed"]["total_ios"], 200, "{v}");
+}
+
+fn error_config(dir: &Path, probability: &str) -> std::path::PathBuf {
+    let p = dir.join("err.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"
+[reactors]
+cores = [0]
+[[backend]]
+name = "ram0"
+kind = "malloc"
+size = "16MiB"
+[[backend]]
+name = "bad0"
+kind = "error"
+base = "ram0"
+seed = 3
+  [[backend.inject]]
+  op = "read"
+  probability = {probability}
+  action = "fail"
+  status = "unrecovered_read_error"
+[[subsystem]]
+nqn = "nqn.2026-11.io.nvmf-rs:err"
+allow_any_host = true
+  [[subsystem.namespace]]
+  nsid = 1
+  backend = "bad0"
+[[listener]]
+transport = "loop"
+subsystem = "*"
+"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Every I/O failed: exit 1 with one line saying so.
+#[test]
+fn a_run_whose_ios_all_failed_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = error_config(dir.path(), "1.0");
+    let out = dir.path().join("r");
+    let o = bench(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--rw",
+        "randread",
+        "--io-count",
+        "500",
+        "--ctrl-loss-tmo",
+        "0",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("FAILED: all 500 I/Os failed"), "{t}");
+    assert_eq!(json(&out)["total"]["errors"], 500);
+}
+
+/// Some errors: exit 0, and the count is in the summary and the JSON.
+#[test]
+fn a_run_with_some_errors_says_how_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = error_config(dir.path(), "0.1");
+    let out = dir.path().join("r");
+    let o = bench(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--rw",
+        "randread",
+        "--io-count",
+        "2000",
+        "--ctrl-loss-tmo",
+        "0",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    let errors = json(&out)["total"]["errors"].as_u64().unwrap();
+    assert!(errors > 0 && errors < 2000, "{t}");
+    assert!(t.contains(&format!("{errors} I/O(s) failed")), "{t}");
+    assert!(t.contains(&format!("{errors} of 2000 I/Os failed")), "{t}");
+}

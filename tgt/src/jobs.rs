@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bench::JobSpec;
-use bench::runner::{self, JobOutcome, JobRun, LoopPort, Port};
+use bench::runner::{self, JobOutcome, JobRun, LoopPort, Port, SplitPort};
 use bench::stats::LiveStats;
 use serde_json::{Value, json};
 use target_core::bdev::BdevRef;
@@ -187,10 +187,15 @@ impl Jobs {
                     thread: Mutex::new(None),
                     ended_by: Mutex::new(None),
                 });
-                let port = LoopPort {
-                    qp,
-                    nsid: inst.nsid,
-                };
+                // I/O above the controller's MDTS is split and recombined.
+                let port = SplitPort::new(
+                    LoopPort {
+                        qp,
+                        nsid: inst.nsid,
+                    },
+                    bs,
+                    host.max_transfer(),
+                );
                 let j2 = job.clone();
                 let h = std::thread::Builder::new()
                     .name(format!("job-{}", inst.name))
@@ -288,7 +293,12 @@ const READBACK_LIMIT: Duration = Duration::from_secs(120);
 /// its backend, every block whose write was acknowledged. Its queue has
 /// ended by then, so the target has drained it: anything acknowledged is on
 /// the backend, and a block that is not is a lost write.
-fn run_job(job: Arc<HostJob>, mut run: JobRun, mut port: LoopPort, host: HostController) {
+fn run_job(
+    job: Arc<HostJob>,
+    mut run: JobRun,
+    mut port: SplitPort<LoopPort>,
+    host: HostController,
+) {
     while !run.step(&mut port) {}
     let _ = host.disconnect();
     drop(port);

@@ -633,3 +633,92 @@ fn a_signal_repeated_within_a_second_is_the_same_stop_request() {
     assert!(log.contains("repeated signal"), "second signal seen\n{log}");
     assert!(log.contains("stopped in"), "{log}");
 }
+
+/// `nvmf_reset_controller` 10 times on every job controller while the
+/// verify jobs run: the job hosts reconnect and retry (counted), no job
+/// sees an error, and after SIGTERM every acknowledged block reads back.
+#[test]
+fn host_jobs_ride_through_ten_target_side_resets() {
+    let mut d = start(free_port());
+    let mut c = client(&d);
+    wait_for("job I/O", || {
+        job(&mut c, "soak1")["ios"].as_u64().unwrap() > 500
+            && job(&mut c, "soak2")["ios"].as_u64().unwrap() > 500
+    });
+    let mut resets = 0;
+    for round in 0..10u64 {
+        let ctrls = call(&mut c, "nvmf_get_controllers", json!({"nqn": NQN}));
+        for ctrl in ctrls.as_array().unwrap() {
+            call(
+                &mut c,
+                "nvmf_reset_controller",
+                json!({"nqn": NQN, "cntlid": ctrl["cntlid"]}),
+            );
+            resets += 1;
+        }
+        // Each job is back (a new association) before the next round.
+        let t0 = Instant::now();
+        while !["soak1", "soak2"]
+            .iter()
+            .all(|j| job(&mut c, j)["reconnects"].as_u64().unwrap() > round)
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "round {round}: no reconnect: {}\n{}",
+                call(&mut c, "job_get_jobs", Value::Null),
+                std::fs::read_to_string(&d.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(resets, 20);
+    let before: Vec<u64> = ["soak1", "soak2"]
+        .iter()
+        .map(|j| job(&mut c, j)["ios"].as_u64().unwrap())
+        .collect();
+    wait_for("I/O after the resets", || {
+        ["soak1", "soak2"]
+            .iter()
+            .zip(&before)
+            .all(|(j, b)| job(&mut c, j)["ios"].as_u64().unwrap() > b + 100)
+    });
+    for j in ["soak1", "soak2"] {
+        let st = job(&mut c, j);
+        assert_eq!(st["state"], "running", "{st}");
+        assert_eq!(st["errors"], 0, "{st}");
+        assert_eq!(st["reconnects"], 10, "{st}");
+    }
+    let pid = d.child.as_ref().unwrap().id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut child = d.child.take().unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("no exit within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(status.success(), "exit {status:?}\n{log}");
+    for j in ["soak1", "soak2"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("job {j}:")))
+            .unwrap_or_else(|| panic!("no summary for {j}\n{log}"));
+        assert!(
+            line.contains("verify ok") && line.contains("read back intact"),
+            "{line}"
+        );
+        assert!(line.contains("(10 reconnects"), "{line}");
+    }
+}

@@ -860,6 +860,9 @@ fn set_queues_on(
     Ok(((cqe.dw0 & 0xffff).min(cqe.dw0 >> 16) + 1) as u16)
 }
 
+/// How long recovery waits for the target to delete the lost controller.
+const OLD_ASSOC_WAIT: Duration = Duration::from_secs(2);
+
 /// A refusal that no retry will change: the target is stopping, the
 /// subsystem is no longer exposed, or the Connect status has DNR set.
 fn permanent(e: &HostError) -> bool {
@@ -895,9 +898,19 @@ fn recover(
         a.rings.host_close();
         a.rings.state()
     };
-    let _ = wait::until(target, assoc.timeout, "controller deletion", || {
+    // Give the target a moment to delete the old controller (its queues
+    // drain), but do not depend on it: Linux's hosts do not wait either.
+    let limit = assoc.timeout.min(OLD_ASSOC_WAIT);
+    if wait::until(target, limit, "controller deletion", || {
         (rs.target_done() || stop.load(Ordering::Acquire)).then_some(())
-    });
+    })
+    .is_err()
+    {
+        tracing::warn!(
+            cntlid = old,
+            "old controller not deleted within {limit:?}; connecting anew anyway"
+        );
+    }
     let start = Instant::now();
     let mut attempt = 0u32;
     loop {
@@ -928,12 +941,23 @@ fn recover(
                 );
                 return;
             }
-            Err(e) if permanent(&e) || start.elapsed() >= assoc.ctrl_loss_tmo => {
+            Err(e) if permanent(&e) => {
+                tracing::warn!(
+                    subnqn = assoc.subnqn,
+                    error = %e,
+                    attempt,
+                    "reconnect refused for good; giving the controller up"
+                );
+                assoc.gone.store(true, Ordering::Release);
+                assoc.recovering.store(false, Ordering::Release);
+                return;
+            }
+            Err(e) if start.elapsed() >= assoc.ctrl_loss_tmo => {
                 tracing::error!(
                     subnqn = assoc.subnqn,
                     error = %e,
                     attempt,
-                    "reconnect failed; giving the controller up"
+                    "reconnect failed through ctrl_loss_tmo; giving the controller up"
                 );
                 assoc.gone.store(true, Ordering::Release);
                 assoc.recovering.store(false, Ordering::Release);

@@ -82,6 +82,10 @@ pub struct HostQpairStats {
     pub retries: u64,
     /// Times this queue connected again after it ended (error recovery).
     pub reconnects: u64,
+    /// Commands the target never answered before destroying the queue,
+    /// completed by the host (error recovery; their buffers stay with the
+    /// target).
+    pub cancelled: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -308,6 +312,9 @@ impl HostQpair {
                     n += 1;
                 }
             }
+            if self.recovering() {
+                n += self.cancel_orphans(f);
+            }
         }
         if !self.parked.is_empty() || (self.recovering() && self.rings.target_done()) {
             n += self.recover_step(f);
@@ -389,6 +396,35 @@ impl HostQpair {
             }
         }
         0
+    }
+
+    /// With recovery on: commands the target kept when it destroyed the
+    /// queue (a backend that never gave them back, then a failed
+    /// controller) get no answer, ever: the host completes them itself, as
+    /// Linux cancels a failed controller's requests, with a host pathing
+    /// error and DNR (not retried: the backend may still write them late).
+    /// Without this the queue could never reconnect.
+    fn cancel_orphans(&mut self, f: &mut impl FnMut(HostCompletion)) -> usize {
+        if self.outstanding as usize == self.parked.len() {
+            return 0;
+        }
+        let mut parked = vec![false; self.slots.len()];
+        for (slot, _, _) in &self.parked {
+            parked[*slot as usize] = true;
+        }
+        let orphans: Vec<usize> = (self.slots.iter().zip(&parked).enumerate())
+            .filter(|(_, (s, p))| s.busy && !**p)
+            .map(|(i, _)| i)
+            .collect();
+        let mut n = 0;
+        for slot in orphans {
+            let mut cqe = CompletionEntry::new(slot as u16, Status::HOST_PATHING_ERROR.with_dnr());
+            cqe.sqid = self.qid;
+            self.stats.cancelled += 1;
+            self.finish(slot, cqe, DataBuf::None, f);
+            n += 1;
+        }
+        n
     }
 
     /// Delivers the completion of busy slot `slot`.

@@ -674,7 +674,7 @@ impl NvmfTarget {
     /// The admin queue (and the association) stays.
     pub fn reset_controller(&self, nqn: &str, cntlid: u16) -> Result<(), TargetError> {
         self.check_running()?;
-        let (_, c) = self.controller(nqn, cntlid)?;
+        let (s, c) = self.controller(nqn, cntlid)?;
         let admin = c.admin;
         if let Some(h) = self.engine.pgs().get(admin.pg) {
             h.send(move |pg| pg.start_ctrl_teardown(admin, TeardownKind::Reset));
@@ -691,6 +691,11 @@ impl NvmfTarget {
                     }
                     return Ok(());
                 }
+            }
+            // Its host may end the association meanwhile (a host that
+            // recovers from the reset by reconnecting): deleted is reset.
+            if !s.state().controllers.values().any(|x| x.admin == admin) {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(TargetError::Timeout(format!(
