@@ -47,7 +47,7 @@ address = "127.0.0.1:4420"
 subsystem = "*"
 EOF
 
-RUST_LOG="${TGT_LOG:-info,transport_tcp=trace}" RUST_BACKTRACE=1 /nvmf-tgt -c /tmp/tgt.toml --unpinned --rpc-socket /tmp/tgt.sock \
+RUST_LOG="${TGT_LOG:-info,transport_tcp=debug}" RUST_BACKTRACE=1 /nvmf-tgt -c /tmp/tgt.toml --unpinned --rpc-socket /tmp/tgt.sock \
     --log-level info >/tmp/tgt.log 2>&1 &
 TGT=$!
 rpc() { /nvmf-tgt rpc --socket /tmp/tgt.sock "$@"; }
@@ -92,6 +92,8 @@ find_ctrl() {
 find_ns() {
     for b in /sys/block/nvme*n1; do
         [ -e "$b" ] || continue
+        # nvmeXcYnZ is a multipath path device, hidden from /dev.
+        case "${b##*/}" in nvme*c*n1) continue ;; esac
         echo "${b##*/}"
         return 0
     done
