@@ -47,7 +47,7 @@ address = "127.0.0.1:4420"
 subsystem = "*"
 EOF
 
-RUST_BACKTRACE=1 /nvmf-tgt -c /tmp/tgt.toml --unpinned --rpc-socket /tmp/tgt.sock \
+RUST_LOG="${TGT_LOG:-info,transport_tcp=debug}" RUST_BACKTRACE=1 /nvmf-tgt -c /tmp/tgt.toml --unpinned --rpc-socket /tmp/tgt.sock \
     --log-level info >/tmp/tgt.log 2>&1 &
 TGT=$!
 rpc() { /nvmf-tgt rpc --socket /tmp/tgt.sock "$@"; }
@@ -92,6 +92,8 @@ find_ctrl() {
 find_ns() {
     for b in /sys/block/nvme*n1; do
         [ -e "$b" ] || continue
+        # nvmeXcYnZ is a multipath path device, hidden from /dev.
+        case "${b##*/}" in nvme*c*n1) continue ;; esac
         echo "${b##*/}"
         return 0
     done
@@ -142,8 +144,11 @@ if connect ""; then
     ok connect "controller $CTRL, namespace $NS"
 else
     bad connect "no controller or namespace appeared"
-    dmesg | grep -i nvme | tail -n 10 | sed 's/^/  dmesg: /'
-    tail -n 10 /tmp/tgt.log | sed 's/^/  tgt: /'
+    dmesg | tail -n 30 | sed 's/^/  dmesg: /'
+    echo "  ctrls: $(ls /sys/class/nvme 2>&1 | tr '\n' ' ') blocks: $(ls /sys/block | tr '\n' ' ')"
+    for x in /sys/class/nvme/*; do echo "  $x: $(cat $x/state $x/transport $x/subsysnqn 2>&1 | tr '\n' ' ')"; done
+    ls /dev | grep nvme | tr '\n' ' ' | sed 's/^/  dev: /'; echo
+    tail -n 60 /tmp/tgt.log | sed 's/^/  tgt: /'
     echo "SUMMARY passed=$pass failed=$fail"
     exit 1
 fi

@@ -490,6 +490,15 @@ impl ConnCore {
             self.sqflow_disabled = (sqe.cdw11 >> 16) & CATTR_DISABLE_SQFLOW != 0;
         }
         self.stats.capsules += 1;
+        tracing::trace!(
+            qid = self.qid,
+            opcode = sqe.opcode(),
+            cid = sqe.cid(),
+            nsid = sqe.nsid,
+            cdw10 = sqe.cdw10,
+            len = buf.len(),
+            "capsule"
+        );
         self.ready.push_back(Capsule { sqe, buf });
     }
 
@@ -578,9 +587,19 @@ impl ConnCore {
     /// CapsuleResp unless SQ flow control is off (SUCCESS flag instead).
     pub fn respond(&mut self, resp: Response) {
         let cid = resp.cqe.cid;
+        tracing::trace!(
+            qid = self.qid,
+            cid,
+            status = resp.cqe.status,
+            dw0 = resp.cqe.dw0,
+            "response"
+        );
         let cmd = self.cmds.remove(&cid);
         let (dir, len) = cmd.map_or((Dir::None, 0), |c| (c.dir, c.len as usize));
         let ok = resp.cqe.status().is_success();
+        // SUCCESS stands for a CQE of all zeros but the CID and status, so
+        // it is only used when the command returned no dwords.
+        let may_skip = self.sqflow_disabled && resp.cqe.dw0 == 0 && resp.cqe.dw1 == 0;
         let mut skip_resp = false;
         if dir == Dir::CtrlToHost && ok && len > 0 {
             let total = len.min(resp.buf.len());
@@ -589,7 +608,7 @@ impl ConnCore {
                 let s = &seg.as_slice()[..seg.len().min(total - off)];
                 for chunk in s.chunks(C2H_CHUNK) {
                     let last = off + chunk.len() == total;
-                    let success = last && self.sqflow_disabled;
+                    let success = last && may_skip;
                     let d = DataPdu {
                         cccid: cid,
                         ttag: 0,
