@@ -52,14 +52,20 @@ echo "vm: kernel $KERNEL, work dir $WORK"
 # ---- (b) static test binary --------------------------------------------------
 tb=$SECONDS
 echo "vm: building nvme-vm-tests (static, CARGO_TARGET_DIR=$TARGET_DIR)"
+# The kernel-target guest runs our NVMe/TCP host against the kernel's nvmet-tcp.
+want_ktgt=0
+case " $CONFIGS " in *" kernel-target "*) want_ktgt=1 ;; esac
+ktgt_pkg=()
+[ $want_ktgt = 1 ] && ktgt_pkg=(-p transport-tcp --bin nvmf-tcp-host-vm)
 if ! (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --release -q -p pcie-driver --bin nvme-vm-tests -p tests --bin nvmf-vm-loop \
-        --target x86_64-unknown-linux-gnu); then
+        "${ktgt_pkg[@]}" --target x86_64-unknown-linux-gnu); then
     echo "vm: build failed"
     exit 1
 fi
 BIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvme-vm-tests"
 LOOPBIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvmf-vm-loop"
+TCPHOSTBIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvmf-tcp-host-vm"
 echo "vm: build took $((SECONDS - tb)) s"
 
 # ---- (c) initramfs -------------------------------------------------------------
@@ -118,7 +124,10 @@ for d in /sys/bus/pci/devices/*; do
   echo vfio-pci > $d/driver_override; echo ${d##*/} > /sys/bus/pci/drivers_probe
 done
 echo "init: hugepages $(cat /proc/sys/vm/nr_hugepages), mode $mode"
-if [ "$mode" = bench ]; then
+if [ "$mode" = kernel-target ]; then
+  # Our NVMe/TCP host against the kernel's nvmet-tcp (scripts/vm/ktgt-guest.sh).
+  /ktgt-guest.sh
+elif [ "$mode" = bench ]; then
   /nvme-vm-tests bench ${BENCH_SECS:-5}
   [ -x /bench-kernel.sh ] && /bench-kernel.sh
 else
@@ -155,12 +164,27 @@ X
     chmod +x "$root/bench-kernel.sh" "$root/extra-init.sh"
 '
 
+# kernel-target guest extras: our host test binary, the guest script, and
+# the kernel's NVMe target modules in load order (VM.md); crc32c for digests.
+ktgt_extra='
+    cp "$TCPHOSTBIN" "$root/nvmf-tcp-host-vm"
+    cp "$ROOT/scripts/vm/ktgt-guest.sh" "$root/ktgt-guest.sh"
+    chmod +x "$root/ktgt-guest.sh"
+    : >"$root/ktgt.order"
+    for m in crypto/crc32c_generic.ko lib/crc64.ko crypto/crc64_rocksoft_generic.ko lib/crc64-rocksoft.ko \
+             crypto/crct10dif_common.ko crypto/crct10dif_generic.ko lib/crc-t10dif.ko block/t10-pi.ko \
+             fs/configfs/configfs.ko drivers/nvme/target/nvmet.ko drivers/nvme/target/nvmet-tcp.ko; do
+        n="$(basename "$m")"; copy_module "$m" "$root/lib/modules/$n" && echo "$n" >>"$root/ktgt.order"
+    done
+    copy_module drivers/block/null_blk/null_blk.ko "$root/lib/modules/null_blk.ko"
+    copy_module drivers/block/brd.ko "$root/lib/modules/brd.ko"
+'
+
 ti=$SECONDS
-if [ "${VM_BENCH:-}" = 1 ]; then
-    build_initramfs "$WORK/initrd.gz" "$bench_extra"
-else
-    build_initramfs "$WORK/initrd.gz" ""
-fi
+extra=""
+[ "${VM_BENCH:-}" = 1 ] && extra="$bench_extra"
+[ $want_ktgt = 1 ] && extra="$extra$ktgt_extra"
+build_initramfs "$WORK/initrd.gz" "$extra"
 echo "vm: initramfs $(du -h "$WORK/initrd.gz" | cut -f1) in $((SECONDS - ti)) s"
 
 # ---- (d) boot each configuration ---------------------------------------------
@@ -189,6 +213,10 @@ config_args() {
                   -device nvme,serial=bench-vfio,drive=de
                   -drive file=$WORK/f.img,if=none,id=df,format=raw
                   -device nvme,serial=bench-kernel,drive=df"
+            ;;
+        kernel-target)
+            # No NVMe device: the kernel target serves null_blk and brd.
+            echo ""
             ;;
         limits)
             disk "$WORK/c.img" 64M; disk "$WORK/d.img" 64M; disk "$WORK/s.img" 16M
