@@ -14,7 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 WORK="${VM_WORK:-/tmp/nvme-vm}"
 TARGET_DIR="${VM_TARGET_DIR:-$ROOT/target/vm}"
 TIMEOUT="${VM_TIMEOUT:-150}"
-CONFIGS="${VM_CONFIGS:-multi limits}"
+CONFIGS="${VM_CONFIGS:-multi limits kernel-target}"
 T0=$SECONDS
 
 required() { [ "${CI:-}" = "true" ] || [ "${VM_TESTS_REQUIRED:-}" = "1" ]; }
