@@ -36,3 +36,19 @@ for b in null:4420:1 brd:4421:2; do
         "ln -s $N/subsystems/$NQN-$name $N/ports/$p/subsystems/"
 done
 dmesg | grep -iE "nvmet|nvme" | tail -n 15 | sed 's/^/  dmesg: /'
+# Benchmark, not a test: the kernel's NVMe/TCP host against the same target
+# with the same 4 KiB random-read load (O_DIRECT pread from QD threads),
+# then ours again right after.
+if [ -s /khost.order ]; then
+    for m in $(cat /khost.order); do insmod /lib/modules/$m || echo "ktgt: insmod $m failed"; done
+    echo "transport=tcp,traddr=127.0.0.1,trsvcid=4420,nqn=$NQN-null" >/dev/nvme-fabrics
+    i=0
+    while [ ! -b /dev/nvme0n1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    if [ -b /dev/nvme0n1 ]; then
+        /nvmf-tcp-host-vm --blk /dev/nvme0n1 null
+        echo 1 >/sys/class/nvme/nvme0/delete_controller
+    else
+        echo "BENCH kernel host: no /dev/nvme0n1"
+    fi
+    /nvmf-tcp-host-vm --bench null 127.0.0.1:4420 "$NQN-null"
+fi

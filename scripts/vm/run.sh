@@ -178,6 +178,11 @@ ktgt_extra='
     done
     copy_module drivers/block/null_blk/null_blk.ko "$root/lib/modules/null_blk.ko"
     copy_module drivers/block/brd.ko "$root/lib/modules/brd.ko"
+    : >"$root/khost.order"
+    for m in drivers/nvme/common/nvme-common.ko drivers/nvme/host/nvme-core.ko \
+             drivers/nvme/host/nvme-fabrics.ko drivers/nvme/host/nvme-tcp.ko; do
+        n="$(basename "$m")"; copy_module "$m" "$root/lib/modules/$n" && echo "$n" >>"$root/khost.order"
+    done
 '
 
 ti=$SECONDS

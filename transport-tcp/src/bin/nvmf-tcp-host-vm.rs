@@ -7,6 +7,10 @@
 //! two shell commands, the port is removed and re-added mid-run, once with
 //! error recovery on (the run must ride through it, verify intact) and
 //! once with it off (a clear error, no hang).
+//!
+//! `nvmf-tcp-host-vm --blk DEVICE LABEL`: the same 4 KiB random-read load
+//! on a block device (the kernel's NVMe/TCP host), O_DIRECT `pread` from
+//! QD threads, for comparison. Benchmark only: prints `BENCH` lines.
 
 use std::time::{Duration, Instant};
 
@@ -370,13 +374,73 @@ fn cut_without_recovery(
     Ok(note)
 }
 
+/// O_DIRECT on x86_64 Linux (kept literal: no libc dependency for one flag).
+const O_DIRECT: i32 = 0o40000;
+
+/// 4 KiB random reads at `qd` (one thread per outstanding read) on a block
+/// device for `secs`; returns IOPS.
+fn blk_randread(dev: &str, qd: u32, secs: u64, span: u64) -> Result<f64, String> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_DIRECT)
+        .open(dev)
+        .map_err(|e| format!("{dev}: {e}"))?;
+    let f = std::sync::Arc::new(f);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..qd)
+        .map(|t| {
+            let f = f.clone();
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut buf = IoBuf::new(4096);
+                let mut rng = Rng(0x1234_5678 + t as u64 * 7919);
+                let mut n = 0;
+                while Instant::now() < end {
+                    let off = (rng.next() % (span / 4096)) * 4096;
+                    f.read_exact_at(buf.as_mut_slice(), off)
+                        .map_err(|e| format!("pread at {off}: {e}"))?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in threads {
+        total += t.join().map_err(|_| "thread panicked")??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() == 4 && args[1] == "--blk" {
+        for qd in [1u32, 32] {
+            match blk_randread(&args[2], qd, 5, 32 << 20) {
+                Ok(iops) => println!(
+                    "BENCH {} kernel-host randread 4k qd={qd}: {iops:.0} IOPS",
+                    args[3]
+                ),
+                Err(e) => println!(
+                    "BENCH {} kernel-host randread 4k qd={qd}: failed: {e}",
+                    args[3]
+                ),
+            }
+        }
+        return;
+    }
     if args.len() < 4 {
         eprintln!(
             "usage: {} LABEL TRADDR SUBNQN [CUT_CMD RESTORE_CMD]",
             args[0]
         );
+        std::process::exit(2);
+    }
+    let bench_only = args[1] == "--bench";
+    let args = if bench_only { &args[1..] } else { &args[..] };
+    if args.len() < 4 {
+        eprintln!("usage: nvmf-tcp-host-vm --bench LABEL TRADDR SUBNQN");
         std::process::exit(2);
     }
     let (label, traddr, subnqn) = (&args[1], &args[2], &args[3]);
@@ -386,6 +450,19 @@ fn main() {
         passed: 0,
         failed: 0,
     };
+    if bench_only {
+        for qd in [1u32, 32] {
+            match connect(opts(traddr, subnqn))
+                .and_then(|(_c, mut q, bs)| randread(&mut q, bs, qd, 5, 32 << 20))
+            {
+                Ok(iops) => {
+                    println!("BENCH {label} nvmf-tcp-host randread 4k qd={qd}: {iops:.0} IOPS")
+                }
+                Err(e) => println!("BENCH {label} nvmf-tcp-host randread 4k qd={qd}: failed: {e}"),
+            }
+        }
+        return;
+    }
     run.test("connect_identify", || {
         let (c, q, bs) = connect(opts(traddr, subnqn))?;
         let id = c.identify_controller();
