@@ -451,7 +451,17 @@ fn main() {
         failed: 0,
     };
     if bench_only {
-        for qd in [1u32, 32] {
+        // NVMF_BENCH_QDS="1 128" picks the depths (default 1 and 32).
+        let qds: Vec<u32> = std::env::var("NVMF_BENCH_QDS")
+            .ok()
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|q| q.parse().ok())
+                    .collect()
+            })
+            .filter(|v: &Vec<u32>| !v.is_empty())
+            .unwrap_or_else(|| vec![1, 32]);
+        for qd in qds {
             match connect(opts(traddr, subnqn))
                 .and_then(|(_c, mut q, bs)| randread(&mut q, bs, qd, 5, 32 << 20))
             {
