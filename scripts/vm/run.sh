@@ -14,7 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 WORK="${VM_WORK:-/tmp/nvme-vm}"
 TARGET_DIR="${VM_TARGET_DIR:-$ROOT/target/vm}"
 TIMEOUT="${VM_TIMEOUT:-150}"
-CONFIGS="${VM_CONFIGS:-multi limits service hotplug tcp}"
+CONFIGS="${VM_CONFIGS:-multi limits service hotplug tcp kernel-target}"
 T0=$SECONDS
 
 required() { [ "${CI:-}" = "true" ] || [ "${VM_TESTS_REQUIRED:-}" = "1" ]; }
@@ -52,15 +52,21 @@ echo "vm: kernel $KERNEL, work dir $WORK"
 # ---- (b) static test binary --------------------------------------------------
 tb=$SECONDS
 echo "vm: building nvme-vm-tests (static, CARGO_TARGET_DIR=$TARGET_DIR)"
+# The kernel-target guest runs our NVMe/TCP host against the kernel's nvmet-tcp.
+want_ktgt=0
+case " $CONFIGS " in *" kernel-target "*) want_ktgt=1 ;; esac
+ktgt_pkg=()
+[ $want_ktgt = 1 ] && ktgt_pkg=(-p transport-tcp --bin nvmf-tcp-host-vm)
 if ! (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --release -q -p pcie-driver --bin nvme-vm-tests -p tests --bin nvmf-vm-loop \
-        -p tgt --bin nvmf-tgt --target x86_64-unknown-linux-gnu); then
+        -p tgt --bin nvmf-tgt "${ktgt_pkg[@]}" --target x86_64-unknown-linux-gnu); then
     echo "vm: build failed"
     exit 1
 fi
 BIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvme-vm-tests"
 LOOPBIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvmf-vm-loop"
 TGTBIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvmf-tgt"
+TCPHOSTBIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvmf-tcp-host-vm"
 echo "vm: build took $((SECONDS - tb)) s"
 
 # ---- (c) initramfs -------------------------------------------------------------
@@ -127,6 +133,9 @@ echo "init: hugepages $(cat /proc/sys/vm/nr_hugepages), mode $mode"
 if [ "$mode" = tcp ]; then
   # The kernel's NVMe/TCP host against our nvmf-tgt (scripts/vm/tcp-guest.sh).
   /tcp-guest.sh
+elif [ "$mode" = kernel-target ]; then
+  # Our NVMe/TCP host against the kernel's nvmet-tcp (scripts/vm/ktgt-guest.sh).
+  /ktgt-guest.sh
 elif [ "$mode" = bench ]; then
   /nvme-vm-tests bench ${BENCH_SECS:-5}
   [ -x /bench-kernel.sh ] && /bench-kernel.sh
@@ -187,12 +196,34 @@ tcp_extra='
     done
 '
 
+# kernel-target guest extras: our host test binary, the guest script, and
+# the kernel's NVMe target modules in load order (VM.md); crc32c for digests.
+ktgt_extra='
+    cp "$TCPHOSTBIN" "$root/nvmf-tcp-host-vm"
+    cp "$ROOT/scripts/vm/ktgt-guest.sh" "$root/ktgt-guest.sh"
+    chmod +x "$root/ktgt-guest.sh"
+    : >"$root/ktgt.order"
+    for m in crypto/crc32c_generic.ko lib/crc64.ko crypto/crc64_rocksoft_generic.ko lib/crc64-rocksoft.ko \
+             crypto/crct10dif_common.ko crypto/crct10dif_generic.ko lib/crc-t10dif.ko block/t10-pi.ko \
+             fs/configfs/configfs.ko drivers/nvme/target/nvmet.ko drivers/nvme/target/nvmet-tcp.ko; do
+        n="$(basename "$m")"; copy_module "$m" "$root/lib/modules/$n" && echo "$n" >>"$root/ktgt.order"
+    done
+    copy_module drivers/block/null_blk/null_blk.ko "$root/lib/modules/null_blk.ko"
+    copy_module drivers/block/brd.ko "$root/lib/modules/brd.ko"
+    : >"$root/khost.order"
+    for m in drivers/nvme/common/nvme-common.ko drivers/nvme/host/nvme-core.ko \
+             drivers/nvme/host/nvme-fabrics.ko drivers/nvme/host/nvme-tcp.ko; do
+        n="$(basename "$m")"; copy_module "$m" "$root/lib/modules/$n" && echo "$n" >>"$root/khost.order"
+    done
+'
+
 ti=$SECONDS
 want_tcp=0
 case " $CONFIGS " in *" tcp "*) want_tcp=1 ;; esac
 extra=""
 [ "${VM_BENCH:-}" = 1 ] && extra="$bench_extra"
 [ $want_tcp = 1 ] && extra="$extra$tcp_extra"
+[ $want_ktgt = 1 ] && extra="$extra$ktgt_extra"
 build_initramfs "$WORK/initrd.gz" "$extra"
 echo "vm: initramfs $(du -h "$WORK/initrd.gz" | cut -f1) in $((SECONDS - ti)) s"
 
@@ -244,6 +275,10 @@ config_args() {
             ;;
         tcp)
             # No NVMe device: the namespace is RAM behind our target.
+            echo ""
+            ;;
+        kernel-target)
+            # No NVMe device: the kernel target serves null_blk and brd.
             echo ""
             ;;
         limits)

@@ -420,3 +420,37 @@ fn vanished_target_is_a_clear_error_without_recovery() {
         assert!(ctrl.last_error().is_some());
     });
 }
+
+/// A controller reset (CC.EN = 0, then 1) without recovery: the I/O queue
+/// ends with a reason, reconnects on request, and I/O works again. With
+/// recovery, the queue reconnects by itself and its commands go through.
+#[test]
+fn controller_reset_then_reconnect() {
+    bounded(Duration::from_secs(60), || {
+        let f = fixture(ListenerConfig::default());
+        let mut ctrl = HostController::connect(ConnectOptions::new(&f.addr, NQN, HOST)).unwrap();
+        let mut q = ctrl.take_qpairs().pop().unwrap();
+        verify(&mut q, 0, 4096, 1);
+        ctrl.reset().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while q.state() == QpairState::Live {
+            q.poll(usize::MAX, &mut |_| {});
+            assert!(Instant::now() < deadline, "queue survived the reset");
+        }
+        assert_eq!(q.state(), QpairState::Dead);
+        // Either the target closed the connection first or the host saw
+        // the reset first; both say so.
+        let why = q.last_error().unwrap_or_default();
+        assert!(why.contains("reset") || why.contains("closed"), "{why}");
+        q.reconnect().unwrap();
+        verify(&mut q, 8, 8192, 2);
+
+        let opts = ConnectOptions::new(&f.addr, NQN, "nqn.2026-11.io.nvmf-rs:host3")
+            .with_recovery(Duration::from_millis(20), Duration::from_secs(10));
+        let mut ctrl = HostController::connect(opts).unwrap();
+        let mut q = ctrl.take_qpairs().pop().unwrap();
+        ctrl.reset().unwrap();
+        verify(&mut q, 16, 65536, 3);
+        assert_eq!(q.stats().reconnects, 1, "{:?}", q.stats());
+    });
+}

@@ -79,6 +79,13 @@ impl HostQpair {
         self.conn.max_xfer
     }
 
+    /// Header and data digests in use on the current connection.
+    pub fn digests(&self) -> (bool, bool) {
+        self.conn.wire.as_ref().map_or((false, false), |w| {
+            (w.codec.header_digest, w.codec.data_digest)
+        })
+    }
+
     /// Live, reconnecting or dead.
     pub fn state(&self) -> QpairState {
         if self.conn.is_live() {
