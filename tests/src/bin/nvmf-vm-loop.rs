@@ -114,7 +114,27 @@ fn write_verify(q: &mut HostQpair) -> Result<String, String> {
 
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("escalation") {
-        let r = escalation();
+        // Under TCG on a shared machine a Keep Alive round trip now and then
+        // takes tens of ms with no reset anywhere (the baseline shows it).
+        // A reactor blocked by a synchronous reset stalls for the whole
+        // drain bound (300 ms) every time, so a second or third attempt
+        // tells noise from a stall; every other check fails at once.
+        let mut r = Err(String::new());
+        for attempt in 1..=3 {
+            r = match escalation() {
+                Ok((note, max)) if max < KA_LIMIT => Ok(format!("attempt {attempt}: {note}")),
+                Ok((note, max)) => Err(format!(
+                    "Keep Alive took {max:.2?} (limit {KA_LIMIT:?}) in {attempt} attempt(s): {note}"
+                )),
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            };
+            if r.is_ok() {
+                break;
+            }
+        }
         let ok = r.is_ok();
         match r {
             Ok(note) => println!("TEST loop_backend_reset_no_stall ... ok ({note})"),
@@ -138,7 +158,8 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
         .unwrap_or_default()
 }
 
-fn escalation() -> Result<String, String> {
+/// One run: the note and the longest Keep Alive round trip.
+fn escalation() -> Result<(String, Duration), String> {
     let slow_addr = find_by_serial("slow")?;
     let fast_addr = find_by_serial("qp1")?;
     let slow = NvmeController::open(
@@ -188,7 +209,7 @@ fn escalation_run(
     target: &Target,
     slow: &Arc<NvmeController>,
     fast: &Arc<NvmeController>,
-) -> Result<String, String> {
+) -> Result<(String, Duration), String> {
     let nvmf = target.nvmf();
     for (name, c, nqn) in [("slow", slow, NQN_SLOW), ("fast", fast, NQN_FAST)] {
         let nsid = c.namespaces().first().ok_or("no namespace")?.nsid;
@@ -321,11 +342,6 @@ fn escalation_run(
         k.last_reset_us as f64 / 1000.0
     );
     println!("  escalation: {note}");
-    if max >= KA_LIMIT {
-        return Err(format!(
-            "Keep Alive took {max:.2?} (limit {KA_LIMIT:?}): {note}"
-        ));
-    }
     if k.resets_done <= k0.resets_done {
         return Err(format!("the slow controller was not reset: {note}"));
     }
@@ -341,7 +357,7 @@ fn escalation_run(
     drop(qf);
     hs.disconnect().map_err(|e| e.to_string())?;
     hf.disconnect().map_err(|e| e.to_string())?;
-    Ok(note)
+    Ok((note, max))
 }
 
 fn export() {
