@@ -110,6 +110,16 @@ impl NvmeController {
     /// Returns `true` while it is still in progress. Never blocks: if
     /// another thread is advancing it, returns at once.
     pub(crate) fn advance_reset(&self) -> bool {
+        let t = Instant::now();
+        let r = self.advance_reset_inner();
+        let us = t.elapsed().as_micros() as u64;
+        self.counters
+            .longest_reset_poll_us
+            .fetch_max(us, Ordering::Relaxed);
+        r
+    }
+
+    fn advance_reset_inner(&self) -> bool {
         let mut g = match self.resetting.try_lock() {
             Ok(g) => g,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),

@@ -579,11 +579,12 @@ fn t_teardown_in_flight(b: &Arc<NvmeBdev>, shutdown: bool) -> TestResult {
     let mut handles = Vec::new();
     let seed = if shutdown { 77 } else { 55 };
     for k in 0..nch {
-        let b = b.clone();
+        // Opened here, before the reset: a channel cannot be opened while
+        // the controller resets, and a slow thread start must not meet it.
+        let mut ch = b.channel().map_err(|e| e.to_string())?;
         let stop = stop.clone();
         handles.push(std::thread::spawn(
             move || -> Result<(Vec<u64>, usize, usize), String> {
-                let mut ch = b.channel().map_err(|e| e.to_string())?;
                 let lba0 = 20_000 + k as u64 * 20_000 + if shutdown { 70_000 } else { 0 };
                 let mut next = 0u64;
                 let mut completed: HashMap<u64, Result<(), IoError>> = HashMap::new();
