@@ -110,8 +110,16 @@ impl NvmeController {
     /// Returns `true` while it is still in progress. Never blocks: if
     /// another thread is advancing it, returns at once.
     pub(crate) fn advance_reset(&self) -> bool {
+        let mut g = match self.resetting.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return true,
+        };
+        if g.is_none() {
+            return false;
+        }
         let t = Instant::now();
-        let r = self.advance_reset_inner();
+        let r = self.advance_locked(&mut g);
         let us = t.elapsed().as_micros() as u64;
         self.counters
             .longest_reset_poll_us
@@ -119,12 +127,7 @@ impl NvmeController {
         r
     }
 
-    fn advance_reset_inner(&self) -> bool {
-        let mut g = match self.resetting.try_lock() {
-            Ok(g) => g,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return true,
-        };
+    fn advance_locked(&self, g: &mut Option<ResetMachine>) -> bool {
         let Some(m) = g.as_mut() else {
             return false;
         };
