@@ -328,11 +328,15 @@ impl Target {
                     match ctrls.get(&pci_addr) {
                         Some(c) => c.clone(),
                         None => {
+                            let drain = Duration::from_millis(self.config.target.drain_timeout_ms);
                             let opts = ControllerOptions {
                                 max_io_queues: reactors.max(1) as u16,
-                                drain_timeout: Duration::from_millis(
-                                    self.config.target.drain_timeout_ms,
-                                ),
+                                drain_timeout: drain,
+                                // Abort, then the controller reset, must end
+                                // inside the target's bound after a backend
+                                // reset (drain_timeout again).
+                                abort_timeout: (drain / 4)
+                                    .min(ControllerOptions::default().abort_timeout),
                                 ..ControllerOptions::default()
                             };
                             let c = NvmeController::open(&pci_addr, opts)

@@ -259,6 +259,7 @@ pub(crate) struct Counters {
     pub resets: AtomicU64,
     pub resets_done: AtomicU64,
     pub last_reset_us: AtomicU64,
+    pub longest_reset_poll_us: AtomicU64,
     pub quarantined_now: AtomicU64,
     pub quarantined_total: AtomicU64,
     pub quarantine_released: AtomicU64,
@@ -277,6 +278,10 @@ pub struct ControllerCounters {
     pub resets_done: u64,
     /// How long the last successful reset took, start to running, in µs.
     pub last_reset_us: u64,
+    /// The longest time one poll spent advancing a reset, in µs (what a
+    /// reactor gave to it at once; register accesses included, which an
+    /// emulated controller may serve slowly).
+    pub longest_reset_poll_us: u64,
     /// I/Os held in quarantine now: their channel ended while the
     /// controller still had their commands, so their buffers and bounce
     /// ranges wait for the completion or for the controller's disable.
@@ -834,6 +839,7 @@ impl NvmeController {
             resets: c.resets.load(Ordering::Relaxed),
             resets_done: c.resets_done.load(Ordering::Relaxed),
             last_reset_us: c.last_reset_us.load(Ordering::Relaxed),
+            longest_reset_poll_us: c.longest_reset_poll_us.load(Ordering::Relaxed),
             quarantined: c.quarantined_now.load(Ordering::Relaxed),
             quarantined_total: c.quarantined_total.load(Ordering::Relaxed),
             quarantine_released: c.quarantine_released.load(Ordering::Relaxed),

@@ -115,6 +115,19 @@ impl NvmeController {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return true,
         };
+        if g.is_none() {
+            return false;
+        }
+        let t = Instant::now();
+        let r = self.advance_locked(&mut g);
+        let us = t.elapsed().as_micros() as u64;
+        self.counters
+            .longest_reset_poll_us
+            .fetch_max(us, Ordering::Relaxed);
+        r
+    }
+
+    fn advance_locked(&self, g: &mut Option<ResetMachine>) -> bool {
         let Some(m) = g.as_mut() else {
             return false;
         };

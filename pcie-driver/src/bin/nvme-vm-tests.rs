@@ -579,11 +579,12 @@ fn t_teardown_in_flight(b: &Arc<NvmeBdev>, shutdown: bool) -> TestResult {
     let mut handles = Vec::new();
     let seed = if shutdown { 77 } else { 55 };
     for k in 0..nch {
-        let b = b.clone();
+        // Opened here, before the reset: a channel cannot be opened while
+        // the controller resets, and a slow thread start must not meet it.
+        let mut ch = b.channel().map_err(|e| e.to_string())?;
         let stop = stop.clone();
         handles.push(std::thread::spawn(
             move || -> Result<(Vec<u64>, usize, usize), String> {
-                let mut ch = b.channel().map_err(|e| e.to_string())?;
                 let lba0 = 20_000 + k as u64 * 20_000 + if shutdown { 70_000 } else { 0 };
                 let mut next = 0u64;
                 let mut completed: HashMap<u64, Result<(), IoError>> = HashMap::new();
@@ -900,6 +901,115 @@ fn limits(r: &mut Runner) {
     });
     r.test("timeout_abort_then_reset", t_timeout_recovery);
     r.test("quarantine_drop_channel_x20", t_quarantine);
+    r.test("channel_reset_escalates_by_polls", t_channel_reset_polled);
+}
+
+/// `IoChannel::reset` on the throttled drive: it returns with the commands
+/// still held and the controller still running (nothing done in the call
+/// but sending Abort); the controller reset starts from a later poll after
+/// `abort_timeout` and advances by polls; meanwhile another channel's
+/// submission is given back (retry later); every command comes back once
+/// through `poll`, and the controller serves I/O again.
+fn t_channel_reset_polled() -> TestResult {
+    let opts = ControllerOptions {
+        max_io_queues: 2,
+        abort_timeout: Duration::from_millis(200),
+        io_timeout: Duration::from_secs(120),
+        ..ControllerOptions::default()
+    };
+    let c = NvmeController::open(SLOW_ADDR, opts).map_err(|e| format!("open {SLOW_ADDR}: {e}"))?;
+    let b = bdev1(&c)?;
+    let bs = b.info().block_size as u64;
+    let per = (4096 / bs) as u32;
+    let mut ch1 = b.channel().map_err(|e| e.to_string())?;
+    let mut ch2 = b.channel().map_err(|e| e.to_string())?;
+    let n = 6u64;
+    for t in 0..n {
+        ch1.submit(io(
+            t,
+            IoOp::Read,
+            3000 + t * per as u64,
+            per,
+            DataBuf::One(IoBuf::new(4096)),
+        ))
+        .map_err(|_| "submit refused")?;
+    }
+    let mut results: HashMap<u64, Result<(), IoError>> = HashMap::new();
+    let mut dup = None;
+    let mut poll1 = |ch: &mut pcie_driver::NvmeChannel,
+                     results: &mut HashMap<u64, Result<(), IoError>>| {
+        ch.poll(&mut |c: BdevCompletion| {
+            if results.insert(c.tag, c.result).is_some() {
+                dup = Some(c.tag);
+            }
+        });
+    };
+    let until = Instant::now() + Duration::from_millis(30);
+    while Instant::now() < until {
+        poll1(&mut ch1, &mut results);
+    }
+    let k0 = c.counters();
+    let outstanding = ch1.in_flight();
+    let held = ch1.reset();
+    let (state, k1) = (c.state(), c.counters());
+    ensure!(outstanding > 0, "nothing outstanding before the reset");
+    ensure!(
+        held == outstanding,
+        "reset() returned {held}, {outstanding} outstanding"
+    );
+    ensure!(
+        state == pcie_driver::CtrlState::Running && k1.resets == k0.resets,
+        "reset() did more than send Abort: state {state:?}, {k1:?}"
+    );
+    ensure!(k1.aborts_sent > k0.aborts_sent, "no Abort sent: {k1:?}");
+    // Poll until the reset is seen in progress, then try the other channel.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut refused = false;
+    let mut polls_in_reset = 0u32;
+    while (results.len() as u64) < n && Instant::now() < deadline {
+        poll1(&mut ch1, &mut results);
+        if c.state() == pcie_driver::CtrlState::Resetting {
+            polls_in_reset += 1;
+            if !refused {
+                let x = io(99, IoOp::Read, 0, per, DataBuf::One(IoBuf::new(4096)));
+                ensure!(
+                    ch2.submit(x).is_err(),
+                    "submission accepted during the reset"
+                );
+                refused = true;
+            }
+        }
+    }
+    ensure!(dup.is_none(), "tag {dup:?} completed twice");
+    ensure!(
+        results.len() as u64 == n,
+        "{} of {n} came back",
+        results.len()
+    );
+    ensure!(refused, "the reset was never seen in progress");
+    let aborted = results
+        .values()
+        .filter(|r| matches!(r, Err(IoError::Aborted)))
+        .count();
+    let ok = results.values().filter(|r| r.is_ok()).count();
+    ensure!(ok + aborted == n as usize, "unexpected results {results:?}");
+    ensure!(aborted > 0, "nothing aborted by the reset");
+    let k2 = c.counters();
+    ensure!(k2.resets_done > k0.resets_done, "reset not done: {k2:?}");
+    run(
+        &mut ch2,
+        io(100, IoOp::Read, 0, per, DataBuf::One(IoBuf::new(4096))),
+    )
+    .result
+    .map_err(|e| format!("read after the reset: {e}"))?;
+    println!(
+        "  channel reset: {outstanding} held, {ok} completed, {aborted} aborted; the reset took \
+         {polls_in_reset} polls, {:.2} ms; {k2:?}",
+        k2.last_reset_us as f64 / 1000.0
+    );
+    drop(ch1);
+    drop(ch2);
+    c.shutdown().map_err(|e| e.to_string())
 }
 
 /// Poison the test writes into the pool buffers handed out after a channel
