@@ -278,6 +278,16 @@ const READBACK_LIMIT: Duration = Duration::from_secs(120);
 /// the backend, and a block that is not is a lost write.
 fn run_job(job: Arc<HostJob>, mut run: JobRun, mut port: LoopPort, host: HostController) {
     while !run.step(&mut port) {}
+    // Namespace Attribute Changed and friends, as this job's host saw them
+    // (a hot removal's AEN shows here).
+    let events = host.take_events();
+    if !events.is_empty() {
+        tracing::info!(
+            job = job.spec.name,
+            ?events,
+            "host job: asynchronous events received"
+        );
+    }
     let _ = host.disconnect();
     drop(port);
     let removed = lock(&job.ended_by).is_some();
