@@ -458,6 +458,14 @@ impl Target {
         if let Err(e) = &released {
             tracing::error!(addr, "hot removal: device not released: {e}");
         }
+        // The device is closed either way; the queues' DMA memory goes with
+        // the last reference (a host job keeping its backend for a
+        // read-back, say).
+        tracing::info!(
+            addr,
+            other_references = Arc::strong_count(ctrl).saturating_sub(1),
+            "hot removal: controller memory is freed when the other references go"
+        );
         let r = HotRemoval {
             pci_addr: addr.to_owned(),
             serial: ctrl.identity().serial.clone(),

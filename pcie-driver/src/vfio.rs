@@ -385,7 +385,20 @@ impl PciFunction {
         if let Some(dev) = g.take() {
             // Best effort: closing the fd tears the trigger down anyway.
             let _ = dev.disable_irq(VFIO_PCI_REQ_IRQ_INDEX);
+            // vfio-ioctls' drop of a device looks its IOMMU group up in
+            // sysfs (and unwraps) after closing the fd; once the fd is
+            // closed the kernel finishes the unplug and that sysfs entry
+            // vanishes under it. A second reference to the same open file
+            // keeps the device (and its sysfs entry) until the drop is
+            // done; closing it then lets the unplug go on. The group stays
+            // attached to the container (the kernel refuses to detach it
+            // while the device is open), empty, until the process ends.
+            // SAFETY: the fd belongs to `dev`, which is alive here; the
+            // borrow ends before `dev` is dropped.
+            let hold = unsafe { std::os::fd::BorrowedFd::borrow_raw(dev.as_raw_fd()) }
+                .try_clone_to_owned();
             drop(dev);
+            drop(hold);
         }
         Ok(())
     }

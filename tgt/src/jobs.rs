@@ -300,6 +300,16 @@ fn run_job(
     host: HostController,
 ) {
     while !run.step(&mut port) {}
+    // Namespace Attribute Changed and friends, as this job's host saw them
+    // (a hot removal's AEN shows here).
+    let events = host.take_events();
+    if !events.is_empty() {
+        tracing::info!(
+            job = job.spec.name,
+            ?events,
+            "host job: asynchronous events received"
+        );
+    }
     let _ = host.disconnect();
     drop(port);
     let removed = lock(&job.ended_by).is_some();
