@@ -121,6 +121,64 @@ impl ConnectOptions {
         self
     }
 
+    /// Options from an SPDK transport ID string, as `spdk_nvme_perf -r`
+    /// takes it: `trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420
+    /// subnqn:nqn...` (keys case-insensitive, `hostnqn:` optional, `=` also
+    /// accepted as separator). `trtype` must be TCP; `subnqn` and `traddr`
+    /// are required; `trsvcid` defaults to 4420. IPv6 addresses get their
+    /// brackets.
+    pub fn from_trid(trid: &str, default_hostnqn: &str) -> Result<Self, HostError> {
+        let (mut trtype, mut adrfam, mut traddr, mut svc, mut subnqn, mut hostnqn) =
+            (None, None, None, None, None, None);
+        for kv in trid.split_whitespace() {
+            let Some((k, v)) = kv.split_once([':', '=']) else {
+                return Err(HostError::Invalid(format!(
+                    "transport ID: {kv:?} is not key:value"
+                )));
+            };
+            let slot = match k.to_ascii_lowercase().as_str() {
+                "trtype" => &mut trtype,
+                "adrfam" => &mut adrfam,
+                "traddr" => &mut traddr,
+                "trsvcid" => &mut svc,
+                "subnqn" => &mut subnqn,
+                "hostnqn" => &mut hostnqn,
+                _ => {
+                    return Err(HostError::Invalid(format!(
+                        "transport ID: unknown key {k:?}"
+                    )));
+                }
+            };
+            *slot = Some(v.to_owned());
+        }
+        match trtype.as_deref() {
+            Some(t) if t.eq_ignore_ascii_case("tcp") => {}
+            other => {
+                return Err(HostError::Invalid(format!(
+                    "transport ID: trtype {other:?} (only TCP is supported)"
+                )));
+            }
+        }
+        let addr = traddr.ok_or_else(|| HostError::Invalid("transport ID: no traddr".into()))?;
+        let subnqn = subnqn.ok_or_else(|| HostError::Invalid("transport ID: no subnqn".into()))?;
+        let v6 = adrfam
+            .as_deref()
+            .is_some_and(|f| f.eq_ignore_ascii_case("ipv6"))
+            || (addr.contains(':') && !addr.starts_with('['));
+        let host = if v6 && !addr.starts_with('[') {
+            format!("[{addr}]")
+        } else {
+            addr
+        };
+        let port = svc.unwrap_or_else(|| "4420".into());
+        let traddr = format!("{host}:{port}");
+        Ok(Self::new(
+            &traddr,
+            &subnqn,
+            hostnqn.as_deref().unwrap_or(default_hostnqn),
+        ))
+    }
+
     /// Asks for header and data digests.
     pub fn with_digests(mut self, header: bool, data: bool) -> Self {
         self.header_digest = header;
@@ -1089,6 +1147,39 @@ fn reassociate(assoc: &Assoc, admin: &Mutex<Admin>, aers: usize) -> Result<(), H
                 w.close();
             }
             Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spdk_transport_id() {
+        let o = ConnectOptions::from_trid(
+            "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2026-11.io:a",
+            "nqn.h",
+        )
+        .unwrap();
+        assert_eq!(o.traddr, "127.0.0.1:4420");
+        assert_eq!(o.subnqn, "nqn.2026-11.io:a");
+        assert_eq!(o.hostnqn, "nqn.h");
+        let o = ConnectOptions::from_trid(
+            "trtype=tcp adrfam=IPv6 traddr=::1 subnqn=nqn.x hostnqn=nqn.y",
+            "nqn.h",
+        )
+        .unwrap();
+        assert_eq!(o.traddr, "[::1]:4420");
+        assert_eq!(o.hostnqn, "nqn.y");
+        for bad in [
+            "trtype:RDMA traddr:1.2.3.4 subnqn:nqn.x",
+            "trtype:TCP subnqn:nqn.x",
+            "trtype:TCP traddr:1.2.3.4",
+            "trtype:TCP traddr:1.2.3.4 subnqn:nqn.x bogus:1",
+            "trtype:TCP traddr",
+        ] {
+            assert!(ConnectOptions::from_trid(bad, "h").is_err(), "{bad}");
         }
     }
 }
