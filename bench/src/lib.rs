@@ -2,10 +2,11 @@
 //!
 //! # Architecture
 //!
-//! The binary (`main.rs` + `runner.rs`) drives jobs against a target over
-//! the loop transport, inline on a reactor, or directly on a backend. This
-//! library holds everything that does not depend on the engine, so it can
-//! be tested without a target:
+//! The binary (`main.rs` + the `jobengine` crate's `runner`) drives jobs
+//! against a target over the loop transport, inline on a reactor, or
+//! directly on a backend. The job engine (cli, job, workload, verify,
+//! stats, runner, signal) is the `jobengine` crate, shared with nvmf-tgt's
+//! host jobs and re-exported here; this crate adds the output side:
 //!
 //! * [`cli`]: command line and TOML job files, merged into [`job::JobSpec`]s.
 //! * [`job`]: one job's parameters and their validation against a namespace.
@@ -52,20 +53,15 @@
 //! Latencies are recorded in nanoseconds with 3 significant digits up to
 //! [`stats::MAX_LATENCY_NS`] (60 s); larger values saturate.
 
-pub mod cli;
-pub mod error;
-pub mod job;
 pub mod progress;
 pub mod report;
-pub mod runner;
-pub mod signal;
-pub mod stats;
-pub mod units;
-pub mod verify;
-pub mod workload;
 
-pub use cli::{Cli, jobs_from_cli, jobs_from_target_config};
-pub use error::UsageError;
-pub use job::{JobSpec, RwMode};
-pub use stats::{JobResult, LiveStats, Recorder};
-pub use workload::{IoSpec, Op, Workload};
+// The job engine moved to the `jobengine` crate (shared with nvmf-tgt);
+// re-exported here so `bench::runner`, `bench::stats`... keep working.
+pub use jobengine::{cli, error, job, runner, signal, stats, units, verify, workload};
+
+pub use jobengine::cli::{Cli, jobs_from_cli, jobs_from_target_config};
+pub use jobengine::error::UsageError;
+pub use jobengine::job::{JobSpec, RwMode};
+pub use jobengine::stats::{JobResult, LiveStats, Recorder};
+pub use jobengine::workload::{IoSpec, Op, Workload};

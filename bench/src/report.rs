@@ -682,7 +682,27 @@ pub fn iops_svg(path: &Path, jobs: &[&JobResult]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::tests::simulated;
+    use crate::stats::{LiveStats, Recorder};
+    use crate::workload::Op;
+    use std::time::Instant;
+
+    /// Records `n` I/Os per simulated second for `secs` seconds (a copy of
+    /// the job engine's test helper, which is private to its crate).
+    fn simulated(name: &str, secs: u64, n: u64, ramp: Duration) -> JobResult {
+        let t0 = Instant::now();
+        let mut r = Recorder::new(name, true, LiveStats::new(), t0, ramp);
+        let ms = |m: u64| t0 + ramp + Duration::from_millis(m);
+        r.tick(ms(0));
+        for s in 0..secs {
+            for i in 0..n {
+                let op = if i % 4 == 0 { Op::Write } else { Op::Read };
+                r.record(op, 1000 + i * 10, 4096);
+            }
+            r.error();
+            r.tick(ms(s * 1000 + 1000));
+        }
+        r.finish(ms(secs * 1000 + 1000))
+    }
     use hdrhistogram::serialization::Deserializer;
     use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 

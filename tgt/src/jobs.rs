@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bench::JobSpec;
-use bench::runner::{self, JobOutcome, JobRun, LoopPort, Port, SplitPort};
-use bench::stats::LiveStats;
+use jobengine::JobSpec;
+use jobengine::runner::{self, JobOutcome, JobRun, LoopPort, Port, SplitPort};
+use jobengine::stats::LiveStats;
 use serde_json::{Value, json};
 use target_core::bdev::BdevRef;
 use target_facade::Target;

@@ -122,7 +122,7 @@ fn main() -> ExitCode {
 }
 
 fn check_config(cfg: &TargetConfig, origin: &Path, text: &str) -> ExitCode {
-    let jobs = match bench::jobs_from_target_config(origin, text) {
+    let jobs = match jobengine::jobs_from_target_config(origin, text) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("error: {e}");
@@ -153,7 +153,7 @@ fn check_config(cfg: &TargetConfig, origin: &Path, text: &str) -> ExitCode {
 
 fn daemon(cli: &Cli, cfg: TargetConfig, origin: &Path, text: &str) -> ExitCode {
     // First, so a signal during start-up is a stop request too.
-    let signals = match bench::signal::install_with(|s| {
+    let signals = match jobengine::signal::install_with(|s| {
         tracing::error!(
             signal = s,
             "signal again: exiting without finishing the drain"
@@ -225,7 +225,7 @@ fn daemon(cli: &Cli, cfg: TargetConfig, origin: &Path, text: &str) -> ExitCode {
         signal = sig,
         "stopping within {bound:?}: draining {} (a signal repeated within {:?} is the same request; a later one forces exit)",
         svc.waiting_for(),
-        bench::signal::SAME_REQUEST
+        jobengine::signal::SAME_REQUEST
     );
     let stopper = svc.clone();
     let _ = std::thread::Builder::new()

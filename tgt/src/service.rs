@@ -46,7 +46,7 @@ impl Service {
         opts: &StartOptions,
     ) -> Result<Arc<Self>, String> {
         let specs =
-            bench::jobs_from_target_config(origin, config_text).map_err(|e| e.to_string())?;
+            jobengine::jobs_from_target_config(origin, config_text).map_err(|e| e.to_string())?;
         let target = Target::start(cfg, opts).map_err(|e| e.to_string())?;
         let svc = Arc::new(Self {
             running: Mutex::new(target.config().clone()),
