@@ -58,7 +58,7 @@ pub mod report;
 
 // The job engine moved to the `jobengine` crate (shared with nvmf-tgt);
 // re-exported here so `bench::runner`, `bench::stats`... keep working.
-pub use jobengine::{cli, error, job, runner, signal, stats, units, verify, workload};
+pub use jobengine::{cli, error, job, runner, signal, stats, tcp, units, verify, workload};
 
 pub use jobengine::cli::{Cli, jobs_from_cli, jobs_from_target_config};
 pub use jobengine::error::UsageError;

@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
+use bench::job::JobTransport;
 use bench::progress::{Progress, ProgressMode};
 use bench::runner::{self, InlineJob, JobOutcome, JobRun, LoopPort, Port, SplitPort};
 use bench::stats::{JobResult, LiveStats};
+use bench::tcp::{self, LostReason, TcpJobHost, TcpTarget};
 use bench::{Cli, JobSpec, jobs_from_cli, report, signal};
 use clap::Parser;
 use target_core::config::TargetConfig;
@@ -80,26 +82,164 @@ struct Prepared {
     inline: bool,
 }
 
+/// A job instance's host controller, disconnected after the run.
+enum Host {
+    Loop(HostController),
+    Tcp(TcpJobHost),
+}
+
+/// The in-process target: started unless every job is NVMe/TCP and no
+/// `--config` asks for one.
+fn wants_target(cli: &Cli, jobs: &[JobSpec]) -> bool {
+    cli.config.is_some() || jobs.iter().any(|j| !j.transport.is_tcp())
+}
+
+/// Stops the target (if one was started) on the way out of a failed run.
+fn stop_target(target: Option<&Target>) {
+    if let Some(t) = target
+        && let Err(e) = t.stop()
+    {
+        eprintln!("nvmf-bench: target stop: {e}");
+    }
+}
+
 fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, RunError> {
-    let target = Target::start(
-        cfg,
-        &StartOptions {
-            unpinned: false,
-            idle_backoff: None,
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    if cli.target == bench::cli::TargetKind::Direct && jobs.iter().any(|j| j.transport.is_tcp()) {
+        return Err(RunError::Usage(
+            "--target direct runs on the in-process block device; not with --transport tcp".into(),
+        ));
+    }
+    let target = if wants_target(cli, &jobs) {
+        Some(
+            Target::start(
+                cfg,
+                &StartOptions {
+                    unpinned: false,
+                    idle_backoff: None,
+                },
+            )
+            .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
+    let r = run_jobs(cli, cfg, jobs, target.as_ref());
+    if r.is_err() {
+        stop_target(target.as_ref());
+    }
+    r
+}
+
+/// Connects the instances of one NVMe/TCP job (one controller and one
+/// queue pair each) and prepares them.
+#[allow(clippy::too_many_arguments)]
+fn prepare_tcp(
+    cli: &Cli,
+    spec: &JobSpec,
+    default_nqn: &str,
+    target: Option<&Target>,
+    stop: &Arc<AtomicBool>,
+    hosts: &mut Vec<Host>,
+    prepared: &mut Vec<Prepared>,
+    live: &mut Vec<Arc<LiveStats>>,
+    lost: &mut Vec<(String, String, LostReason)>,
+) -> Result<(), RunError> {
+    let JobTransport::Tcp { traddr, hostnqn } = &spec.transport else {
+        return Ok(());
+    };
+    let traddr = match traddr {
+        Some(a) => a.clone(),
+        None => target
+            .and_then(|t| t.tcp().listeners().first().map(|l| l.bound.to_string()))
+            .ok_or_else(|| {
+                RunError::Usage(format!(
+                    "job '{}': --transport tcp needs --traddr (or a --config whose target has a TCP listener)",
+                    spec.name
+                ))
+            })?,
+    };
+    let subnqn = match &spec.subsystem {
+        Some(n) => n.clone(),
+        None if !default_nqn.is_empty() => default_nqn.to_owned(),
+        None => {
+            return Err(RunError::Usage(format!(
+                "job '{}': --transport tcp needs --subnqn NQN (or -r with subnqn:)",
+                spec.name
+            )));
+        }
+    };
+    let t = TcpTarget {
+        traddr,
+        subnqn,
+        hostnqn: hostnqn.clone().unwrap_or_else(|| HOSTNQN.to_owned()),
+        reconnect_delay: cli.reconnect_delay,
+        ctrl_loss_tmo: cli.ctrl_loss_tmo,
+    };
+    let nsid = cli.nsid.unwrap_or(spec.nsid);
+    let mut first = Some(tcp::connect(&t, nsid, spec.iodepth)?);
+    let (blocks, bs) = match &first {
+        Some((h, _, _)) => (h.blocks, h.block_size),
+        None => (0, 0),
+    };
+    for inst in spec.instances(blocks * bs as u64) {
+        let (h, port, why) = match first.take() {
+            Some(c) => c,
+            None => tcp::connect(&t, nsid, inst.iodepth)?,
+        };
+        hosts.push(Host::Tcp(h));
+        let l = LiveStats::new();
+        let job = JobRun::new(inst.clone(), bs, blocks, l.clone(), stop.clone())
+            .map_err(RunError::Usage)?;
+        lost.push((inst.name.clone(), t.traddr.clone(), why));
+        live.push(l);
+        prepared.push(Prepared {
+            job,
+            port: Box::new(port),
+            inline: false,
+        });
+    }
+    Ok(())
+}
+
+fn run_jobs(
+    cli: &Cli,
+    cfg: &TargetConfig,
+    jobs: Vec<JobSpec>,
+    target: Option<&Target>,
+) -> Result<ExitCode, RunError> {
     let stop = Arc::new(AtomicBool::new(false));
-    let mut hosts: Vec<HostController> = Vec::new();
+    let mut hosts: Vec<Host> = Vec::new();
     let mut prepared = Vec::new();
     let mut live = Vec::new();
+    let mut lost = Vec::new();
     let default_nqn = cfg
         .subsystems
         .first()
+        .filter(|_| target.is_some())
         .map(|s| s.nqn.get_ref().clone())
         .unwrap_or_default();
-    let reactor_cores = cfg.reactors.cores.get_ref().clone();
+    let reactor_cores = match target {
+        Some(_) => cfg.reactors.cores.get_ref().clone(),
+        None => Vec::new(),
+    };
     for spec in &jobs {
+        if spec.transport.is_tcp() {
+            prepare_tcp(
+                cli,
+                spec,
+                &default_nqn,
+                target,
+                &stop,
+                &mut hosts,
+                &mut prepared,
+                &mut live,
+                &mut lost,
+            )?;
+            continue;
+        }
+        let Some(target) = target else {
+            return Err(RunError::Failed("no in-process target".into()));
+        };
         let nqn = spec
             .subsystem
             .clone()
@@ -115,11 +255,8 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, Ru
         let (bs, blocks) = (ns.block_size(), ns.num_blocks());
         for inst in spec.instances(blocks * bs as u64) {
             let l = LiveStats::new();
-            let job =
-                JobRun::new(inst.clone(), bs, blocks, l.clone(), stop.clone()).map_err(|e| {
-                    let _ = target.stop();
-                    RunError::Usage(e)
-                })?;
+            let job = JobRun::new(inst.clone(), bs, blocks, l.clone(), stop.clone())
+                .map_err(RunError::Usage)?;
             let port: Box<dyn Port> = match cli.target {
                 bench::cli::TargetKind::Direct => Box::new(runner::direct_port(&ns.bdev)?),
                 bench::cli::TargetKind::Loop => {
@@ -139,7 +276,7 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, Ru
                         .map_err(|e| format!("connect to {nqn}: {e}"))?;
                     let qp = c.take_qpairs().pop().ok_or("no I/O queue granted")?;
                     let mdts = c.max_transfer();
-                    hosts.push(c);
+                    hosts.push(Host::Loop(c));
                     // I/O above MDTS is split and recombined.
                     Box::new(SplitPort::new(LoopPort { qp, nsid }, bs, mdts))
                 }
@@ -175,6 +312,11 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, Ru
     let n = prepared.len();
     for (i, p) in prepared.into_iter().enumerate() {
         if p.inline {
+            let Some(target) = target else {
+                return Err(RunError::Failed(
+                    "inline jobs need the in-process target".into(),
+                ));
+            };
             let (otx, orx) = mpsc::channel();
             let poller = InlineJob::new(p.job, p.port, otx);
             let r = i % target.nvmf().reactor_count().max(1);
@@ -229,12 +371,23 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, Ru
         }
     }
     progress.finish();
-    for c in hosts {
-        let _ = c.disconnect();
+    for h in hosts {
+        let _ = match h {
+            Host::Loop(c) => c.disconnect().map_err(|e| e.to_string()),
+            Host::Tcp(h) => h.ctrl.disconnect().map_err(|e| e.to_string()),
+        };
     }
-    if let Err(e) = target.stop() {
-        eprintln!("nvmf-bench: target stop: {e}");
-    }
+    stop_target(target);
+    // A TCP job whose connection died for good: the target vanished (or
+    // recovery gave up). Its results are written; the run fails.
+    let lost: Vec<String> = lost
+        .iter()
+        .filter_map(|(job, addr, why)| {
+            let w = why.lock().unwrap_or_else(|p| p.into_inner());
+            w.as_ref()
+                .map(|w| format!("job '{job}' lost the target at {addr}: {w}"))
+        })
+        .collect();
     let mut results: Vec<JobResult> = Vec::new();
     let mut mismatch = None;
     for o in outcomes.into_iter().flatten() {
@@ -261,6 +414,15 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, Ru
         print!("{table}");
     }
     eprintln!("results: {}", dir.display());
+    if !lost.is_empty() {
+        for l in &lost {
+            eprintln!("nvmf-bench: FAILED: {l}");
+        }
+        if let Some(m) = mismatch {
+            eprintln!("nvmf-bench: verify FAILED: {m}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
     if let Some(m) = mismatch {
         eprintln!("nvmf-bench: verify FAILED: {m}");
         return Ok(ExitCode::FAILURE);

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::UsageError;
-use crate::job::{JobSpec, RwMode};
+use crate::job::{JobSpec, JobTransport, RwMode};
 use crate::units::{parse_cpu_list, parse_duration, parse_size};
 
 /// The target configuration used without `--config`: a RAM namespace.
@@ -39,6 +39,41 @@ pub enum TargetKind {
     /// Straight to the block device, bypassing the NVMe-oF layer (what the
     /// backend alone can do).
     Direct,
+}
+
+/// The transport of a job (`--transport`, `transport = "..."`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TransportKind {
+    /// The in-process target's loop transport.
+    Loop,
+    /// NVMe/TCP (`--traddr`/`--trsvcid`, or `-r` with a transport ID).
+    Tcp,
+}
+
+/// NVMe/TCP's IANA port, the default `trsvcid`.
+pub const DEFAULT_TRSVCID: u16 = 4420;
+
+/// `host:port` from a `traddr` and an optional `trsvcid`: a `traddr` that
+/// already carries a port is taken as is (unless `trsvcid` is given); a
+/// bare IPv6 address gets its brackets.
+pub fn tcp_address(traddr: &str, trsvcid: Option<u16>) -> String {
+    let t = traddr.trim();
+    if let Ok(sa) = t.parse::<std::net::SocketAddr>() {
+        return match trsvcid {
+            Some(p) => std::net::SocketAddr::new(sa.ip(), p).to_string(),
+            None => sa.to_string(),
+        };
+    }
+    let port = trsvcid.unwrap_or(DEFAULT_TRSVCID);
+    if t.parse::<std::net::Ipv6Addr>().is_ok() {
+        return format!("[{t}]:{port}");
+    }
+    match t.rsplit_once(':') {
+        Some((host, p)) if trsvcid.is_none() && !host.contains(':') && p.parse::<u16>().is_ok() => {
+            t.to_owned()
+        }
+        _ => format!("{t}:{port}"),
+    }
 }
 
 /// A list of CPU numbers, parsed from `0-3,6`.
@@ -108,8 +143,36 @@ pub struct Cli {
     pub target: TargetKind,
 
     /// Subsystem to connect to [default: the first in the config]
-    #[arg(long, value_name = "NQN", help_heading = "Target")]
+    #[arg(
+        long,
+        visible_alias = "subnqn",
+        value_name = "NQN",
+        help_heading = "Target"
+    )]
     pub subsystem: Option<String>,
+
+    /// Transport of the jobs: `loop` (the in-process target) or `tcp`
+    /// (NVMe/TCP to --traddr; with --config, an in-process target is
+    /// started too and is the default --traddr) [default: loop]
+    #[arg(long, value_enum, value_name = "KIND", help_heading = "Target")]
+    pub transport: Option<TransportKind>,
+
+    /// NVMe/TCP target address (IPv4, IPv6 or name; `host:port` accepted)
+    #[arg(long, value_name = "ADDR", help_heading = "Target")]
+    pub traddr: Option<String>,
+
+    /// NVMe/TCP target port [default: 4420]
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..), help_heading = "Target")]
+    pub trsvcid: Option<u16>,
+
+    /// Host NQN to connect with [default: nvmf-bench's own]
+    #[arg(long, value_name = "NQN", help_heading = "Target")]
+    pub hostnqn: Option<String>,
+
+    /// SPDK transport ID, as spdk_nvme_perf -r: 'trtype:TCP adrfam:IPv4
+    /// traddr:127.0.0.1 trsvcid:4420 subnqn:NQN' (implies --transport tcp)
+    #[arg(short = 'r', long = "trid", value_name = "TRID", conflicts_with_all = ["traddr", "trsvcid"], help_heading = "Target")]
+    pub trid: Option<String>,
 
     /// Namespace ID [default: 1]
     #[arg(long, value_name = "N", help_heading = "Target")]
@@ -270,6 +333,13 @@ struct Layer {
     subsystem: Option<String>,
     nsid: Option<u32>,
     no_histogram: Option<bool>,
+    transport: Option<TransportKind>,
+    traddr: Option<String>,
+    trsvcid: Option<u16>,
+    hostnqn: Option<String>,
+    /// Where the transport keys were given (`FILE:LINE` or the option), for
+    /// errors found once the layers are merged.
+    transport_at: Option<String>,
 }
 
 impl Layer {
@@ -293,6 +363,11 @@ impl Layer {
             subsystem: top.subsystem.or(self.subsystem),
             nsid: top.nsid.or(self.nsid),
             no_histogram: top.no_histogram.or(self.no_histogram),
+            transport: top.transport.or(self.transport),
+            traddr: top.traddr.or(self.traddr),
+            trsvcid: top.trsvcid.or(self.trsvcid),
+            hostnqn: top.hostnqn.or(self.hostnqn),
+            transport_at: top.transport_at.or(self.transport_at),
         }
     }
 
@@ -315,10 +390,56 @@ impl Layer {
             subsystem: c.subsystem.clone(),
             nsid: c.nsid,
             no_histogram: c.no_histogram.then_some(true),
+            transport: c.transport,
+            traddr: c.traddr.clone(),
+            trsvcid: c.trsvcid,
+            hostnqn: c.hostnqn.clone(),
+            transport_at: (c.transport.is_some() || c.traddr.is_some() || c.trsvcid.is_some())
+                .then(|| "--transport".to_owned()),
         }
     }
 
-    fn into_spec(self, default_name: &str, default_seed: u64) -> JobSpec {
+    /// The job's transport from the merged layer: TCP keys only with
+    /// `transport = "tcp"`, and TCP jobs on host threads.
+    fn job_transport(&self, job: &str) -> Result<JobTransport, UsageError> {
+        let at = self.transport_at.as_deref().unwrap_or("--transport");
+        let err = |key: &str, m: &str| {
+            Err(UsageError::new(format!(
+                "{at}: job '{job}': key '{key}': {m}"
+            )))
+        };
+        match self.transport.unwrap_or(TransportKind::Loop) {
+            TransportKind::Loop => {
+                for (key, set) in [
+                    ("traddr", self.traddr.is_some()),
+                    ("trsvcid", self.trsvcid.is_some()),
+                    ("hostnqn", self.hostnqn.is_some()),
+                ] {
+                    if set {
+                        return err(key, "only for transport = \"tcp\"");
+                    }
+                }
+                Ok(JobTransport::Loop)
+            }
+            TransportKind::Tcp => {
+                if self.inline == Some(true) {
+                    return err(
+                        "inline",
+                        "inline jobs poll the loop transport on a reactor; NVMe/TCP jobs run on host threads",
+                    );
+                }
+                if self.traddr.is_none() && self.trsvcid.is_some() {
+                    return err("trsvcid", "needs traddr");
+                }
+                Ok(JobTransport::Tcp {
+                    traddr: self.traddr.as_deref().map(|a| tcp_address(a, self.trsvcid)),
+                    hostnqn: self.hostnqn.clone(),
+                })
+            }
+        }
+    }
+
+    fn into_spec(self, default_name: &str, default_seed: u64) -> Result<JobSpec, UsageError> {
         let d = JobSpec::default();
         let rw = self.rw.unwrap_or(d.rw);
         let bs = self.bs.unwrap_or(d.bs);
@@ -326,8 +447,10 @@ impl Layer {
             (None, None) => d.runtime,
             (r, _) => r,
         };
-        JobSpec {
-            name: self.name.unwrap_or_else(|| default_name.to_owned()),
+        let name = self.name.clone().unwrap_or_else(|| default_name.to_owned());
+        let transport = self.job_transport(&name)?;
+        Ok(JobSpec {
+            name,
             rw,
             rwmixread: self.rwmixread.unwrap_or(d.rwmixread),
             bs,
@@ -345,7 +468,8 @@ impl Layer {
             subsystem: self.subsystem,
             nsid: self.nsid.unwrap_or(d.nsid),
             histogram: !self.no_histogram.unwrap_or(false),
-        }
+            transport,
+        })
     }
 }
 
@@ -370,9 +494,14 @@ struct RawJob {
     offset: Val,
     size: Val,
     align: Val,
+    #[serde(alias = "subnqn")]
     subsystem: Val,
     nsid: Val,
     no_histogram: Val,
+    transport: Val,
+    traddr: Val,
+    trsvcid: Val,
+    hostnqn: Val,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -513,7 +642,37 @@ impl FileCtx<'_> {
                 format!("{p} is not a percentage (0-100)"),
             ));
         }
+        let transport = self.parsed(
+            &r.transport,
+            "transport",
+            |i| Err(format!("expected \"loop\" or \"tcp\", found {i}")),
+            |s| match s.to_ascii_lowercase().as_str() {
+                "loop" => Ok(TransportKind::Loop),
+                "tcp" => Ok(TransportKind::Tcp),
+                _ => Err(format!("'{s}' is not a transport (loop, tcp)")),
+            },
+        )?;
+        let trsvcid: Option<u16> = self.int(&r.trsvcid, "trsvcid")?;
+        if let (Some(0), Some(s)) = (trsvcid, &r.trsvcid) {
+            return Err(self.err(&s.span(), "trsvcid", "port 0 is not a port (1-65535)"));
+        }
+        let traddr = self.string(&r.traddr, "traddr")?;
+        if let (Some(a), Some(s)) = (&traddr, &r.traddr)
+            && a.trim().is_empty()
+        {
+            return Err(self.err(&s.span(), "traddr", "is empty"));
+        }
+        let transport_at = [&r.transport, &r.traddr, &r.trsvcid, &r.hostnqn]
+            .into_iter()
+            .flatten()
+            .map(|v| format!("{}:{}", self.path.display(), self.line(&v.span())))
+            .next();
         Ok(Layer {
+            transport,
+            traddr,
+            trsvcid,
+            hostnqn: self.string(&r.hostnqn, "hostnqn")?,
+            transport_at,
             name: self.string(&r.name, "name")?,
             rw,
             rwmixread,
@@ -569,7 +728,25 @@ fn parse_job_file(path: &Path, text: &str) -> Result<(Layer, Vec<Layer>), UsageE
 /// module docs. Checks what can be checked without the namespace (unique
 /// names, ranges of percentages); [`JobSpec::validate`] does the rest.
 pub fn jobs_from_cli(cli: &Cli) -> Result<Vec<JobSpec>, UsageError> {
-    let cmdline = Layer::from_cli(cli);
+    let mut cmdline = Layer::from_cli(cli);
+    if let Some(trid) = &cli.trid {
+        let o = transport_tcp::host::ConnectOptions::from_trid(trid, "")
+            .map_err(|e| UsageError::new(format!("-r: {e}")))?;
+        if cli.transport == Some(TransportKind::Loop) {
+            return Err(UsageError::new(
+                "-r names an NVMe/TCP target; not with --transport loop",
+            ));
+        }
+        cmdline.transport = Some(TransportKind::Tcp);
+        cmdline.traddr = Some(o.traddr);
+        cmdline.transport_at = Some("-r".into());
+        if cmdline.subsystem.is_none() {
+            cmdline.subsystem = Some(o.subnqn);
+        }
+        if cmdline.hostnqn.is_none() && !o.hostnqn.is_empty() {
+            cmdline.hostnqn = Some(o.hostnqn);
+        }
+    }
     let default_seed = JobSpec::default().seed;
     let jobs = match &cli.job_file {
         None => {
@@ -577,7 +754,7 @@ pub fn jobs_from_cli(cli: &Cli) -> Result<Vec<JobSpec>, UsageError> {
             vec![
                 Layer::default()
                     .over(cmdline)
-                    .into_spec(&name, default_seed),
+                    .into_spec(&name, default_seed)?,
             ]
         }
         Some(path) => {
@@ -625,7 +802,7 @@ fn jobs_from_text(path: &Path, text: &str, cmdline: Layer) -> Result<Vec<JobSpec
 fn name_jobs(path: &Path, base: Layer, tables: Vec<Layer>) -> Result<Vec<JobSpec>, UsageError> {
     let default_seed = JobSpec::default().seed;
     let jobs: Vec<JobSpec> = if tables.is_empty() {
-        vec![base.into_spec("job0", default_seed)]
+        vec![base.into_spec("job0", default_seed)?]
     } else {
         tables
             .into_iter()
@@ -636,7 +813,7 @@ fn name_jobs(path: &Path, base: Layer, tables: Vec<Layer>) -> Result<Vec<JobSpec
                     default_seed.wrapping_add(1000 * i as u64),
                 )
             })
-            .collect()
+            .collect::<Result<_, _>>()?
     };
     for (i, j) in jobs.iter().enumerate() {
         if jobs[..i].iter().any(|o| o.name == j.name) {

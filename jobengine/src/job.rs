@@ -137,6 +137,34 @@ pub struct JobSpec {
     /// Record latencies in a histogram (off: counters only, to measure the
     /// cost of recording).
     pub histogram: bool,
+    /// How the job reaches its subsystem.
+    pub transport: JobTransport,
+}
+
+/// How a job reaches its subsystem: a job, not the process, chooses, so one
+/// job file (or service config) can drive the in-process target over the
+/// loop transport and a remote one over NVMe/TCP side by side.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum JobTransport {
+    /// The in-process target's loop transport.
+    #[default]
+    Loop,
+    /// NVMe/TCP to any target.
+    Tcp {
+        /// `host:port` (IPv6 as `[addr]:port`); `None`: the first TCP
+        /// listener of the in-process target (the bench's `--config`, the
+        /// service's own config), so a test needs no fixed port.
+        traddr: Option<String>,
+        /// Host NQN to connect with; `None`: the tool's own.
+        hostnqn: Option<String>,
+    },
+}
+
+impl JobTransport {
+    /// `true` for NVMe/TCP.
+    pub fn is_tcp(&self) -> bool {
+        matches!(self, JobTransport::Tcp { .. })
+    }
 }
 
 impl Default for JobSpec {
@@ -160,6 +188,7 @@ impl Default for JobSpec {
             subsystem: None,
             nsid: 1,
             histogram: true,
+            transport: JobTransport::Loop,
         }
     }
 }

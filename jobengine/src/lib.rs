@@ -13,6 +13,8 @@
 //!   intervals, merged results; [`stats::LiveStats`] for live views.
 //! * [`runner`]: drives one job over a [`runner::Port`] (host queue pair,
 //!   inline on a reactor, or directly on a backend).
+//! * [`tcp`]: jobs over NVMe/TCP (a [`runner::Port`] on a `transport_tcp`
+//!   host queue pair, and the connect step).
 //! * [`signal`]: SIGINT/SIGTERM handling shared by both binaries.
 //!
 //! How a runner drives one job instance is described in the `bench`
@@ -24,6 +26,7 @@ pub mod job;
 pub mod runner;
 pub mod signal;
 pub mod stats;
+pub mod tcp;
 pub mod units;
 pub mod verify;
 pub mod workload;
