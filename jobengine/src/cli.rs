@@ -345,6 +345,7 @@ struct Layer {
 impl Layer {
     /// Fields set in `top` win.
     fn over(self, top: Layer) -> Layer {
+        let loop_top = top.transport == Some(TransportKind::Loop);
         Layer {
             name: top.name.or(self.name),
             rw: top.rw.or(self.rw),
@@ -363,10 +364,12 @@ impl Layer {
             subsystem: top.subsystem.or(self.subsystem),
             nsid: top.nsid.or(self.nsid),
             no_histogram: top.no_histogram.or(self.no_histogram),
+            // A layer that picks the loop transport drops the TCP keys it
+            // would inherit (a `[global]` traddr for the other jobs).
+            traddr: top.traddr.or(self.traddr.filter(|_| !loop_top)),
+            trsvcid: top.trsvcid.or(self.trsvcid.filter(|_| !loop_top)),
+            hostnqn: top.hostnqn.or(self.hostnqn.filter(|_| !loop_top)),
             transport: top.transport.or(self.transport),
-            traddr: top.traddr.or(self.traddr),
-            trsvcid: top.trsvcid.or(self.trsvcid),
-            hostnqn: top.hostnqn.or(self.hostnqn),
             transport_at: top.transport_at.or(self.transport_at),
         }
     }
@@ -985,6 +988,102 @@ number_ios = 100
         assert!(!e.0.contains('\n'));
         let e = jobs_from_text(Path::new("j.toml"), "[jobs]\n", cli).unwrap_err();
         assert!(e.0.contains("unknown key `jobs`"), "{e}");
+    }
+
+    #[test]
+    fn transport_from_the_command_line_trid_and_job_files() {
+        let tcp = |a: &str| JobTransport::Tcp {
+            traddr: Some(a.into()),
+            hostnqn: None,
+        };
+        let jobs = jobs_from_cli(&parse(&[]).unwrap()).unwrap();
+        assert_eq!(jobs[0].transport, JobTransport::Loop);
+        let cli = parse(&[
+            "--transport",
+            "tcp",
+            "--traddr",
+            "10.0.0.1",
+            "--trsvcid",
+            "4421",
+            "--subnqn",
+            "nqn.x",
+        ])
+        .unwrap();
+        let jobs = jobs_from_cli(&cli).unwrap();
+        assert_eq!(jobs[0].transport, tcp("10.0.0.1:4421"));
+        assert_eq!(jobs[0].subsystem.as_deref(), Some("nqn.x"));
+        // --config's target listener is the default address.
+        let jobs = jobs_from_cli(&parse(&["--transport", "tcp"]).unwrap()).unwrap();
+        assert_eq!(
+            jobs[0].transport,
+            JobTransport::Tcp {
+                traddr: None,
+                hostnqn: None
+            }
+        );
+        let cli = parse(&[
+            "-r",
+            "trtype:TCP adrfam:IPv6 traddr:::1 trsvcid:4420 subnqn:nqn.y hostnqn:nqn.h",
+        ])
+        .unwrap();
+        let jobs = jobs_from_cli(&cli).unwrap();
+        assert_eq!(
+            jobs[0].transport,
+            JobTransport::Tcp {
+                traddr: Some("[::1]:4420".into()),
+                hostnqn: Some("nqn.h".into())
+            }
+        );
+        assert_eq!(jobs[0].subsystem.as_deref(), Some("nqn.y"));
+        assert!(parse(&["-r", "trtype:TCP", "--traddr", "x"]).is_err());
+        let e = jobs_from_cli(&parse(&["-r", "trtype:RDMA traddr:1.2.3.4 subnqn:n"]).unwrap())
+            .unwrap_err();
+        assert!(e.0.starts_with("-r: "), "{e}");
+        let e = jobs_from_cli(&parse(&["--transport", "tcp", "--inline"]).unwrap()).unwrap_err();
+        assert!(e.0.contains("key 'inline'"), "{e}");
+        let e = jobs_from_cli(&parse(&["--traddr", "1.2.3.4"]).unwrap()).unwrap_err();
+        assert!(e.0.contains("key 'traddr': only for transport"), "{e}");
+
+        assert_eq!(tcp_address("127.0.0.1", None), "127.0.0.1:4420");
+        assert_eq!(tcp_address("127.0.0.1:99", None), "127.0.0.1:99");
+        assert_eq!(tcp_address("127.0.0.1:99", Some(7)), "127.0.0.1:7");
+        assert_eq!(tcp_address("fe80::1", Some(7)), "[fe80::1]:7");
+        assert_eq!(tcp_address("host.example", None), "host.example:4420");
+        assert_eq!(tcp_address("host.example:5", None), "host.example:5");
+
+        let cli = Layer::default();
+        let text = "[global]\ntransport = \"tcp\"\ntraddr = \"10.0.0.2\"\nsubnqn = \"nqn.g\"\n\n[[job]]\nname = \"remote\"\ntrsvcid = \"4430\"\n\n[[job]]\nname = \"local\"\ntransport = \"loop\"\ntraddr = \"1.1.1.1\"\n";
+        let e = jobs_from_text(Path::new("j.toml"), text, cli.clone()).unwrap_err();
+        assert!(
+            e.0.starts_with("j.toml:12: job 'local': key 'traddr': only for transport"),
+            "{e}"
+        );
+        let text = text.replace("traddr = \"1.1.1.1\"\n", "");
+        let jobs = jobs_from_text(Path::new("j.toml"), &text, cli.clone()).unwrap();
+        assert_eq!(jobs[0].transport, tcp("10.0.0.2:4430"));
+        assert_eq!(jobs[0].subsystem.as_deref(), Some("nqn.g"));
+        assert_eq!(jobs[1].transport, JobTransport::Loop);
+        for (bad, want) in [
+            (
+                "[[job]]\ntransport = \"rdma\"\n",
+                "j.toml:2: key 'transport': 'rdma' is not a transport",
+            ),
+            (
+                "[[job]]\ntransport = \"tcp\"\ntrsvcid = 0\n",
+                "j.toml:3: key 'trsvcid': port 0",
+            ),
+            (
+                "[[job]]\ntransport = \"tcp\"\ntrsvcid = 70000\n",
+                "j.toml:3: key 'trsvcid': 70000 is out of range",
+            ),
+            (
+                "[[job]]\n\ntransport = \"tcp\"\ninline = true\n",
+                "j.toml:3: job 'job0': key 'inline'",
+            ),
+        ] {
+            let e = jobs_from_text(Path::new("j.toml"), bad, cli.clone()).unwrap_err();
+            assert!(e.0.starts_with(want), "{bad}: {e}");
+        }
     }
 
     #[test]

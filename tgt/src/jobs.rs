@@ -1,7 +1,9 @@
 //! Host jobs: the daemon's own workloads (`[[job]]` tables of its config,
 //! in the bench's job format) run against its subsystems through loop
 //! hosts, each on a background thread. This is the soak-test mode; the
-//! control socket reports their figures.
+//! control socket reports their figures. A job with `transport = "tcp"`
+//! runs over NVMe/TCP instead: against `traddr` (a remote target to soak)
+//! or, without `traddr`, this service's own first TCP listener.
 //!
 //! On stop, the job threads are told to stop issuing *while the target
 //! drains*, so the drain meets real in-flight I/O; afterwards each verify
@@ -14,8 +16,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use jobengine::JobSpec;
+use jobengine::job::JobTransport;
 use jobengine::runner::{self, JobOutcome, JobRun, LoopPort, Port, SplitPort};
 use jobengine::stats::LiveStats;
+use jobengine::tcp::{self, LostReason, TcpJobHost, TcpTarget};
 use serde_json::{Value, json};
 use target_core::bdev::BdevRef;
 use target_facade::Target;
@@ -48,7 +52,11 @@ enum State {
 pub struct HostJob {
     spec: JobSpec,
     nqn: String,
-    bdev: BdevRef,
+    /// The namespace's backend, for a loop job's read-back; `None` for a
+    /// TCP job (its namespace may be remote: it reads back over its queue).
+    bdev: Option<BdevRef>,
+    /// `host:port` of a TCP job.
+    traddr: Option<String>,
     live: Arc<LiveStats>,
     stop: Arc<AtomicBool>,
     started: Instant,
@@ -67,6 +75,7 @@ impl HostJob {
         let mut v = json!({
             "name": self.spec.name,
             "subsystem": self.nqn,
+            "transport": if self.traddr.is_some() { "tcp" } else { "loop" },
             "nsid": self.spec.nsid,
             "rw": self.spec.rw.to_string(),
             "bs": self.spec.bs,
@@ -96,6 +105,9 @@ impl HostJob {
                 ("done", r)
             }
         };
+        if let Some(a) = &self.traddr {
+            v["traddr"] = json!(a);
+        }
         v["state"] = json!(state);
         v["verify_result"] = verify_result;
         if let Some(reason) = &*lock(&self.ended_by) {
@@ -144,6 +156,10 @@ impl Jobs {
                 .subsystem
                 .clone()
                 .unwrap_or_else(|| default_nqn.clone());
+            if spec.transport.is_tcp() {
+                self.start_tcp(target, spec, &nqn)?;
+                continue;
+            }
             let sub = target
                 .nvmf()
                 .subsystem(&nqn)
@@ -179,7 +195,8 @@ impl Jobs {
                 let job = Arc::new(HostJob {
                     spec: inst.clone(),
                     nqn: nqn.clone(),
-                    bdev: ns.bdev.clone(),
+                    bdev: Some(ns.bdev.clone()),
+                    traddr: None,
                     live,
                     stop,
                     started: Instant::now(),
@@ -199,7 +216,7 @@ impl Jobs {
                 let j2 = job.clone();
                 let h = std::thread::Builder::new()
                     .name(format!("job-{}", inst.name))
-                    .spawn(move || run_job(j2, run, port, host))
+                    .spawn(move || run_job(j2, run, port, JobHost::Loop(host)))
                     .map_err(|e| e.to_string())?;
                 *lock(&job.thread) = Some(h);
                 tracing::info!(
@@ -211,6 +228,86 @@ impl Jobs {
                 );
                 lock(&self.list).push(job);
             }
+        }
+        Ok(())
+    }
+
+    /// Starts the instances of one NVMe/TCP job: one controller and one
+    /// queue pair (two connections) each, with the same recovery as loop
+    /// jobs.
+    fn start_tcp(&self, target: &Target, spec: &JobSpec, nqn: &str) -> Result<(), String> {
+        let JobTransport::Tcp { traddr, hostnqn } = &spec.transport else {
+            return Ok(());
+        };
+        let traddr = match traddr {
+            Some(a) => a.clone(),
+            None => target
+                .tcp()
+                .listeners()
+                .first()
+                .map(|l| l.bound.to_string())
+                .ok_or_else(|| {
+                    format!(
+                        "job '{}': transport = \"tcp\" without traddr needs a TCP [[listener]] in this config",
+                        spec.name
+                    )
+                })?,
+        };
+        let t = TcpTarget {
+            traddr,
+            subnqn: nqn.to_owned(),
+            hostnqn: hostnqn.clone().unwrap_or_else(|| JOB_HOSTNQN.to_owned()),
+            reconnect_delay: JOB_RECONNECT_DELAY,
+            ctrl_loss_tmo: JOB_CTRL_LOSS_TMO,
+        };
+        let err = |name: &str, e: String| format!("job '{name}': {e}");
+        let mut first =
+            Some(tcp::connect(&t, spec.nsid, spec.iodepth).map_err(|e| err(&spec.name, e))?);
+        let (blocks, bs) = match &first {
+            Some((h, _, _)) => (h.blocks, h.block_size),
+            None => (0, 0),
+        };
+        for inst in spec.instances(blocks * bs as u64) {
+            if inst.inline {
+                return Err(err(&inst.name, "inline jobs are a benchmark mode".into()));
+            }
+            let (host, port, lost) = match first.take() {
+                Some(c) => c,
+                None => {
+                    tcp::connect(&t, inst.nsid, inst.iodepth).map_err(|e| err(&inst.name, e))?
+                }
+            };
+            let live = LiveStats::new();
+            let stop = Arc::new(AtomicBool::new(false));
+            let run = JobRun::new(inst.clone(), bs, blocks, live.clone(), stop.clone())
+                .map_err(|e| err(&inst.name, e))?;
+            let job = Arc::new(HostJob {
+                spec: inst.clone(),
+                nqn: nqn.to_owned(),
+                bdev: None,
+                traddr: Some(t.traddr.clone()),
+                live,
+                stop,
+                started: Instant::now(),
+                state: Mutex::new(State::Running),
+                thread: Mutex::new(None),
+                ended_by: Mutex::new(None),
+            });
+            let j2 = job.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("job-{}", inst.name))
+                .spawn(move || run_job(j2, run, port, JobHost::Tcp(Box::new(host), lost)))
+                .map_err(|e| e.to_string())?;
+            *lock(&job.thread) = Some(h);
+            tracing::info!(
+                job = inst.name,
+                subsystem = nqn,
+                traddr = t.traddr,
+                nsid = inst.nsid,
+                rw = %inst.rw,
+                "host job started (NVMe/TCP)"
+            );
+            lock(&self.list).push(job);
         }
         Ok(())
     }
@@ -238,6 +335,35 @@ impl Jobs {
         for j in lock(&self.list).iter() {
             j.stop.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Stops the NVMe/TCP jobs and waits (bounded) for them, read-back
+    /// included: first in a service stop, while the target (which may be
+    /// their own) still serves them. A stopped target would close their
+    /// connections, and their host would spend its `ctrl_loss_tmo`
+    /// reconnecting. `false` if some did not end.
+    pub fn stop_tcp(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let tcp: Vec<_> = self
+            .all()
+            .into_iter()
+            .filter(|j| j.traddr.is_some())
+            .collect();
+        for j in &tcp {
+            j.stop.store(true, Ordering::Relaxed);
+        }
+        for j in tcp {
+            while lock(&j.thread).as_ref().is_some_and(|h| !h.is_finished()) {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if let Some(h) = lock(&j.thread).take() {
+                let _ = h.join();
+            }
+        }
+        true
     }
 
     /// Waits (bounded) for every job thread; `false` if some did not end.
@@ -287,36 +413,66 @@ impl Jobs {
 /// Bound on a verify job's read-back.
 const READBACK_LIMIT: Duration = Duration::from_secs(120);
 
+/// A job's host controller.
+enum JobHost {
+    Loop(HostController),
+    /// With the reason its queue died, if it did.
+    Tcp(Box<TcpJobHost>, LostReason),
+}
+
 /// Runs a job until it ends: its runtime or I/O count, a stop request, or
 /// its queue ending (controller reset or deleted, namespace or subsystem
-/// removed, target stopped). Then a verify job reads back, straight from
-/// its backend, every block whose write was acknowledged. Its queue has
-/// ended by then, so the target has drained it: anything acknowledged is on
-/// the backend, and a block that is not is a lost write.
-fn run_job(
-    job: Arc<HostJob>,
-    mut run: JobRun,
-    mut port: SplitPort<LoopPort>,
-    host: HostController,
-) {
+/// removed, target stopped). Then a verify job reads back every block whose
+/// write was acknowledged. A loop job reads straight from its backend after
+/// its queue has ended, so the target has drained it: anything acknowledged
+/// is on the backend, and a block that is not is a lost write. A TCP job
+/// (its target may be remote) reads back over its own queue before closing
+/// it.
+fn run_job<P: Port>(job: Arc<HostJob>, mut run: JobRun, mut port: P, host: JobHost) {
     while !run.step(&mut port) {}
-    // Namespace Attribute Changed and friends, as this job's host saw them
-    // (a hot removal's AEN shows here).
-    let events = host.take_events();
-    if !events.is_empty() {
-        tracing::info!(
-            job = job.spec.name,
-            ?events,
-            "host job: asynchronous events received"
-        );
-    }
-    let _ = host.disconnect();
-    drop(port);
-    let removed = lock(&job.ended_by).is_some();
-    let readback = (run.verifies() && !removed).then(|| {
-        runner::direct_port(&job.bdev)
-            .and_then(|mut p| run.read_back(&mut p as &mut dyn Port, READBACK_LIMIT))
-    });
+    let readback = match host {
+        JobHost::Loop(host) => {
+            // Namespace Attribute Changed and friends, as this job's host
+            // saw them (a hot removal's AEN shows here).
+            let events = host.take_events();
+            if !events.is_empty() {
+                tracing::info!(
+                    job = job.spec.name,
+                    ?events,
+                    "host job: asynchronous events received"
+                );
+            }
+            let _ = host.disconnect();
+            drop(port);
+            let removed = lock(&job.ended_by).is_some();
+            (run.verifies() && !removed).then(|| match &job.bdev {
+                Some(b) => runner::direct_port(b)
+                    .and_then(|mut p| run.read_back(&mut p as &mut dyn Port, READBACK_LIMIT)),
+                None => Err("no backend to read back from".into()),
+            })
+        }
+        JobHost::Tcp(host, lost) => {
+            let events = host.ctrl.take_events();
+            if !events.is_empty() {
+                tracing::info!(
+                    job = job.spec.name,
+                    ?events,
+                    "host job: asynchronous events received"
+                );
+            }
+            let why = lock(&lost).clone();
+            if let Some(w) = &why {
+                tracing::error!(job = job.spec.name, "host job lost its target: {w}");
+                lock(&job.ended_by).get_or_insert_with(|| format!("lost the target: {w}"));
+            }
+            let removed = lock(&job.ended_by).is_some();
+            let rb = (run.verifies() && !removed && port.alive())
+                .then(|| run.read_back(&mut port, READBACK_LIMIT));
+            drop(port);
+            let _ = host.ctrl.disconnect();
+            rb
+        }
+    };
     let outcome = run.finish();
     tracing::info!(
         job = job.spec.name,

@@ -127,8 +127,12 @@ impl Service {
                 return Ok(Vec::new());
             }
         }
-        // The jobs keep issuing while the target drains, so the drain meets
-        // real in-flight I/O; their queues end with it.
+        // NVMe/TCP jobs end first, while the target still serves them.
+        if !self.jobs.stop_tcp(bound) {
+            tracing::warn!("NVMe/TCP host jobs did not end within {bound:?}");
+        }
+        // The loop jobs keep issuing while the target drains, so the drain
+        // meets real in-flight I/O; their queues end with it.
         let stop = self.target.stop_engine().map_err(|e| e.to_string());
         self.jobs.signal_stop();
         if !self.jobs.join(bound) {

@@ -46,6 +46,18 @@ fn check_config_accepts_examples_and_names_errors() {
             "bad.toml:9: unknown field `iodepht`",
         ),
         ("[[job]]\nname = \"j\"\nrw = \"sideways\"\n", "bad.toml:3:"),
+        (
+            "[[job]]\nname = \"j\"\ntransport = \"rdma\"\n",
+            "bad.toml:3: key 'transport': 'rdma' is not a transport (loop, tcp)",
+        ),
+        (
+            "[[job]]\nname = \"j\"\ntransport = \"tcp\"\ntraddr = \"10.0.0.1\"\ntrsvcid = 0\n",
+            "bad.toml:5: key 'trsvcid': port 0",
+        ),
+        (
+            "[[job]]\nname = \"j\"\ntraddr = \"10.0.0.1\"\n",
+            "bad.toml:3: job 'j': key 'traddr': only for transport = \"tcp\"",
+        ),
     ];
     for (text, want) in cases {
         std::fs::write(&bad, text).unwrap();
