@@ -47,16 +47,20 @@ address = "127.0.0.1:4420"
 subsystem = "*"
 EOF
 
-RUST_LOG="${TGT_LOG:-info,transport_tcp=debug}" RUST_BACKTRACE=1 /nvmf-tgt -c /tmp/tgt.toml --unpinned --rpc-socket /tmp/tgt.sock \
-    --log-level info >/tmp/tgt.log 2>&1 &
-TGT=$!
+start_tgt() {
+    rm -f /tmp/tgt.sock
+    RUST_LOG="${TGT_LOG:-info,transport_tcp=debug}" RUST_BACKTRACE=1 /nvmf-tgt -c /tmp/tgt.toml \
+        --unpinned --rpc-socket /tmp/tgt.sock --log-level info >>/tmp/tgt.log 2>&1 &
+    TGT=$!
+    i=0
+    until rpc nvmf_get_listeners >/dev/null 2>&1; do
+        i=$((i + 1))
+        if [ $i -gt 60 ] || ! kill -0 $TGT 2>/dev/null; then break; fi
+        sleep 1
+    done
+}
 rpc() { /nvmf-tgt rpc --socket /tmp/tgt.sock "$@"; }
-i=0
-until rpc nvmf_get_listeners >/dev/null 2>&1; do
-    i=$((i + 1))
-    if [ $i -gt 60 ] || ! kill -0 $TGT 2>/dev/null; then break; fi
-    sleep 1
-done
+start_tgt
 if rpc nvmf_get_listeners >/dev/null 2>&1; then
     ok target_started
 else
@@ -166,16 +170,16 @@ io_tests plain
 
 # ---- controller resets ---------------------------------------------------------
 resets=0
-for i in 1 2 3 4 5; do
+for i in $(seq 1 20); do
     echo 1 >$c/reset_controller 2>/dev/null || break
     sleep 1
     wait_for 60 ctrl_live || break
     wait_for 30 ns_present || break
     resets=$((resets + 1))
 done
-if [ $resets -eq 5 ]; then
+if [ $resets -eq 20 ]; then
     if dd if=/dev/$NS of=/tmp/r bs=65536 count=8 skip=16 iflag=direct 2>/dev/null && cmp -s /tmp/keep /tmp/r; then
-        ok reset_controller "5 resets, data written before reads back"
+        ok reset_controller "20 resets, data written before reads back"
     else
         bad reset_controller "data differs after resets"
     fi
@@ -212,6 +216,57 @@ if connect ",hdr_digest,data_digest"; then
     wait_for 30 sh -c '! ls /sys/class/nvme/ 2>/dev/null | grep -q nvme' || true
 else
     bad connect_digests "no controller or namespace appeared"
+fi
+
+# ---- discovery controller ----------------------------------------------------------
+DISC=nqn.2014-08.org.nvmexpress.discovery
+if echo "transport=tcp,traddr=127.0.0.1,trsvcid=4420,nqn=$DISC" >/dev/nvme-fabrics 2>/tmp/disc.err; then
+    d=""
+    for x in /sys/class/nvme/nvme*; do
+        [ "$(cat $x/subsysnqn 2>/dev/null)" = "$DISC" ] && d=$x
+    done
+    if [ -n "$d" ]; then
+        ok discovery_connect "${d##*/} state $(cat $d/state)"
+        echo 1 >$d/delete_controller
+    else
+        bad discovery_connect "no discovery controller in sysfs"
+    fi
+else
+    bad discovery_connect "$(cat /tmp/disc.err)"
+fi
+
+# ---- keep-alive: idle 15 s with keep_alive_tmo=5 stays live ---------------------------
+if connect ",keep_alive_tmo=5,reconnect_delay=1,ctrl_loss_tmo=120"; then
+    sleep 15
+    if ctrl_live && dd if=/dev/$NS of=/tmp/r bs=65536 count=8 skip=16 iflag=direct 2>/dev/null; then
+        ok keep_alive_idle "live after 15 s idle with keep_alive_tmo=5"
+    else
+        bad keep_alive_idle "state $(cat /sys/class/nvme/$CTRL/state 2>/dev/null)"
+    fi
+    # ---- a target killed with SIGKILL is noticed; a restarted one reconnected to ----
+    kill -9 $TGT
+    wait $TGT 2>/dev/null
+    n=0
+    while ctrl_live && [ $n -lt 30 ]; do
+        sleep 1
+        n=$((n + 1))
+    done
+    st=$(cat /sys/class/nvme/$CTRL/state 2>/dev/null)
+    if [ "$st" = live ]; then
+        bad target_killed_detected "still live 30 s after SIGKILL"
+    else
+        ok target_killed_detected "state $st"
+    fi
+    start_tgt
+    if wait_for 60 ctrl_live && wait_for 30 ns_present &&
+        dd if=/dev/$NS of=/tmp/r bs=65536 count=8 skip=16 iflag=direct 2>/dev/null; then
+        ok reconnect_after_restart "host reconnected to the restarted target"
+    else
+        bad reconnect_after_restart "state $(cat /sys/class/nvme/$CTRL/state 2>/dev/null)"
+    fi
+    echo 1 >/sys/class/nvme/$CTRL/delete_controller 2>/dev/null
+else
+    bad keep_alive_idle "connect failed"
 fi
 
 # ---- the target's view -------------------------------------------------------------
