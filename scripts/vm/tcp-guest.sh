@@ -269,6 +269,47 @@ else
     bad keep_alive_idle "connect failed"
 fi
 
+# ---- benchmark (not a test): QD 1 4 KiB reads, ours vs the kernel's nvmet-tcp --------
+# Centiseconds from /proc/uptime.
+now_cs() { awk '{printf "%d", $1 * 100}' /proc/uptime; }
+qd1_iops() { # $1 = block device; 4 KiB O_DIRECT reads, QD 1
+    t0=$(now_cs)
+    dd if=/dev/$1 of=/dev/null bs=4096 count=${BENCH_IOS:-4000} iflag=direct 2>/dev/null
+    t1=$(now_cs)
+    echo $(( ${BENCH_IOS:-4000} * 100 / (t1 - t0 + 1) ))
+}
+if connect ""; then
+    echo "BENCH tcp qd1 4k seqread ours(nvmf-tgt ram) iops=$(qd1_iops $NS)"
+    echo 1 >/sys/class/nvme/$CTRL/delete_controller
+    sleep 2
+fi
+if [ -d /lib/modules/kt ]; then
+    for m in configfs.ko nvmet.ko nvmet-tcp.ko brd.ko; do
+        case $m in brd.ko) a="rd_nr=1 rd_size=65536" ;; *) a="" ;; esac
+        insmod /lib/modules/kt/$m $a 2>/dev/null
+    done
+    mount -t configfs none /sys/kernel/config 2>/dev/null
+    N=/sys/kernel/config/nvmet
+    KS=$N/subsystems/nqn.2026-11.io.test:k
+    if [ -b /dev/ram0 ] && mkdir $KS 2>/dev/null; then
+        echo 1 >$KS/attr_allow_any_host
+        mkdir $KS/namespaces/1
+        echo -n /dev/ram0 >$KS/namespaces/1/device_path
+        echo 1 >$KS/namespaces/1/enable
+        mkdir $N/ports/1
+        echo tcp >$N/ports/1/addr_trtype
+        echo ipv4 >$N/ports/1/addr_adrfam
+        echo 127.0.0.1 >$N/ports/1/addr_traddr
+        echo 4421 >$N/ports/1/addr_trsvcid
+        ln -s $KS $N/ports/1/subsystems/
+        echo "transport=tcp,traddr=127.0.0.1,trsvcid=4421,nqn=nqn.2026-11.io.test:k" >/dev/nvme-fabrics
+        sleep 3
+        kns=$(find_ns)
+        [ -n "$kns" ] && echo "BENCH tcp qd1 4k seqread kernel(nvmet-tcp brd) iops=$(qd1_iops $kns)"
+        for x in /sys/class/nvme/nvme*; do echo 1 >$x/delete_controller 2>/dev/null; done
+    fi
+fi
+
 # ---- the target's view -------------------------------------------------------------
 if rpc nvmf_get_stats >/tmp/stats 2>&1; then
     ok target_alive_after_tests
