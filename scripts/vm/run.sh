@@ -194,6 +194,12 @@ tcp_extra='
              drivers/nvme/host/nvme-fabrics.ko drivers/nvme/host/nvme-tcp.ko; do
         n="$(basename "$m")"; copy_module "$m" "$root/lib/modules/$n" && echo "$n" >>"$root/tcp.order"
     done
+    # The kernel target, for the benchmark comparison.
+    mkdir -p "$root/lib/modules/kt"
+    for m in fs/configfs/configfs.ko drivers/nvme/target/nvmet.ko drivers/nvme/target/nvmet-tcp.ko \
+             drivers/block/brd.ko; do
+        copy_module "$m" "$root/lib/modules/kt/$(basename "$m")"
+    done
 '
 
 # kernel-target guest extras: our host test binary, the guest script, and

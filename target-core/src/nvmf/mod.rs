@@ -16,7 +16,8 @@
 //! # Not implemented
 //!
 //! Reservations, fused commands, protection information, namespace
-//! management, firmware download, authentication, the discovery subsystem.
+//! management, firmware download, authentication. (The discovery subsystem
+//! is served here, its log page built by the TCP transport.)
 
 pub(crate) mod admin;
 pub mod ctrlr;
