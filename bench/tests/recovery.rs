@@ -56,10 +56,13 @@ fn a_split_verify_job_rides_through_target_resets() {
 
     let t0 = Instant::now();
     let mut resets = 0;
+    // Commands outstanding at the host queue when each reset struck.
+    let mut met = Vec::new();
     let mut next_reset = Instant::now() + Duration::from_millis(200);
     loop {
         assert!(t0.elapsed() < Duration::from_secs(120), "job did not end");
         if resets < 5 && Instant::now() >= next_reset && host.reconnects() == resets {
+            met.push(port.inner().qp.outstanding());
             t.nvmf().reset_controller(&nqn, host.cntlid()).unwrap();
             resets += 1;
             next_reset = Instant::now() + Duration::from_millis(200);
@@ -82,7 +85,18 @@ fn a_split_verify_job_rides_through_target_resets() {
     assert!(out.mismatch.is_none(), "{:?}", out.mismatch);
     assert_eq!(out.result.errors, 0, "no I/O failed through 5 resets");
     assert_eq!(out.result.reconnects, 5);
-    assert!(out.result.retries > 0, "resets met queued commands");
+    // Every reset struck with commands at the target. Whether any of them
+    // was still unfetched (and so aborted and retried rather than drained)
+    // depends on the reactor's timing, so retries are reported, not required;
+    // transport-loop/tests/recovery.rs covers the retry path itself.
+    assert!(
+        met.iter().all(|&n| n > 0),
+        "every reset met outstanding commands: {met:?}"
+    );
+    eprintln!(
+        "resets met {met:?} outstanding commands; {} retries, {} reconnects",
+        out.result.retries, out.result.reconnects
+    );
     assert!(out.result.ios() > 0);
     assert!(checked > 0);
     drop(port);
