@@ -220,8 +220,10 @@ config_args() {
                   -device nvme,serial=bench-kernel,drive=df"
             ;;
         tcp)
-            # No NVMe device: the namespace is RAM behind our target.
-            echo ""
+            # RAM namespace, plus QEMU's NVMe as a second subsystem via VFIO.
+            disk "$WORK/t.img" 64M
+            echo "-drive file=$WORK/t.img,if=none,id=dt,format=raw
+                  -device nvme,serial=tcpvfio,drive=dt"
             ;;
         limits)
             disk "$WORK/c.img" 64M; disk "$WORK/d.img" 64M; disk "$WORK/s.img" 16M
@@ -246,6 +248,9 @@ check_images() {
             ;;
         limits)
             check_mark "$WORK/c.img" 512 3000 "mdts2"
+            ;;
+        tcp)
+            check_mark "$WORK/t.img" 4096 500 "tcp-vfio"
             ;;
     esac
 }
