@@ -280,8 +280,10 @@ config_args() {
                   -device nvme,serial=svc0,drive=dg"
             ;;
         tcp)
-            # No NVMe device: the namespace is RAM behind our target.
-            echo ""
+            # RAM namespace, plus QEMU's NVMe as a second subsystem via VFIO.
+            disk "$WORK/t.img" 64M
+            echo "-drive file=$WORK/t.img,if=none,id=dt,format=raw
+                  -device nvme,serial=tcpvfio,drive=dt"
             ;;
         kernel-target)
             # No NVMe device: the kernel target serves null_blk and brd.
@@ -311,6 +313,9 @@ check_images() {
             ;;
         limits)
             check_mark "$WORK/c.img" 512 3000 "mdts2"
+            ;;
+        tcp)
+            check_mark "$WORK/t.img" 4096 500 "tcp-vfio"
             ;;
     esac
 }

@@ -49,6 +49,32 @@ transport = "tcp"
 address = "127.0.0.1:4420"
 subsystem = "*"
 EOF
+# The QEMU NVMe device (bound to vfio-pci by /init) as a second subsystem,
+# through our VFIO driver.
+BDF=""
+for d in /sys/bus/pci/devices/*; do
+    [ "$(cat $d/class)" = 0x010802 ] && BDF=${d##*/} && break
+done
+if [ -n "$BDF" ]; then
+    cat >>/tmp/tgt.toml <<EOF
+
+[[backend]]
+name = "vfio0"
+kind = "nvme"
+pci_addr = "$BDF"
+nsid = 1
+
+[[subsystem]]
+nqn = "$NQN-vfio"
+serial = "VMTCP0002"
+model = "nvmf-rs vm tcp vfio"
+allow_any_host = true
+
+  [[subsystem.namespace]]
+  nsid = 1
+  backend = "vfio0"
+EOF
+fi
 
 start_tgt() {
     rm -f /tmp/tgt.sock
@@ -124,15 +150,16 @@ connect() {
 # Writes random data at several sizes with O_DIRECT and reads it back.
 io_tests() {
     tag=$1
+    dev=${2:-$NS}
     for spec in "4k 4096 32 0" "64k 65536 8 16" "1m 1048576 4 8"; do
         set -- $spec
         name=$1 bs=$2 n=$3 at=$4
         dd if=/dev/urandom of=/tmp/w bs=$bs count=$n 2>/dev/null
-        if ! dd if=/tmp/w of=/dev/$NS bs=$bs count=$n seek=$at oflag=direct 2>/tmp/dd.err; then
+        if ! dd if=/tmp/w of=/dev/$dev bs=$bs count=$n seek=$at oflag=direct 2>/tmp/dd.err; then
             bad "${tag}_dd_${name}" "write failed: $(tail -n1 /tmp/dd.err)"
             continue
         fi
-        if ! dd if=/dev/$NS of=/tmp/r bs=$bs count=$n skip=$at iflag=direct 2>/tmp/dd.err; then
+        if ! dd if=/dev/$dev of=/tmp/r bs=$bs count=$n skip=$at iflag=direct 2>/tmp/dd.err; then
             bad "${tag}_dd_${name}" "read failed: $(tail -n1 /tmp/dd.err)"
             continue
         fi
@@ -170,6 +197,37 @@ want=$((RAM_MIB * 2048))
 [ "$sectors" = "$want" ] && ok namespace_size "$sectors sectors" || bad namespace_size "$sectors sectors, want $want"
 
 io_tests plain
+
+# ---- the VFIO-backed subsystem: the kernel host's writes land in the QEMU disk ----
+if [ -n "$BDF" ]; then
+    before=$(ls /sys/block | grep '^nvme' | grep -v c | tr '\n' ' ')
+    if echo "transport=tcp,traddr=127.0.0.1,trsvcid=4420,nqn=$NQN-vfio" >/dev/nvme-fabrics; then
+        VNS=""
+        n=0
+        while [ -z "$VNS" ] && [ $n -lt 30 ]; do
+            sleep 1
+            n=$((n + 1))
+            for b in $(ls /sys/block | grep '^nvme' | grep -v c); do
+                case " $before " in *" $b "*) ;; *) VNS=$b ;; esac
+            done
+        done
+        if [ -n "$VNS" ] && [ -b /dev/$VNS ]; then
+            ok vfio_connect "namespace $VNS on $BDF via VFIO"
+            io_tests vfio $VNS
+            # A marker for run.sh to find in the raw image after power-off.
+            printf 'NVME-VM-TEST-PATTERN:tcp-vfio' >/tmp/m
+            dd if=/dev/zero bs=1 count=$((4096 - 29)) 2>/dev/null >>/tmp/m
+            dd if=/tmp/m of=/dev/$VNS bs=4096 count=1 seek=500 oflag=direct 2>/dev/null
+            for x in /sys/class/nvme/nvme*; do
+                [ "$(cat $x/subsysnqn)" = "$NQN-vfio" ] && echo 1 >$x/delete_controller
+            done
+        else
+            bad vfio_connect "no namespace appeared"
+        fi
+    else
+        bad vfio_connect "connect refused"
+    fi
+fi
 
 # ---- controller resets ---------------------------------------------------------
 resets=0
