@@ -279,6 +279,7 @@ pub fn encode_dsm_ranges(ranges: &[DsmRange], out: &mut DataBuf) -> usize {
 
 /// Checks an I/O's range and buffer against a device, as every backend must
 /// before touching data.
+#[inline]
 pub fn check_io(info: &BdevInfo, io: &BdevIo) -> Result<(), IoError> {
     match io.op {
         IoOp::Read | IoOp::Write | IoOp::WriteZeroes => {

@@ -217,7 +217,10 @@ impl PollGroup {
     /// One pass over messages, queue pairs and channels. Returns work done.
     pub fn poll(&mut self) -> usize {
         let mut work = 0;
-        for _ in 0..MSG_BATCH {
+        // `is_empty` is two loads; `pop` on an empty queue costs ~30
+        // instructions, paid on every pass of an idle message queue.
+        let msgs = if self.msgs.is_empty() { 0 } else { MSG_BATCH };
+        for _ in 0..msgs {
             match self.msgs.pop() {
                 Some(m) => {
                     m(self);
