@@ -442,6 +442,7 @@ impl HostQpair {
     }
 
     /// Delivers the completion of busy slot `slot`.
+    #[inline]
     fn finish(
         &mut self,
         slot: usize,
@@ -462,7 +463,7 @@ impl HostQpair {
         f(HostCompletion { tag, cqe, buf });
     }
 
-    #[inline]
+    #[inline(always)]
     fn complete(
         &mut self,
         cqe: CompletionEntry,
