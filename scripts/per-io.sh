@@ -43,6 +43,13 @@ for n in "$short" "$long"; do
     valgrind --tool=callgrind --toggle-collect='*run_loop*' --cache-sim=yes --branch-sim=yes \
         --callgrind-out-file="$out/cg.$n.out" "$bin" --config "$config" --reactor-cores 0 \
         --io-count "$n" --output "$out/bench-$n" "$@" >"$out/cg.$n.log" 2>&1
+    # A run cut short (a keep-alive timeout of a starved host thread under
+    # valgrind ends a long run, for one) would make the difference a lie.
+    if ! grep -q "elapsed .* $n I/Os" "$out/bench-$n/summary.txt" || grep -q failed "$out/bench-$n/summary.txt"; then
+        echo "per-io.sh: the $n-I/O run did not complete $n I/Os cleanly; see $out/bench-$n/summary.txt" >&2
+        echo "per-io.sh: try smaller counts, e.g. -n 30000,90000" >&2
+        exit 1
+    fi
 done
 python3 - "$out/cg.$short.out" "$out/cg.$long.out" $((long - short)) <<'PY'
 import collections, re, subprocess, sys

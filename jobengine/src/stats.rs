@@ -312,9 +312,7 @@ impl Recorder {
                 }
                 None
             }
-            Some(_) if now >= self.iv_end => {
-                Some(self.close_interval(now))
-            }
+            Some(_) if now >= self.iv_end => Some(self.close_interval(now)),
             Some(_) => None,
         }
     }
