@@ -333,7 +333,8 @@ pub fn direct_port(bdev: &BdevRef) -> Result<DirectPort, String> {
 #[derive(Debug)]
 struct Slot {
     io: IoSpec,
-    start: Instant,
+    /// Submission time, ns since [`JobRun::epoch`].
+    start_ns: u64,
     seq: u64,
     busy: bool,
 }
@@ -368,6 +369,10 @@ pub struct JobRun {
     live: Arc<LiveStats>,
     /// Completions of the current step, timestamped after reaping.
     reaped: Vec<(u64, bool, DataBuf)>,
+    /// Origin of the slots' `start_ns`: a step reads the clock once and
+    /// keeps plain integers per I/O, so neither a submission nor a
+    /// completion pays for a clock read or an `Instant` subtraction.
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for JobRun {
@@ -411,7 +416,7 @@ impl JobRun {
                         lba: 0,
                         blocks: 0,
                     },
-                    start: now,
+                    start_ns: 0,
                     seq: 0,
                     busy: false,
                 })
@@ -428,6 +433,7 @@ impl JobRun {
             recovery: (0, 0),
             live,
             reaped: Vec::with_capacity(qd),
+            epoch: now,
             spec,
         })
     }
@@ -469,7 +475,10 @@ impl JobRun {
         }
         // One clock read after reaping: every completion is stamped no
         // earlier than it arrived (latencies err high by the batch, never low).
+        // The same reading stamps this step's submissions: each is stamped
+        // no later than it was submitted, so latencies again err high.
         let now = Instant::now();
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         for (tag, ok, buf) in reaped.drain(..) {
             let i = tag as usize;
             let Some(s) = slots.get_mut(i) else { continue };
@@ -480,11 +489,7 @@ impl JobRun {
             *in_flight -= 1;
             let bytes = s.io.blocks as u64 * *block_size as u64;
             if ok {
-                rec.record(
-                    s.io.op,
-                    now.saturating_duration_since(s.start).as_nanos() as u64,
-                    bytes,
-                );
+                rec.record(s.io.op, now_ns.saturating_sub(s.start_ns), bytes);
             } else {
                 rec.error();
             }
@@ -530,12 +535,11 @@ impl JobRun {
                 {
                     seq = v.fill(&mut buf.as_mut_slice()[..bytes], io.lba, io.blocks);
                 }
-                let start = Instant::now();
                 match port.submit(io.op, io.lba, io.blocks, buf, i as u64) {
                     Ok(()) => {
                         self.slots[i as usize] = Slot {
                             io,
-                            start,
+                            start_ns: now_ns,
                             seq,
                             busy: true,
                         };

@@ -202,6 +202,9 @@ pub struct Recorder {
     /// Reused to combine the two directions when an interval closes.
     scratch: Option<Histogram<u64>>,
     iv_start: Instant,
+    /// `iv_start + INTERVAL`: `tick` runs every step, and comparing two
+    /// instants is cheaper than a `duration_since` subtraction.
+    iv_end: Instant,
     iv: [OpCounters; 2],
     iv_errors: u64,
     intervals: Vec<IntervalSnapshot>,
@@ -242,6 +245,7 @@ impl Recorder {
             iv_hist: histogram.then(|| [FastHistogram::new(), FastHistogram::new()]),
             scratch: histogram.then(new_histogram),
             iv_start: now,
+            iv_end: now + INTERVAL,
             iv: Default::default(),
             iv_errors: 0,
             intervals: Vec::with_capacity(64),
@@ -290,6 +294,7 @@ impl Recorder {
         if self.measure_start.is_none() {
             self.measure_start = Some(now);
             self.iv_start = now;
+            self.iv_end = now + INTERVAL;
             self.live.measuring.store(true, Ordering::Relaxed);
         }
     }
@@ -307,9 +312,7 @@ impl Recorder {
                 }
                 None
             }
-            Some(_) if now.saturating_duration_since(self.iv_start) >= INTERVAL => {
-                Some(self.close_interval(now))
-            }
+            Some(_) if now >= self.iv_end => Some(self.close_interval(now)),
             Some(_) => None,
         }
     }
@@ -420,6 +423,7 @@ impl Recorder {
         self.iv = Default::default();
         self.iv_errors = 0;
         self.iv_start = now;
+        self.iv_end = now + INTERVAL;
         self.live.p99_ns.store(p99_ns, Ordering::Relaxed);
         self.publish();
         summary

@@ -103,6 +103,7 @@ impl IoBuf {
     }
 
     /// Length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -178,13 +179,20 @@ pub enum DataBuf {
     Many(Vec<IoBuf>),
 }
 
+#[cold]
+fn many_len(v: &[IoBuf]) -> usize {
+    v.iter().map(IoBuf::len).sum()
+}
+
 impl DataBuf {
-    /// Total length in bytes.
+    /// Total length in bytes. Inlined: every command's validation asks,
+    /// and the one-buffer case is a load.
+    #[inline]
     pub fn len(&self) -> usize {
         match self {
             DataBuf::None => 0,
             DataBuf::One(b) => b.len(),
-            DataBuf::Many(v) => v.iter().map(IoBuf::len).sum(),
+            DataBuf::Many(v) => many_len(v),
         }
     }
 

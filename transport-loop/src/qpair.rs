@@ -88,14 +88,15 @@ pub struct HostQpairStats {
     pub cancelled: u64,
 }
 
+/// 16 bytes, four to a cache line: what submit and complete touch per
+/// command. The SQE kept for a retry lives apart, in
+/// [`HostQpair::sqes`], and only when recovery is on.
 #[derive(Clone, Copy, Debug, Default)]
 struct HostSlot {
     busy: bool,
     seq: u16,
-    tag: u64,
-    /// The command as submitted (for a retry).
-    sqe: SubmissionEntry,
     retries: u32,
+    tag: u64,
 }
 
 /// Fabrics commands (Disconnect...) belong to their queue: never retried.
@@ -109,6 +110,10 @@ pub struct HostQpair {
     depth: u16,
     rings: QueueRings,
     slots: Box<[HostSlot]>,
+    /// The commands as submitted, by slot, for a retry. Empty when error
+    /// recovery is off (nothing is ever retried then), so a queue without
+    /// recovery does not copy 64 bytes per submission.
+    sqes: Box<[SubmissionEntry]>,
     free: Vec<u16>,
     outstanding: u32,
     stats: HostQpairStats,
@@ -126,6 +131,7 @@ impl HostQpair {
     pub(crate) fn new(assoc: Arc<Assoc>, qid: u16, depth: u16, rings: QueueRings) -> Self {
         // One entry stays free so the target can always post a completion.
         let usable = depth.saturating_sub(1).max(1);
+        let keep_sqes = assoc.recovery();
         let generation = assoc.generation.load(Ordering::Acquire);
         Self {
             assoc,
@@ -133,6 +139,11 @@ impl HostQpair {
             depth,
             rings,
             slots: vec![HostSlot::default(); usable as usize].into_boxed_slice(),
+            sqes: if keep_sqes {
+                vec![SubmissionEntry::default(); usable as usize].into_boxed_slice()
+            } else {
+                Box::default()
+            },
             free: (0..usable).rev().collect(),
             outstanding: 0,
             stats: HostQpairStats::default(),
@@ -197,8 +208,10 @@ impl HostQpair {
             Ok(()) => {
                 s.busy = true;
                 s.tag = tag;
-                s.sqe = sqe;
                 s.retries = 0;
+                if let Some(keep) = self.sqes.get_mut(slot as usize) {
+                    *keep = sqe;
+                }
                 self.outstanding += 1;
                 self.stats.submitted += 1;
                 Ok(cid)
@@ -385,7 +398,8 @@ impl HostQpair {
         }
         while let Some((slot, buf, status)) = self.parked.pop_front() {
             let s = &mut self.slots[slot as usize];
-            let mut sqe = s.sqe;
+            // Parked only with recovery on, when `sqes` holds every slot.
+            let mut sqe = self.sqes.get(slot as usize).copied().unwrap_or_default();
             sqe.set_cid(slot | ((s.seq & 0xf) << SLOT_BITS));
             match self.rings.submit(Capsule { sqe, buf }) {
                 Ok(()) => {}
@@ -428,6 +442,7 @@ impl HostQpair {
     }
 
     /// Delivers the completion of busy slot `slot`.
+    #[inline]
     fn finish(
         &mut self,
         slot: usize,
@@ -448,7 +463,7 @@ impl HostQpair {
         f(HostCompletion { tag, cqe, buf });
     }
 
-    #[inline]
+    #[inline(always)]
     fn complete(
         &mut self,
         cqe: CompletionEntry,
@@ -468,7 +483,12 @@ impl HostQpair {
             self.stats.stale += 1;
             return false;
         }
-        if retry_on && s.sqe.opcode() != FABRICS_OPCODE && s.retries < self.assoc.max_retries {
+        let fabrics = || {
+            self.sqes
+                .get(slot)
+                .is_none_or(|q| q.opcode() == FABRICS_OPCODE)
+        };
+        if retry_on && s.retries < self.assoc.max_retries && !fabrics() {
             // Retryable: keep the slot busy under a new sequence (a late
             // duplicate is stale) and resubmit when the queue is live.
             s.retries += 1;

@@ -278,8 +278,29 @@ pub fn encode_dsm_ranges(ranges: &[DsmRange], out: &mut DataBuf) -> usize {
 }
 
 /// Checks an I/O's range and buffer against a device, as every backend must
-/// before touching data.
+/// before touching data. Reads and writes (every I/O of a benchmark) are
+/// checked inline at the call site; the other operations in a function of
+/// their own (the deallocate check walks its ranges).
+#[inline(always)]
 pub fn check_io(info: &BdevInfo, io: &BdevIo) -> Result<(), IoError> {
+    if matches!(io.op, IoOp::Read | IoOp::Write) {
+        let end = io
+            .lba
+            .checked_add(io.blocks as u64)
+            .ok_or(IoError::OutOfRange)?;
+        if end > info.num_blocks {
+            return Err(IoError::OutOfRange);
+        }
+        if (io.buf.len() as u64) < io.blocks as u64 * info.block_size as u64 {
+            return Err(IoError::BufferTooShort);
+        }
+        return Ok(());
+    }
+    check_io_slow(info, io)
+}
+
+#[inline(never)]
+fn check_io_slow(info: &BdevInfo, io: &BdevIo) -> Result<(), IoError> {
     match io.op {
         IoOp::Read | IoOp::Write | IoOp::WriteZeroes => {
             let end = io

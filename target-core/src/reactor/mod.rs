@@ -297,7 +297,9 @@ fn run_loop(
     let mut iter: u32 = 0;
     loop {
         let mut did = 0usize;
-        for _ in 0..opts.msg_batch {
+        // Two loads when no message waits, instead of a `pop` attempt.
+        let batch = if msgs.is_empty() { 0 } else { opts.msg_batch };
+        for _ in 0..batch {
             match msgs.pop() {
                 Some(m) => {
                     m(core);
