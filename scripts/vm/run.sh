@@ -56,7 +56,9 @@ echo "vm: building nvme-vm-tests (static, CARGO_TARGET_DIR=$TARGET_DIR)"
 want_ktgt=0
 case " $CONFIGS " in *" kernel-target "*) want_ktgt=1 ;; esac
 ktgt_pkg=()
-[ $want_ktgt = 1 ] && ktgt_pkg=(-p transport-tcp --bin nvmf-tcp-host-vm)
+# The tcp guest runs its load (--blk mode) for the benchmark.
+case " $CONFIGS " in *" tcp "*) want_ktgt_bin=1 ;; *) want_ktgt_bin=$want_ktgt ;; esac
+[ $want_ktgt_bin = 1 ] && ktgt_pkg=(-p transport-tcp --bin nvmf-tcp-host-vm)
 if ! (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --release -q -p pcie-driver --bin nvme-vm-tests -p tests --bin nvmf-vm-loop \
         -p tgt --bin nvmf-tgt "${ktgt_pkg[@]}" --target x86_64-unknown-linux-gnu); then
@@ -185,6 +187,7 @@ X
 # NVMe/TCP host modules (crc32c for digests), in load order (VM.md).
 tcp_extra='
     cp "$TGTBIN" "$root/nvmf-tgt"
+    cp "$TCPHOSTBIN" "$root/nvmf-tcp-host-vm"
     cp "$ROOT/scripts/vm/tcp-guest.sh" "$root/tcp-guest.sh"
     chmod +x "$root/tcp-guest.sh"
     : >"$root/tcp.order"

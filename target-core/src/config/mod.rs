@@ -99,7 +99,9 @@ impl Default for TargetSection {
 pub struct ReactorsSection {
     /// Cores, one reactor each.
     pub cores: Spanned<Vec<usize>>,
-    /// Idle back-off in µs (0: busy poll).
+    /// Idle back-off in µs (0: busy poll). Otherwise an idle reactor blocks
+    /// in `ppoll` on its connections' sockets and a wake-up eventfd, so it
+    /// leaves the CPU to peers sharing it (see `reactor::wait`).
     #[serde(default)]
     pub idle_backoff_us: u64,
 }

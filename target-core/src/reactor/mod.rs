@@ -4,13 +4,17 @@
 //! of messages from its lock-free queue, then polls every poller once.
 //! Anything owned by a reactor (queue pairs, block-device channels) is
 //! touched only from that reactor's thread; other threads send it a message.
-//! Idle reactors may back off (sleep) after a configurable number of empty
-//! iterations; busy ones never sleep.
+//! Idle reactors may back off after a configurable number of empty
+//! iterations (or `idle_backoff` of idleness): they then block in `ppoll`
+//! on the sockets their pollers registered ([`wait::register`]) and a
+//! wake-up eventfd written by [`Reactor::send`], for at most `idle_backoff`
+//! (or until the next timer). Busy ones never sleep.
 //!
 //! Pollers are plain objects with a `poll` method, so tests can also drive
 //! them on one thread without any reactor (see `nvmf::PollGroup`).
 
 pub mod affinity;
+pub mod wait;
 
 use std::fmt;
 use std::sync::Arc;
@@ -43,6 +47,8 @@ pub struct ReactorStats {
     pub messages: AtomicU64,
     /// Units of work reported by pollers (commands processed, completions).
     pub work_items: AtomicU64,
+    /// Times an idle reactor blocked waiting for a socket or message.
+    pub idle_waits: AtomicU64,
 }
 
 /// Options for starting a reactor.
@@ -50,9 +56,12 @@ pub struct ReactorStats {
 pub struct ReactorOptions {
     /// Core to pin to; `None` leaves the thread unpinned (tests, CI).
     pub core: Option<usize>,
-    /// Sleep this long after `idle_spins` empty iterations; zero = busy poll.
+    /// Zero = busy poll. Otherwise, after `idle_spins` empty iterations or
+    /// this long without work, the reactor waits for a registered socket or
+    /// a message; each wait lasts at most this long at first, doubling while
+    /// idle up to [`MAX_IDLE_WAIT`] (so fd-less pollers are still polled).
     pub idle_backoff: Duration,
-    /// Empty iterations before backing off.
+    /// Empty iterations before backing off (at most; see `idle_backoff`).
     pub idle_spins: u32,
     /// Messages handled per iteration at most, so pollers are never starved.
     pub msg_batch: usize,
@@ -68,6 +77,10 @@ impl Default for ReactorOptions {
         }
     }
 }
+
+/// Longest single idle wait when `idle_backoff` is shorter: pollers with no
+/// descriptor to wait on (device queues) are polled at least this often.
+pub const MAX_IDLE_WAIT: Duration = Duration::from_millis(1);
 
 /// The part of a reactor that messages can change: its pollers.
 pub struct ReactorCore {
@@ -155,6 +168,8 @@ pub struct Reactor {
     msgs: Arc<SegQueue<Message>>,
     stop: Arc<AtomicBool>,
     stats: Arc<ReactorStats>,
+    waiter: Option<Arc<wait::WaitSet>>,
+    sleeping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -207,7 +222,20 @@ impl Reactor {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ReactorStats::default());
         let pinned = opts.core;
+        let waiter = if opts.idle_backoff.is_zero() {
+            None
+        } else {
+            match wait::WaitSet::new() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(reactor = id, error = %e, "no eventfd; idle reactor sleeps blind");
+                    None
+                }
+            }
+        };
+        let sleeping = Arc::new(AtomicBool::new(false));
         let (m, s, st) = (msgs.clone(), stop.clone(), stats.clone());
+        let (w, sl) = (waiter.clone(), sleeping.clone());
         let thread = std::thread::Builder::new()
             .name(format!("reactor-{id}"))
             .spawn(move || {
@@ -222,10 +250,18 @@ impl Reactor {
                     timers: Vec::new(),
                     next_poller: 0,
                 };
+                if let Some(w) = &w {
+                    w.install();
+                }
                 for p in pollers {
                     core.add_poller(p);
                 }
-                run_loop(&mut core, &opts, &m, &s, &st);
+                let idle = Idle {
+                    waiter: w.as_deref(),
+                    sleeping: &sl,
+                    stats: &st,
+                };
+                run_loop(&mut core, &opts, &m, &s, &st, idle);
                 // Drain messages sent before the stop so their senders are not left waiting.
                 while let Some(msg) = m.pop() {
                     msg(&mut core);
@@ -244,6 +280,8 @@ impl Reactor {
             msgs,
             stop,
             stats,
+            waiter,
+            sleeping,
             thread: Some(thread),
         })
     }
@@ -261,6 +299,14 @@ impl Reactor {
     /// Sends a message to run on the reactor's thread.
     pub fn send(&self, msg: Message) {
         self.msgs.push(msg);
+        if let Some(w) = &self.waiter {
+            // Pairs with the fence in `Idle::wait`: either the reactor sees
+            // the message before it blocks, or we see it sleeping and wake it.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.sleeping.load(Ordering::Relaxed) {
+                w.wake();
+            }
+        }
     }
 
     /// The reactor's counters.
@@ -271,6 +317,9 @@ impl Reactor {
     /// Asks the reactor to stop and waits for its thread.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        if let Some(w) = &self.waiter {
+            w.wake();
+        }
         if let Some(t) = self.thread.take()
             && t.join().is_err()
         {
@@ -285,14 +334,56 @@ impl Drop for Reactor {
     }
 }
 
+/// How an idle reactor waits: on its wait set when it has one, else a sleep.
+struct Idle<'a> {
+    waiter: Option<&'a wait::WaitSet>,
+    sleeping: &'a AtomicBool,
+    stats: &'a ReactorStats,
+}
+
+impl Idle<'_> {
+    fn wait(
+        &self,
+        core: &ReactorCore,
+        msgs: &SegQueue<Message>,
+        max: Duration,
+        fds: &mut Vec<libc::pollfd>,
+    ) {
+        let Some(w) = self.waiter else {
+            std::thread::sleep(max);
+            return;
+        };
+        let now = Instant::now();
+        let timeout = core
+            .timers
+            .iter()
+            .map(|t| t.due.saturating_duration_since(now))
+            .fold(max, Duration::min);
+        if timeout.is_zero() {
+            return;
+        }
+        self.sleeping.store(true, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if msgs.is_empty() {
+            self.stats.idle_waits.fetch_add(1, Ordering::Relaxed);
+            w.wait(timeout, fds);
+        }
+        self.sleeping.store(false, Ordering::Relaxed);
+    }
+}
+
 fn run_loop(
     core: &mut ReactorCore,
     opts: &ReactorOptions,
     msgs: &SegQueue<Message>,
     stop: &AtomicBool,
     stats: &ReactorStats,
+    idle_how: Idle<'_>,
 ) {
     let mut idle_iters: u32 = 0;
+    let mut idle_since: Option<Instant> = None;
+    let mut wait_for = opts.idle_backoff;
+    let mut fds: Vec<libc::pollfd> = Vec::new();
     let (mut busy, mut idle, mut nmsg, mut work) = (0u64, 0u64, 0u64, 0u64);
     let mut iter: u32 = 0;
     loop {
@@ -317,11 +408,17 @@ fn run_loop(
         if did > 0 {
             busy += 1;
             idle_iters = 0;
+            idle_since = None;
+            wait_for = opts.idle_backoff;
         } else {
             idle += 1;
             idle_iters = idle_iters.saturating_add(1);
-            if !opts.idle_backoff.is_zero() && idle_iters >= opts.idle_spins {
-                std::thread::sleep(opts.idle_backoff);
+            let long_idle = !opts.idle_backoff.is_zero()
+                && (idle_iters >= opts.idle_spins
+                    || idle_since.get_or_insert_with(Instant::now).elapsed() >= opts.idle_backoff);
+            if long_idle {
+                idle_how.wait(core, msgs, wait_for, &mut fds);
+                wait_for = (wait_for * 2).min(opts.idle_backoff.max(MAX_IDLE_WAIT));
             } else {
                 std::hint::spin_loop();
             }
@@ -381,6 +478,101 @@ mod tests {
         assert!(n.load(Ordering::Relaxed) >= 100);
         r.stop();
         assert!(r.stats().idle_polls.load(Ordering::Relaxed) > 0);
+    }
+
+    /// Registers one end of a socket pair on its first poll and counts
+    /// the bytes it reads from it.
+    struct SockPoller {
+        sock: std::os::unix::net::UnixStream,
+        reg: Option<wait::WaitRegistration>,
+        got: Arc<AtomicUsize>,
+    }
+    impl Poller for SockPoller {
+        fn poll(&mut self) -> usize {
+            use std::io::Read;
+            if self.reg.is_none() {
+                self.reg = wait::register(&self.sock);
+                assert!(self.reg.as_ref().is_some_and(|r| r.is_current()));
+            }
+            let mut b = [0u8; 64];
+            match self.sock.read(&mut b) {
+                Ok(n) => {
+                    self.got.fetch_add(n, Ordering::SeqCst);
+                    n
+                }
+                Err(_) => 0,
+            }
+        }
+    }
+
+    fn wait_until(what: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !what() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        what()
+    }
+
+    #[test]
+    fn idle_reactor_waits_and_wakes_on_socket_and_message() {
+        use std::io::Write;
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let got = Arc::new(AtomicUsize::new(0));
+        // A wait of up to 60 s: only a wake-up (not the timeout) lets the
+        // writes and the message below be seen before the 20 s deadline.
+        let opts = ReactorOptions {
+            idle_backoff: Duration::from_secs(60),
+            idle_spins: 10,
+            ..Default::default()
+        };
+        let poller = SockPoller {
+            sock: a,
+            reg: None,
+            got: got.clone(),
+        };
+        let mut r = Reactor::start(0, opts, vec![Box::new(poller)]).unwrap();
+        let stats = r.stats().clone();
+        for round in 1..=3u64 {
+            assert!(
+                wait_until(|| stats.idle_waits.load(Ordering::Relaxed) >= round),
+                "reactor never went to wait"
+            );
+            b.write_all(b"ping").unwrap();
+            assert!(
+                wait_until(|| got.load(Ordering::SeqCst) == 4 * round as usize),
+                "idle reactor did not wake on socket data"
+            );
+        }
+        let ran = Arc::new(AtomicUsize::new(0));
+        // Back to waiting after the third read.
+        assert!(wait_until(|| stats.idle_waits.load(Ordering::Relaxed) >= 4));
+        let r2 = ran.clone();
+        r.send(Box::new(move |_| {
+            r2.store(1, Ordering::SeqCst);
+        }));
+        assert!(
+            wait_until(|| ran.load(Ordering::SeqCst) == 1),
+            "idle reactor did not wake on a message"
+        );
+        r.stop();
+    }
+
+    #[test]
+    fn busy_polling_reactor_registers_nothing() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(wait::register(&a).is_none(), "not a reactor thread");
+        let registered = Arc::new(AtomicUsize::new(usize::MAX));
+        let mut r = Reactor::start(0, ReactorOptions::default(), vec![]).unwrap();
+        let reg2 = registered.clone();
+        r.send(Box::new(move |_| {
+            reg2.store(usize::from(wait::register(&a).is_some()), Ordering::SeqCst);
+        }));
+        assert!(wait_until(
+            || registered.load(Ordering::SeqCst) != usize::MAX
+        ));
+        assert_eq!(registered.load(Ordering::SeqCst), 0);
+        r.stop();
     }
 
     #[test]

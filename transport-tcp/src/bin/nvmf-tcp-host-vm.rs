@@ -8,7 +8,7 @@
 //! error recovery on (the run must ride through it, verify intact) and
 //! once with it off (a clear error, no hang).
 //!
-//! `nvmf-tcp-host-vm --blk DEVICE LABEL`: the same 4 KiB random-read load
+//! `nvmf-tcp-host-vm --blk DEVICE LABEL [SECS [QD,QD..]]`: the same 4 KiB random-read load
 //! on a block device (the kernel's NVMe/TCP host), O_DIRECT `pread` from
 //! QD threads, for comparison. Benchmark only: prints `BENCH` lines.
 
@@ -415,9 +415,16 @@ fn blk_randread(dev: &str, qd: u32, secs: u64, span: u64) -> Result<f64, String>
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() == 4 && args[1] == "--blk" {
-        for qd in [1u32, 32] {
-            match blk_randread(&args[2], qd, 5, 32 << 20) {
+    if (4..=6).contains(&args.len()) && args[1] == "--blk" {
+        // Optional: seconds per figure and a comma-separated QD list, so a
+        // guest script can alternate targets with short runs.
+        let secs = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(5);
+        let qds: Vec<u32> = args
+            .get(5)
+            .map(|s| s.split(',').filter_map(|q| q.parse().ok()).collect())
+            .unwrap_or_else(|| vec![1, 32]);
+        for qd in qds {
+            match blk_randread(&args[2], qd, secs, 32 << 20) {
                 Ok(iops) => println!(
                     "BENCH {} kernel-host randread 4k qd={qd}: {iops:.0} IOPS",
                     args[3]
