@@ -35,6 +35,47 @@ for b in null:4420:1 brd:4421:2; do
         "rm $N/ports/$p/subsystems/$NQN-$name" \
         "ln -s $N/subsystems/$NQN-$name $N/ports/$p/subsystems/"
 done
+# nvmf-bench itself over NVMe/TCP against the kernel target (null_blk):
+# verify at 4 KiB and 1 MiB (split above the target's transfer limit),
+# randread at QD 32, and a verify run that rides through the port being
+# removed and re-added (host recovery: reconnect, retry).
+nb_pass=0
+nb_fail=0
+nb() { # name, expected: a run that must exit 0 with 0 errors; args follow
+    t=$1
+    shift
+    out=/tmp/nb-$t
+    if /nvmf-bench --transport tcp --traddr 127.0.0.1 --trsvcid 4420 --subnqn "$NQN-null" \
+        --output $out "$@" >/tmp/nb-$t.log 2>&1 &&
+        grep -q '"errors": 0' $out/summary.json; then
+        echo "TEST nvmf_bench_$t ... ok ($(grep -E '^(verify|randread|total) ' $out/summary.txt | head -n 1 | awk '{print $2 " IOPS"}'))"
+        nb_pass=$((nb_pass + 1))
+    else
+        echo "TEST nvmf_bench_$t ... FAILED"
+        tail -n 5 /tmp/nb-$t.log | sed 's/^/  /'
+        nb_fail=$((nb_fail + 1))
+    fi
+}
+nb verify_4k --rw verify --bs 4k -q 8 --size 16m --runtime 3s
+nb verify_1m --rw verify --bs 1m -q 4 --size 64m --runtime 3s
+nb randread_qd32 --rw randread --bs 4k -q 32 --runtime 3s
+# Port removed for 2 s mid-run, then re-added.
+(
+    sleep 2
+    rm $N/ports/1/subsystems/$NQN-null
+    sleep 2
+    ln -s $N/subsystems/$NQN-null $N/ports/1/subsystems/
+) &
+nb port_flap --rw verify --bs 4k -q 16 --size 16m --runtime 8s --reconnect-delay 200ms --ctrl-loss-tmo 20s
+wait
+if grep -q '"reconnects": 0' /tmp/nb-port_flap/summary.json 2>/dev/null; then
+    echo "TEST nvmf_bench_port_flap_reconnected ... FAILED: no reconnect counted"
+    nb_fail=$((nb_fail + 1))
+else
+    echo "TEST nvmf_bench_port_flap_reconnected ... ok ($(grep -o '"reconnects": [0-9]*' /tmp/nb-port_flap/summary.json | head -n 1))"
+    nb_pass=$((nb_pass + 1))
+fi
+echo "SUMMARY passed=$nb_pass failed=$nb_fail"
 dmesg | grep -iE "nvmet|nvme" | tail -n 15 | sed 's/^/  dmesg: /'
 # Benchmark, not a test: the kernel's NVMe/TCP host against the same target
 # with the same 4 KiB random-read load (O_DIRECT pread from QD threads),

@@ -59,6 +59,8 @@ ktgt_pkg=()
 # The tcp guest runs its load (--blk mode) for the benchmark.
 case " $CONFIGS " in *" tcp "*) want_ktgt_bin=1 ;; *) want_ktgt_bin=$want_ktgt ;; esac
 [ $want_ktgt_bin = 1 ] && ktgt_pkg=(-p transport-tcp --bin nvmf-tcp-host-vm)
+# ... and nvmf-bench itself over NVMe/TCP against the kernel target.
+[ $want_ktgt = 1 ] && ktgt_pkg+=(-p bench --bin nvmf-bench)
 if ! (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --release -q -p pcie-driver --bin nvme-vm-tests -p tests --bin nvmf-vm-loop \
         -p tgt --bin nvmf-tgt "${ktgt_pkg[@]}" --target x86_64-unknown-linux-gnu); then
@@ -69,6 +71,7 @@ BIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvme-vm-tests"
 LOOPBIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvmf-vm-loop"
 TGTBIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvmf-tgt"
 TCPHOSTBIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvmf-tcp-host-vm"
+BENCHBIN="$TARGET_DIR/x86_64-unknown-linux-gnu/release/nvmf-bench"
 echo "vm: build took $((SECONDS - tb)) s"
 
 # ---- (c) initramfs -------------------------------------------------------------
@@ -209,6 +212,7 @@ tcp_extra='
 # the kernel's NVMe target modules in load order (VM.md); crc32c for digests.
 ktgt_extra='
     cp "$TCPHOSTBIN" "$root/nvmf-tcp-host-vm"
+    cp "$BENCHBIN" "$root/nvmf-bench"
     cp "$ROOT/scripts/vm/ktgt-guest.sh" "$root/ktgt-guest.sh"
     chmod +x "$root/ktgt-guest.sh"
     : >"$root/ktgt.order"
