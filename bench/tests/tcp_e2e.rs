@@ -111,6 +111,20 @@ fn ios(job: &serde_json::Value) -> u64 {
     job["read"]["total_ios"].as_u64().unwrap() + job["write"]["total_ios"].as_u64().unwrap()
 }
 
+/// Waits until the bench has connected (admin and I/O queue) and has run
+/// for a second.
+fn running(t: &Target) {
+    let t0 = Instant::now();
+    while t.tcp().accepted() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "bench never connected"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+}
+
 /// Waits until the target has no TCP connection left (the host closed
 /// them all), bounded.
 fn connections_gone(t: &Target) {
@@ -267,16 +281,7 @@ fn sigint_during_a_tcp_run_disconnects_and_writes_results() {
         ],
         &out,
     );
-    // Connected and running.
-    let t0 = Instant::now();
-    while t.tcp().connections() < 2 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "bench never connected"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(1000));
+    running(&t);
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -325,15 +330,7 @@ fn a_target_gone_mid_run_fails_the_run_with_one_line() {
             ],
             &out,
         );
-        let t0 = Instant::now();
-        while t.tcp().accepted() < 2 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "bench never connected"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(1000));
+        running(&t);
         t.stop().unwrap();
         drop(t);
         let (o, took) = wait(child, Duration::from_secs(40), "target gone");
