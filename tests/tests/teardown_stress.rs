@@ -53,6 +53,9 @@ const WORKERS: usize = 4;
 const DEPTH: u16 = 129; // 128 usable slots
 const REGION: u64 = 1024; // blocks per worker per namespace
 const BS: usize = 512;
+/// The target's drain bound unless `NVMF_STRESS_DRAIN_MS` says otherwise:
+/// the held commands wait this long before escalation, so it sets the pace
+/// of long runs.
 const DRAIN: Duration = Duration::from_millis(100);
 const DEFAULT_CYCLES: u64 = 105;
 /// How long a worker may take to show progress after a teardown.
@@ -493,8 +496,15 @@ fn add_subsystem(t: &NvmfTarget) {
     add_namespace(t, 2);
 }
 
+fn drain_bound() -> Duration {
+    std::env::var("NVMF_STRESS_DRAIN_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(DRAIN, Duration::from_millis)
+}
+
 fn start(d: &Devs) -> (Arc<NvmfTarget>, Arc<LoopTransport>) {
-    let t = tests::threaded_target(2, DRAIN).unwrap();
+    let t = tests::threaded_target(2, drain_bound()).unwrap();
     t.add_bdev(d.ns1.clone()).unwrap();
     t.add_bdev(d.ns2.clone()).unwrap();
     add_subsystem(&t);
@@ -531,6 +541,10 @@ fn add_totals(t: &NvmfTarget, tot: &mut TargetTotals) {
 }
 
 fn run(cycles: u64) {
+    println!(
+        "teardown stress: {cycles} cycles, drain bound {:?}",
+        drain_bound()
+    );
     let d = devs();
     let (mut t, mut lt) = start(&d);
     let mut ctrl = Some(connect(&lt));
