@@ -156,6 +156,8 @@ else
   [ "$mode" = multi ] && RUST_BACKTRACE=1 /nvmf-vm-loop
   # A backend reset on the throttled drive while a second controller serves.
   [ "$mode" = limits ] && RUST_BACKTRACE=1 /nvmf-vm-loop escalation
+  # Quarantine through the target: namespace removal and stop, 20 times.
+  [ "$mode" = limits ] && RUST_BACKTRACE=1 /nvmf-vm-loop quarantine
 fi
 echo "init: VM-DONE rc=$?"
 sync

@@ -26,6 +26,9 @@ use target_core::nvmf::target::NamespaceParams;
 use target_facade::{StartOptions, Target};
 use transport_loop::{ConnectOptions, HostController, HostQpair};
 
+#[path = "nvmf-vm-loop/quarantine.rs"]
+mod quarantine;
+
 const NQN: &str = "nqn.2026-11.io.nvmf-rs:vm-ssd";
 const MARK: &[u8] = b"NVME-VM-TEST-PATTERN:loop-export";
 const MARK_LBA: u64 = 2500;
@@ -116,6 +119,16 @@ fn write_verify(q: &mut HostQpair) -> Result<String, String> {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("quarantine") {
+        let r = quarantine::run();
+        let ok = r.is_ok();
+        match r {
+            Ok(note) => println!("TEST target_quarantine_remove_and_stop_x20 ... ok ({note})"),
+            Err(e) => println!("TEST target_quarantine_remove_and_stop_x20 ... FAILED: {e}"),
+        }
+        println!("SUMMARY passed={} failed={}", ok as u32, !ok as u32);
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("escalation") {
         // Under TCG on a shared machine a Keep Alive round trip now and then
         // takes tens of ms with no reset anywhere (the baseline shows it).
