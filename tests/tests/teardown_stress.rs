@@ -589,7 +589,16 @@ fn run(cycles: u64) {
     let mut inflight_sum = 0u64;
     let mut inflight_max = 0i64;
     let mut totals = TargetTotals::default();
+    let mut shown = Instant::now();
     for cycle in 0..cycles {
+        if shown.elapsed() >= Duration::from_secs(30) {
+            shown = Instant::now();
+            let el = t0.elapsed().as_secs_f64();
+            println!(
+                "  cycle {cycle}/{cycles} after {el:.0} s ({:.1} ms per cycle), {met_inflight} met in-flight work",
+                el * 1000.0 / cycle.max(1) as f64
+            );
+        }
         // Every worker has done its share since the last teardown.
         let since = Instant::now();
         for (w, p) in sh.progress.iter().enumerate() {
