@@ -193,8 +193,9 @@ X
 tcp_extra='
     cp "$TGTBIN" "$root/nvmf-tgt"
     cp "$TCPHOSTBIN" "$root/nvmf-tcp-host-vm"
-    cp "$ROOT/scripts/vm/tcp-guest.sh" "$root/tcp-guest.sh"
+    cp "$ROOT/scripts/vm/tcp-guest.sh" "$ROOT/scripts/vm/tcp-bench.sh" "$root/"
     chmod +x "$root/tcp-guest.sh"
+    echo "TCP_BENCH_ONLY=${TCP_BENCH_ONLY:-}; BENCH_ROUNDS=${BENCH_ROUNDS:-2}; BENCH_SECS=${BENCH_SECS:-2}; BENCH_VARIANTS=\"${BENCH_VARIANTS:-0 20}\"; BENCH_HOST_PINS=\"${BENCH_HOST_PINS:-free vcpu0}\"" >"$root/tcp.env"
     : >"$root/tcp.order"
     for m in crypto/crc32c_generic.ko lib/crc64.ko crypto/crc64_rocksoft_generic.ko lib/crc64-rocksoft.ko \
              crypto/crct10dif_common.ko crypto/crct10dif_generic.ko lib/crc-t10dif.ko block/t10-pi.ko \
@@ -232,12 +233,24 @@ ktgt_extra='
     done
 '
 
+# VM_PERF=1: perf and its libraries in the guest (the tcp guest profiles
+# its QD 32 benchmark runs with it).
+perf_extra='
+    p="$(command -v perf)"
+    for l in $(ldd "$p" | awk "/=>/ {print \$3} /ld-linux/ {print \$1}"); do
+        mkdir -p "$root$(dirname "$l")"; cp -L "$l" "$root$l"
+    done
+    mkdir -p "$root/lib64"; cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
+    cp -L "$p" "$root/usr/bin/perf"
+'
+
 ti=$SECONDS
 want_tcp=0
 case " $CONFIGS " in *" tcp "*) want_tcp=1 ;; esac
 extra=""
 [ "${VM_BENCH:-}" = 1 ] && extra="$bench_extra"
 [ $want_tcp = 1 ] && extra="$extra$tcp_extra"
+[ "${VM_PERF:-}" = 1 ] && extra="$extra$perf_extra"
 [ $want_ktgt = 1 ] && extra="$extra$ktgt_extra"
 build_initramfs "$WORK/initrd.gz" "$extra"
 echo "vm: initramfs $(du -h "$WORK/initrd.gz" | cut -f1) in $((SECONDS - ti)) s"
@@ -324,7 +337,8 @@ check_images() {
             check_mark "$WORK/c.img" 512 3000 "mdts2"
             ;;
         tcp)
-            check_mark "$WORK/t.img" 4096 500 "tcp-vfio"
+            # TCP_BENCH_ONLY runs no test that writes the mark.
+            if [ -z "${TCP_BENCH_ONLY:-}" ]; then check_mark "$WORK/t.img" 4096 500 "tcp-vfio"; fi
             ;;
     esac
 }

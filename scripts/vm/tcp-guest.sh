@@ -12,6 +12,8 @@ fail=0
 ok() { echo "TEST $1 ... ok${2:+ ($2)}"; pass=$((pass + 1)); }
 bad() { echo "TEST $1 ... FAILED: $2"; fail=$((fail + 1)); }
 info() { echo "  tcp: $*"; }
+# Settings from the host (scripts/vm/run.sh): TCP_BENCH_ONLY, BENCH_*.
+[ -f /tcp.env ] && . /tcp.env
 
 for m in $(cat /tcp.order); do
     insmod /lib/modules/$m 2>/dev/null || info "insmod $m failed"
@@ -150,6 +152,13 @@ connect() {
 }
 
 # Writes random data at several sizes with O_DIRECT and reads it back.
+# TCP_BENCH_ONLY=1 (set through scripts/vm/run.sh): only the benchmark.
+if [ -n "${TCP_BENCH_ONLY:-}" ]; then
+    . /tcp-bench.sh
+    echo "SUMMARY passed=$pass failed=$fail"
+    exit 0
+fi
+
 io_tests() {
     tag=$1
     dev=${2:-$NS}
@@ -271,6 +280,26 @@ else
     ok delete_controller_under_io "reader ended, controller gone, target up"
 fi
 
+# ---- the daemon's own count: every command it fetched answered once ----------------
+# With no host connected any more, the reactors' counters must balance:
+# commands fetched = completions posted, nothing late, no controller failed.
+stat_sum() { grep "\"$1\":" /tmp/stats1 | tr -dc '0-9\n' | awk '{s += $1} END {print s + 0}'; }
+stats_at_rest() { rpc --json nvmf_get_stats >/tmp/stats1 2>/dev/null && grep -q "\"qpairs\":" /tmp/stats1 && [ "$(stat_sum qpairs)" = 0 ]; }
+if wait_for 20 stats_at_rest; then
+    cm=$(stat_sum commands)
+    rs=$(stat_sum responses)
+    lt=$(stat_sum late_completions)
+    fl=$(stat_sum controllers_failed)
+    qd=$(stat_sum qpairs_destroyed)
+    if [ "$cm" -gt 0 ] && [ "$cm" = "$rs" ] && [ "$lt" = 0 ] && [ "$fl" = 0 ]; then
+        ok target_counters_balance "$cm commands fetched, $rs completions posted, $qd queue pairs destroyed, 0 late, 0 failed"
+    else
+        bad target_counters_balance "commands $cm, completions $rs, late $lt, controllers failed $fl"
+    fi
+else
+    bad target_counters_balance "queue pairs still live or RPC failed: $(head -c 300 /tmp/stats1)"
+fi
+
 # ---- header and data digests ---------------------------------------------------
 if connect ",hdr_digest,data_digest"; then
     ok connect_digests "controller $CTRL with header and data digests"
@@ -350,92 +379,8 @@ if kill -0 $TGT 2>/dev/null; then
 else
     ok target_stop
 fi
-# ---- benchmark (not a test): 4 KiB random reads at QD 1 and 32 ------------------------
-# The same kernel NVMe/TCP host and the same load (nvmf-tcp-host-vm --blk:
-# O_DIRECT preads from QD threads) against our nvmf-tgt on a RAM namespace and
-# the kernel's nvmet-tcp on brd, alternating the two within each round so
-# load from elsewhere on the machine hits both alike. Our daemon under test
-# is stopped first; each variant in BENCH_VARIANTS ("idle_backoff_us" values)
-# is started alone.
-BENCH_SECS=${BENCH_SECS:-2}
-BENCH_ROUNDS=${BENCH_ROUNDS:-2}
-blk() { # $1 device, $2 label, $3 qd
-    /nvmf-tcp-host-vm --blk /dev/$1 "$2" $BENCH_SECS $3 2>&1 | sed 's/^BENCH /BENCH tcp /'
-}
-ns_all() {
-    for b in /sys/block/nvme*n1; do
-        case "${b##*/}" in nvme*c*n1) continue ;; esac
-        [ -e "$b" ] && echo "${b##*/}"
-    done
-}
-new_ns() { # $1 = namespaces before; the one that appeared since
-    for x in $(ns_all); do
-        case " $1 " in *" $x "*) ;; *) [ -b /dev/$x ] && echo $x && return 0 ;; esac
-    done
-    return 1
-}
-kns=""
-if [ -d /lib/modules/kt ] && [ -x /nvmf-tcp-host-vm ]; then
-    for m in configfs.ko nvmet.ko nvmet-tcp.ko brd.ko; do
-        case $m in brd.ko) a="rd_nr=1 rd_size=65536" ;; *) a="" ;; esac
-        insmod /lib/modules/kt/$m $a 2>/dev/null
-    done
-    mount -t configfs none /sys/kernel/config 2>/dev/null
-    N=/sys/kernel/config/nvmet
-    KNQN=nqn.2026-11.io.test:k
-    KS=$N/subsystems/$KNQN
-    if [ -b /dev/ram0 ] && mkdir $KS 2>/dev/null; then
-        echo 1 >$KS/attr_allow_any_host
-        mkdir $KS/namespaces/1
-        echo -n /dev/ram0 >$KS/namespaces/1/device_path
-        echo 1 >$KS/namespaces/1/enable
-        mkdir $N/ports/1
-        echo tcp >$N/ports/1/addr_trtype
-        echo ipv4 >$N/ports/1/addr_adrfam
-        echo 127.0.0.1 >$N/ports/1/addr_traddr
-        echo 4421 >$N/ports/1/addr_trsvcid
-        ln -s $KS $N/ports/1/subsystems/
-        before="$(ns_all)"
-        echo "transport=tcp,traddr=127.0.0.1,trsvcid=4421,nqn=$KNQN,nr_io_queues=1" >/dev/nvme-fabrics &&
-            wait_for 20 new_ns "$before" >/dev/null && kns=$(new_ns "$before")
-    fi
-fi
-if [ -n "$kns" ]; then
-    for v in ${BENCH_VARIANTS:-0 20}; do
-        sed "s/^idle_backoff_us = .*/idle_backoff_us = $v/" /tmp/tgt-ram.toml >/tmp/tgt-bench.toml
-        RUST_LOG=warn /nvmf-tgt -c /tmp/tgt-bench.toml --rpc-socket /tmp/tgt-bench.sock \
-            --log-level warn >>/tmp/tgt-bench.log 2>&1 &
-        BT=$!
-        sleep 2
-        before="$(ns_all)"
-        if echo "transport=tcp,traddr=127.0.0.1,trsvcid=4420,nqn=$NQN,nr_io_queues=1" >/dev/nvme-fabrics &&
-            wait_for 20 new_ns "$before" >/dev/null; then
-            ons=$(new_ns "$before")
-            r=1
-            while [ $r -le $BENCH_ROUNDS ]; do
-                for qd in 1 32; do
-                    blk $ons "ours(nvmf-tgt ram idle_backoff_us=$v) round=$r" $qd
-                    # Our daemon is stopped (SIGSTOP) while the kernel
-                    # target is timed, so whatever it does idle costs the
-                    # kernel target nothing.
-                    kill -STOP $BT
-                    blk $kns "kernel(nvmet-tcp brd) round=$r" $qd
-                    kill -CONT $BT
-                done
-                r=$((r + 1))
-            done
-        else
-            info "bench: connect to nvmf-tgt (idle_backoff_us=$v) failed"
-        fi
-        for c in /sys/class/nvme/nvme*; do
-            [ "$(cat $c/subsysnqn 2>/dev/null)" = "$NQN" ] && echo 1 >$c/delete_controller
-        done
-        kill $BT 2>/dev/null
-        wait $BT 2>/dev/null
-    done
-else
-    info "bench: kernel nvmet-tcp target not available; no comparison"
-fi
+# ---- benchmark (not a test): scripts/vm/tcp-bench.sh -------------------------------
+. /tcp-bench.sh
 for x in /sys/class/nvme/nvme*; do echo 1 >$x/delete_controller 2>/dev/null; done
 
 # ---- kernel log -----------------------------------------------------------------

@@ -530,6 +530,8 @@ struct TargetTotals {
     resets: u64,
     late: u64,
     failed: u64,
+    commands: u64,
+    responses: u64,
 }
 
 fn add_totals(t: &NvmfTarget, tot: &mut TargetTotals) {
@@ -537,6 +539,8 @@ fn add_totals(t: &NvmfTarget, tot: &mut TargetTotals) {
         tot.resets += h.stats.backend_resets.load(Ordering::Relaxed);
         tot.late += h.stats.late_completions.load(Ordering::Relaxed);
         tot.failed += h.stats.controllers_failed.load(Ordering::Relaxed);
+        tot.commands += h.stats.commands.load(Ordering::Relaxed);
+        tot.responses += h.stats.responses.load(Ordering::Relaxed);
     }
 }
 
@@ -714,6 +718,9 @@ fn run(cycles: u64) {
     total.failed_but_written += end.failed_but_written;
     total.failed_not_written += end.failed_not_written;
     drop(q);
+    // At rest, so the target's own counters balance.
+    ctrl.take().unwrap().disconnect().unwrap();
+    t.stop().unwrap();
     add_totals(&t, &mut totals);
     let resets = totals.resets;
     eprintln!(
@@ -725,6 +732,7 @@ fn run(cycles: u64) {
          failed writes later found written: {}, found not written: {}\n  \
          backend resets: {resets} (error backend saw {}); holds and failures injected: {}; \
          late completions dropped by the target: {}; controllers failed (stage 3): {}\n  \
+         target: {} commands fetched, {} completions posted\n  \
          statuses {statuses:?}",
         inflight_sum as f64 / cycles.max(1) as f64,
         total.submitted,
@@ -736,6 +744,8 @@ fn run(cycles: u64) {
         d.err.injected(),
         totals.late,
         totals.failed,
+        totals.commands,
+        totals.responses,
     );
     // Every hold here is one a reset gives back: stage 3 must never strike.
     assert_eq!(totals.failed, 0, "a controller was failed to its host");
@@ -752,8 +762,14 @@ fn run(cycles: u64) {
         "no held command was given back by a reset: {statuses:?}"
     );
     assert!(total.queues_retired >= cycles, "queues were not replaced");
-    ctrl.take().unwrap().disconnect().unwrap();
-    t.stop().unwrap();
+    // The target's side of "each completed once": every command it fetched
+    // got one completion from it, over every target instance of the run.
+    assert_eq!(
+        totals.commands, totals.responses,
+        "target: {} commands fetched, {} completions posted",
+        totals.commands, totals.responses
+    );
+    assert!(totals.commands >= total.submitted);
 }
 
 #[test]

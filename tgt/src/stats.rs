@@ -82,9 +82,14 @@ pub fn reactors(t: &Target) -> Vec<ReactorFigures> {
             let mut counters = vec![
                 ("commands", h.stats.commands.load(Relaxed)),
                 ("completions", h.stats.completions.load(Relaxed)),
+                ("responses", h.stats.responses.load(Relaxed)),
                 ("late_completions", h.stats.late_completions.load(Relaxed)),
                 ("backend_resets", h.stats.backend_resets.load(Relaxed)),
                 ("qpairs_destroyed", h.stats.qpairs_destroyed.load(Relaxed)),
+                (
+                    "controllers_failed",
+                    h.stats.controllers_failed.load(Relaxed),
+                ),
                 ("qpairs", h.qpairs.load(Relaxed) as u64),
             ];
             if let Some((_, _, st)) = r {

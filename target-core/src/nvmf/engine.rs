@@ -65,6 +65,10 @@ pub struct PgStats {
     pub commands: AtomicU64,
     /// Backend completions processed.
     pub completions: AtomicU64,
+    /// Completions posted to queue pairs (every fetched command gets one,
+    /// exactly one, unless teardown stage 3 failed its controller): at
+    /// rest, with `controllers_failed` at 0, this equals `commands`.
+    pub responses: AtomicU64,
     /// Completions that arrived for a queue pair already destroyed.
     pub late_completions: AtomicU64,
     /// Backend resets issued by drains that ran out of time.

@@ -95,6 +95,10 @@ pub struct Qpair {
     /// Admin queue: Property Sets fetched while one was pending; they run,
     /// in order, once it has been answered.
     pub queued_property_sets: VecDeque<SubmissionEntry>,
+    /// Completions posted since the poll group last added them to its
+    /// `responses` counter (a plain field: one writer, no shared line per
+    /// command).
+    pub responses: u64,
 }
 
 impl Qpair {
@@ -119,6 +123,7 @@ impl Qpair {
             drain: None,
             pending_property_set: None,
             queued_property_sets: VecDeque::new(),
+            responses: 0,
         }
     }
 
@@ -180,6 +185,7 @@ impl Qpair {
         cqe.sqhd = self.sqhd;
         cqe.sqid = self.qid;
         let resp = Response { cqe, buf };
+        self.responses += 1;
         if !self.backlog.is_empty() {
             self.backlog.push_back(resp);
             return;

@@ -280,6 +280,7 @@ impl PollGroup {
             qp.respond(cap.sqe.cid(), Status::ABORTED_SQ_DELETION, 0, cap.buf);
         }
         while let Some(cap) = qp.tr.recv() {
+            bump(&self.stats.commands, 1);
             if !silent {
                 qp.respond(cap.sqe.cid(), Status::ABORTED_SQ_DELETION, 0, cap.buf);
             }
@@ -321,6 +322,7 @@ impl PollGroup {
         {
             qp.respond(cid, Status::SUCCESS, 0, DataBuf::None);
         }
+        bump(&self.stats.responses, qp.responses);
         qp.flush_backlog();
         if !qp.backlog.is_empty() {
             tracing::debug!(
