@@ -154,6 +154,9 @@ connect() {
 # Writes random data at several sizes with O_DIRECT and reads it back.
 # TCP_BENCH_ONLY=1 (set through scripts/vm/run.sh): only the benchmark.
 if [ -n "${TCP_BENCH_ONLY:-}" ]; then
+    # The bench starts its own daemons on the same port, alone.
+    kill $TGT 2>/dev/null
+    wait $TGT 2>/dev/null
     . /tcp-bench.sh
     echo "SUMMARY passed=$pass failed=$fail"
     exit 0
