@@ -368,7 +368,9 @@ pub struct JobRun {
     recovery: (u64, u64),
     live: Arc<LiveStats>,
     /// Completions of the current step, timestamped after reaping.
-    reaped: Vec<(u64, bool, DataBuf)>,
+    /// Tags and outcomes of one poll's completions; their buffers go
+    /// straight back to `bufs` (a small entry, no buffer moved twice).
+    reaped: Vec<(u64, bool)>,
     /// Origin of the slots' `start_ns`: a step reads the clock once and
     /// keeps plain integers per I/O, so neither a submission nor a
     /// completion pays for a clock read or an `Instant` subtraction.
@@ -467,7 +469,14 @@ impl JobRun {
         let Some(rec) = recorder.as_mut() else {
             return true;
         };
-        port.poll(&mut |tag, ok, buf| reaped.push((tag, ok, buf)));
+        port.poll(&mut |tag, ok, buf| {
+            reaped.push((tag, ok));
+            if let DataBuf::One(b) = buf
+                && let Some(slot) = bufs.get_mut(tag as usize)
+            {
+                *slot = Some(b);
+            }
+        });
         let rc = port.recovery();
         if rc != self.recovery {
             self.recovery = rc;
@@ -479,7 +488,7 @@ impl JobRun {
         // no later than it was submitted, so latencies again err high.
         let now = Instant::now();
         let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        for (tag, ok, buf) in reaped.drain(..) {
+        for (tag, ok) in reaped.drain(..) {
             let i = tag as usize;
             let Some(s) = slots.get_mut(i) else { continue };
             if !s.busy {
@@ -493,10 +502,9 @@ impl JobRun {
             } else {
                 rec.error();
             }
-            let b = match buf {
-                DataBuf::One(b) => b,
-                _ => IoBuf::new(bytes as usize),
-            };
+            // A transport that handed back no buffer (or another shape):
+            // a fresh one keeps the slot usable.
+            let b = bufs[i].get_or_insert_with(|| IoBuf::new(bytes as usize));
             if let Some(v) = verifier.as_mut() {
                 match (s.io.op, ok) {
                     (Op::Write, true) => v.on_write_done(s.io.lba, s.io.blocks, s.seq),
@@ -513,7 +521,6 @@ impl JobRun {
                 }
             }
             workload.complete(&s.io);
-            bufs[i] = Some(b);
             free.push(i as u32);
         }
         rec.tick(now);
