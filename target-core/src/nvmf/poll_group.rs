@@ -381,9 +381,10 @@ impl PollGroup {
 
     #[inline]
     fn exec_io(ns: &mut NsTable, qp: &mut Qpair, me: QpairRef, cap: Capsule, now_ns: u64) -> bool {
-        let sqe = cap.sqe;
+        // The SQE stays where the capsule has it (64 bytes not copied).
+        let sqe = &cap.sqe;
         let cid = sqe.cid();
-        if let Err(s) = io::check_common(&sqe) {
+        if let Err(s) = io::check_common(sqe) {
             qp.respond(cid, s, 0, cap.buf);
             return true;
         }
@@ -413,7 +414,7 @@ impl PollGroup {
             qp.parked = Some(cap);
             return false;
         }
-        let plan = match io::plan(&sqe, &view.limits, cap.buf.len()) {
+        let plan = match io::plan(sqe, &view.limits, cap.buf.len()) {
             Ok(p) => p,
             Err(s) => {
                 view.stats.record_error();
@@ -421,7 +422,7 @@ impl PollGroup {
                 return true;
             }
         };
-        if io::is_dsm_hint_only(&sqe) {
+        if io::is_dsm_hint_only(sqe) {
             qp.respond(cid, Status::SUCCESS, 0, cap.buf);
             return true;
         }
@@ -454,7 +455,10 @@ impl PollGroup {
             }
             Err(io) => {
                 qp.free.push(si);
-                qp.parked = Some(Capsule { sqe, buf: io.buf });
+                qp.parked = Some(Capsule {
+                    sqe: *sqe,
+                    buf: io.buf,
+                });
                 false
             }
         }
