@@ -262,7 +262,8 @@ fn run_on(c: &Arc<NvmeController>) -> Result<String, String> {
         failed: 0,
     };
     let wchunks = (bounce_capacity(c) / 4 / 4096) as u64;
-    if wchunks == 0 || write_lba(ROUNDS, 0, wchunks) > c.namespaces()[0].blocks {
+    let blocks = c.namespaces().first().map_or(0, |n| n.blocks);
+    if wchunks == 0 || write_lba(ROUNDS, 0, wchunks) > blocks {
         return Err(format!(
             "drive too small for {ROUNDS} rounds of {wchunks}-chunk writes"
         ));
