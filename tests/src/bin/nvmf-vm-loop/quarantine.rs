@@ -3,8 +3,8 @@
 //!
 //! Twenty rounds, each on a freshly started target that exports the slow
 //! drive over loop with a 30 ms drain bound. In a round the host sends two
-//! writes and a read (of the previous round's data) that the drive holds
-//! for a second or more; then, in even rounds, the namespace is removed
+//! writes and four reads (of the previous round's data) that the drive
+//! holds for a second or more (six commands at 4 IOPS); then, in even rounds, the namespace is removed
 //! (drain past its bound, backend reset, stage 3) and the target stopped;
 //! in odd rounds the target is only stopped (drain past its bound,
 //! destroy). Either way the NVMe channel goes while those commands are at
@@ -36,9 +36,12 @@ use super::{T, find_by_serial, one};
 const NQN: &str = "nqn.2026-11.io.nvmf-rs:vm-quarantine";
 const ROUNDS: u64 = 20;
 /// Writes per round (each a quarter of the bounce area, LBA 0 onwards),
-/// plus one 4 KiB read: two rounds do not fit in the area, so its
+/// plus [`READS`] 4 KiB reads: two rounds do not fit in the area, so its
 /// next-fit allocator wraps every other round.
 const WRITES: u64 = 2;
+/// Reads per round: with the writes, 1.5 s of work at 4 IOPS, so some is
+/// still at the drive however long the teardown takes.
+const READS: u64 = 4;
 /// Sectors (512 B) per 4 KiB chunk; every chunk names its own LBA.
 const CHUNK: u64 = 8;
 
@@ -159,11 +162,35 @@ fn write_lba(r: u64, i: u64, wchunks: u64) -> u64 {
     (r * WRITES + i) * wchunks * CHUNK
 }
 
+/// Puts a backlog of reads ahead of the first round (and spends the
+/// throttle's initial burst), so that round 0's commands wait at the drive
+/// like every later round's, which queue behind the rounds before them.
+/// The target stops with them held: they are quarantined too.
+fn warm_up(c: &Arc<NvmeController>) -> Result<(), String> {
+    let target = start_target()?;
+    let (h, mut q) = export(&target, c)?;
+    for i in 0..8u64 {
+        q.read(
+            1,
+            i * CHUNK,
+            CHUNK as u32,
+            DataBuf::One(IoBuf::new(4096)),
+            i,
+        )
+        .map_err(|_| "submit warm-up read")?;
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    target.stop_engine().map_err(|e| e.to_string())?;
+    drop(q);
+    drop(h);
+    Ok(())
+}
+
 fn round(c: &Arc<NvmeController>, r: u64, wchunks: u64, t: &mut Tally) -> Result<(), String> {
     // Room in the bounce area for this round: the late completions of
     // the rounds before give their pages back as they are reaped.
     let cap = bounce_capacity(c);
-    let need = (WRITES * wchunks + 1) as usize * 4096;
+    let need = (WRITES * wchunks + READS) as usize * 4096;
     let deadline = Instant::now() + Duration::from_secs(30);
     while c.bounce_in_use() + need > cap {
         c.reap_quarantine();
@@ -183,10 +210,18 @@ fn round(c: &Arc<NvmeController>, r: u64, wchunks: u64, t: &mut Tally) -> Result
         q.write(1, lba, n, DataBuf::One(chunks(lba, wchunks)), i)
             .map_err(|_| "submit write")?;
     }
-    // A read of the previous round's first chunk, landing wherever it lands.
-    let lba = write_lba(r.saturating_sub(1), 0, wchunks);
-    q.read(1, lba, CHUNK as u32, DataBuf::One(IoBuf::new(4096)), WRITES)
+    // Reads of the previous round's first chunks, landing wherever they land.
+    for i in 0..READS {
+        let lba = write_lba(r.saturating_sub(1), 0, wchunks) + i * CHUNK;
+        q.read(
+            1,
+            lba,
+            CHUNK as u32,
+            DataBuf::One(IoBuf::new(4096)),
+            WRITES + i,
+        )
         .map_err(|_| "submit read")?;
+    }
     // Let the reactor hand them to the controller.
     std::thread::sleep(Duration::from_millis(20));
     let k0 = c.counters();
@@ -268,6 +303,7 @@ fn run_on(c: &Arc<NvmeController>) -> Result<String, String> {
             "drive too small for {ROUNDS} rounds of {wchunks}-chunk writes"
         ));
     }
+    warm_up(c)?;
     for r in 0..ROUNDS {
         round(c, r, wchunks, &mut t)?;
     }
