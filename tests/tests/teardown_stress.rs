@@ -660,15 +660,23 @@ fn run(cycles: u64) {
         sh.epoch.store(cycle + 1, Ordering::Release);
     }
     let elapsed = t0.elapsed();
+    // No teardown comes after the last one, so nothing would give back a
+    // command held after it: injection ends, and holds are released while
+    // the workers drain (the 100,000-cycle run met this once, at its end).
+    d.err.set_rules(Vec::new()).unwrap();
     sh.stop.store(true, Ordering::Release);
+    let until = Instant::now() + Duration::from_secs(40);
+    while handles.iter().any(|h| !h.is_finished()) && Instant::now() < until {
+        d.err.release_held();
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let mut workers: Vec<Worker> = handles
         .into_iter()
         .map(|h| h.join().expect("worker panicked"))
         .collect();
 
     // Every block reads back as an allowed version, on a fresh queue with
-    // injection off.
-    d.err.set_rules(Vec::new()).unwrap();
+    // injection off (since the workers stopped).
     d.err.release_held();
     let c = ctrl.as_ref().unwrap();
     let mut q = c
