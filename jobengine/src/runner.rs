@@ -69,10 +69,16 @@ impl Port for LoopPort {
     }
 
     fn alive(&self) -> bool {
-        matches!(
-            self.qp.state(),
-            transport_loop::QpairState::Live | transport_loop::QpairState::Reconnecting
-        ) || self.qp.outstanding() > 0
+        match self.qp.state() {
+            transport_loop::QpairState::Live | transport_loop::QpairState::Reconnecting => true,
+            // Between the target's closing and its end the queue holds
+            // nothing for a while: with recovery on that is not the end
+            // (a job ended there on a reset it should have ridden through).
+            transport_loop::QpairState::Closing => {
+                self.qp.will_reconnect() || self.qp.outstanding() > 0
+            }
+            transport_loop::QpairState::Dead => self.qp.outstanding() > 0,
+        }
     }
 
     fn recovery(&self) -> (u64, u64) {

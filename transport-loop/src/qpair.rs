@@ -335,6 +335,13 @@ impl HostQpair {
         n
     }
 
+    /// `true` when a queue the target is closing will be reconnected
+    /// (recovery on and not given up): a caller must not take the closing
+    /// for the end, even with nothing outstanding at that moment.
+    pub fn will_reconnect(&self) -> bool {
+        self.recovering()
+    }
+
     /// Error recovery is on for this queue and has not given up.
     #[inline]
     fn recovering(&self) -> bool {
