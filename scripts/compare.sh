@@ -7,7 +7,9 @@
 # one per run). The two run alternately (A B A B ...) ROUNDS times, so slow
 # drift of a noisy 2-core machine hits both sides alike; the result is the
 # median IOPS of each side and the ratio B/A, plus every run's figure.
-# A machine-readable copy goes to compare.json in the output folder
+# Two-core runs also show the host-reactor cache-line round trip nvmf-bench
+# measured before each (machine.json): on a VM it moves between runs, and
+# the IOPS with it. A machine-readable copy goes to compare.json in the output folder
 # (COMPARE_OUT, default ./out/compare-<unix-time>).
 #
 # Example: this build against an older one, loop inline QD128:
@@ -44,6 +46,15 @@ iops_of() {
     python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["total"]["mixed"]["iops"])' "$1"
 }
 
+# The host-reactor cache-line round trip nvmf-bench measured before the run
+# (two-core runs only), or "-": on a VM it changes between runs, and the
+# two-core IOPS with it.
+rt_of() {
+    python3 -c 'import json,sys
+try: print("%.0f" % json.load(open(sys.argv[1]))["core_probe"]["round_trip_ns"])
+except Exception: print("-")' "$1"
+}
+
 run_one() {
     local side="$1" cmd="$2" i="$3" dir
     dir="$out/$side-$i"
@@ -53,24 +64,32 @@ run_one() {
         tail -n 5 "$dir.log" >&2
         exit 1
     fi
-    iops_of "$dir/summary.json"
+    echo "$(iops_of "$dir/summary.json") $(rt_of "$dir/machine.json")"
 }
 
 a_runs=()
 b_runs=()
+a_rts=()
+b_rts=()
 for i in $(seq 1 "$rounds"); do
-    a=$(run_one a "$cmd_a" "$i")
-    b=$(run_one b "$cmd_b" "$i")
+    read -r a rta <<<"$(run_one a "$cmd_a" "$i")"
+    read -r b rtb <<<"$(run_one b "$cmd_b" "$i")"
     a_runs+=("$a")
     b_runs+=("$b")
-    awk -v i="$i" -v n="$rounds" -v la="$label_a" -v lb="$label_b" -v a="$a" -v b="$b" \
-        'BEGIN { printf "round %d/%d: %s %.3f M IOPS, %s %.3f M IOPS\n", i, n, la, a / 1e6, lb, b / 1e6 }' 
+    a_rts+=("$rta")
+    b_rts+=("$rtb")
+    rt=""
+    [ "$rta$rtb" != "--" ] && rt=" (core round trip $rta / $rtb ns)"
+    awk -v i="$i" -v n="$rounds" -v la="$label_a" -v lb="$label_b" -v a="$a" -v b="$b" -v rt="$rt" \
+        'BEGIN { printf "round %d/%d: %s %.3f M IOPS, %s %.3f M IOPS%s\n", i, n, la, a / 1e6, lb, b / 1e6, rt }' 
 done
 
 python3 - "$out/compare.json" "$label_a" "$label_b" "$cmd_a" "$cmd_b" \
-    "${a_runs[*]}" "${b_runs[*]}" <<'PY'
+    "${a_runs[*]}" "${b_runs[*]}" "${a_rts[*]}" "${b_rts[*]}" <<'PY'
 import json, statistics, sys
-path, la, lb, ca, cb, ra, rb = sys.argv[1:8]
+path, la, lb, ca, cb, ra, rb, ta, tb = sys.argv[1:10]
+def rts(v):
+    return [None if x == "-" else float(x) for x in v.split()]
 a = [float(x) for x in ra.split()]
 b = [float(x) for x in rb.split()]
 ma, mb = statistics.median(a), statistics.median(b)
@@ -78,8 +97,10 @@ def spread(v):
     m = statistics.median(v)
     return (max(v) - min(v)) / m if m else 0.0
 res = {
-    "a": {"label": la, "command": ca, "iops": a, "median": ma, "spread": spread(a)},
-    "b": {"label": lb, "command": cb, "iops": b, "median": mb, "spread": spread(b)},
+    "a": {"label": la, "command": ca, "iops": a, "median": ma, "spread": spread(a),
+          "core_round_trip_ns": rts(ta)},
+    "b": {"label": lb, "command": cb, "iops": b, "median": mb, "spread": spread(b),
+          "core_round_trip_ns": rts(tb)},
     "ratio_b_over_a": mb / ma if ma else None,
 }
 json.dump(res, open(path, "w"), indent=2)

@@ -53,6 +53,7 @@
 //! Latencies are recorded in nanoseconds with 3 significant digits up to
 //! [`stats::MAX_LATENCY_NS`] (60 s); larger values saturate.
 
+pub mod core_probe;
 pub mod progress;
 pub mod report;
 

@@ -109,6 +109,23 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, Ru
             "--target direct runs on the in-process block device; not with --transport tcp".into(),
         ));
     }
+    // Before the reactors start spinning on their cores: a two-core loop
+    // run's IOPS follow the machine's core-to-core latency, recorded with it.
+    let probe =
+        if wants_target(cli, &jobs) && jobs.iter().any(|j| !j.inline && !j.transport.is_tcp()) {
+            let reactor = cfg.reactors.cores.get_ref().first().copied();
+            let host = match &cli.host_cores {
+                Some(c) => c.0.first().copied(),
+                None => target_core::reactor::affinity::allowed_cores()
+                    .into_iter()
+                    .find(|c| Some(*c) != reactor),
+            };
+            reactor
+                .zip(host)
+                .and_then(|(r, h)| bench::core_probe::probe(h, r, 200_000))
+        } else {
+            None
+        };
     let target = if wants_target(cli, &jobs) {
         Some(
             Target::start(
@@ -123,7 +140,7 @@ fn run(cli: &Cli, cfg: &TargetConfig, jobs: Vec<JobSpec>) -> Result<ExitCode, Ru
     } else {
         None
     };
-    let r = run_jobs(cli, cfg, jobs, target.as_ref());
+    let r = run_jobs(cli, cfg, jobs, target.as_ref(), probe);
     if r.is_err() {
         stop_target(target.as_ref());
     }
@@ -206,6 +223,7 @@ fn run_jobs(
     cfg: &TargetConfig,
     jobs: Vec<JobSpec>,
     target: Option<&Target>,
+    probe: Option<bench::core_probe::CoreProbe>,
 ) -> Result<ExitCode, RunError> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut hosts: Vec<Host> = Vec::new();
@@ -281,9 +299,9 @@ fn run_jobs(
                     // I/Os all fit goes without the wrapper (one closure
                     // layer less per completion).
                     if mdts == 0 || u64::from(inst.bs) <= mdts {
-                        Box::new(LoopPort { qp, nsid })
+                        Box::new(LoopPort::new(qp, nsid))
                     } else {
-                        Box::new(SplitPort::new(LoopPort { qp, nsid }, bs, mdts))
+                        Box::new(SplitPort::new(LoopPort::new(qp, nsid), bs, mdts))
                     }
                 }
             };
@@ -418,6 +436,16 @@ fn run_jobs(
         eprint!("{table}");
     } else {
         print!("{table}");
+    }
+    if let Some(p) = probe {
+        eprintln!(
+            "core {} <-> core {} (host, reactor): cache-line round trip {:.0} ns",
+            p.host_core, p.reactor_core, p.round_trip_ns
+        );
+        let f = dir.join("machine.json");
+        let json = serde_json::to_string_pretty(&serde_json::json!({ "core_probe": p }))
+            .map_err(|e| e.to_string())?;
+        std::fs::write(&f, json + "\n").map_err(|e| format!("{}: {e}", f.display()))?;
     }
     eprintln!("results: {}", dir.display());
     if !lost.is_empty() {

@@ -52,7 +52,7 @@ fn a_split_verify_job_rides_through_target_resets() {
         "the job must be split: MDTS {mdts}"
     );
     let qp = host.take_qpairs().pop().unwrap();
-    let mut port = SplitPort::new(LoopPort { qp, nsid: 1 }, bs, mdts);
+    let mut port = SplitPort::new(LoopPort::new(qp, 1), bs, mdts);
 
     let t0 = Instant::now();
     let mut resets = 0;

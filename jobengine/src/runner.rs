@@ -28,6 +28,11 @@ pub trait Port: Send {
     fn submit(&mut self, op: Op, lba: u64, blocks: u32, buf: IoBuf, tag: u64) -> Result<(), IoBuf>;
     /// Delivers completions as `(tag, ok, buffer)`.
     fn poll(&mut self, f: &mut dyn FnMut(u64, bool, DataBuf)) -> usize;
+    /// Makes what `submit` queued visible to the target, for ports that
+    /// batch their doorbell (the loop port, as an NVMe driver writes its SQ
+    /// tail once per batch); `poll` does it too. The job calls it after
+    /// each burst of submissions.
+    fn doorbell(&mut self) {}
     /// `false` once the queue can take no more (torn down, and not
     /// reconnecting).
     fn alive(&self) -> bool {
@@ -48,6 +53,15 @@ pub struct LoopPort {
     pub nsid: u32,
 }
 
+impl LoopPort {
+    /// A port on `qp` with its doorbell batched: the job rings it once per
+    /// burst of submissions ([`Port::doorbell`]).
+    pub fn new(mut qp: HostQpair, nsid: u32) -> Self {
+        qp.set_batch_doorbell(true);
+        Self { qp, nsid }
+    }
+}
+
 impl Port for LoopPort {
     #[inline]
     fn submit(&mut self, op: Op, lba: u64, blocks: u32, buf: IoBuf, tag: u64) -> Result<(), IoBuf> {
@@ -66,6 +80,11 @@ impl Port for LoopPort {
     fn poll(&mut self, f: &mut dyn FnMut(u64, bool, DataBuf)) -> usize {
         self.qp
             .poll(64, &mut |c| f(c.tag, c.status().is_success(), c.buf))
+    }
+
+    #[inline]
+    fn doorbell(&mut self) {
+        self.qp.ring_doorbell();
     }
 
     fn alive(&self) -> bool {
@@ -288,6 +307,10 @@ impl<P: Port> Port for SplitPort<P> {
 
     fn alive(&self) -> bool {
         self.inner.alive() || self.parents.iter().any(Option::is_some)
+    }
+
+    fn doorbell(&mut self) {
+        self.inner.doorbell();
     }
 
     fn recovery(&self) -> (u64, u64) {
@@ -571,6 +594,7 @@ impl JobRun {
                     }
                 }
             }
+            port.doorbell();
         } else if !port.alive() && self.in_flight > 0 {
             // The queue died with I/O outstanding; its completions still come.
             self.draining = true;

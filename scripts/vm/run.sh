@@ -195,7 +195,7 @@ tcp_extra='
     cp "$TCPHOSTBIN" "$root/nvmf-tcp-host-vm"
     cp "$ROOT/scripts/vm/tcp-guest.sh" "$ROOT/scripts/vm/tcp-bench.sh" "$root/"
     chmod +x "$root/tcp-guest.sh"
-    echo "TCP_BENCH_ONLY=${TCP_BENCH_ONLY:-}; BENCH_ROUNDS=${BENCH_ROUNDS:-2}; BENCH_SECS=${BENCH_SECS:-2}; BENCH_VARIANTS=\"${BENCH_VARIANTS:-0 20}\"; BENCH_HOST_PINS=\"${BENCH_HOST_PINS:-free vcpu0}\"" >"$root/tcp.env"
+    echo "TCP_BENCH_ONLY=${TCP_BENCH_ONLY:-}; BENCH_ROUNDS=${BENCH_ROUNDS:-2}; BENCH_SECS=${BENCH_SECS:-2}; BENCH_VARIANTS=\"${BENCH_VARIANTS:-0 20}\"; BENCH_HOST_PINS=\"${BENCH_HOST_PINS:-free vcpu0}\"; BENCH_LOADS=\"${BENCH_LOADS:-1:io_uring 32:io_uring 32:threads}\"; BENCH_CONNECT_OPTS=\"${BENCH_CONNECT_OPTS:-}\"" >"$root/tcp.env"
     : >"$root/tcp.order"
     for m in crypto/crc32c_generic.ko lib/crc64.ko crypto/crc64_rocksoft_generic.ko lib/crc64-rocksoft.ko \
              crypto/crct10dif_common.ko crypto/crct10dif_generic.ko lib/crc-t10dif.ko block/t10-pi.ko \

@@ -63,7 +63,7 @@ if [ -d /lib/modules/kt ] && [ -x /nvmf-tcp-host-vm ]; then
         echo 4421 >$N/ports/1/addr_trsvcid
         ln -s $KS $N/ports/1/subsystems/
         before="$(ns_all)"
-        echo "transport=tcp,traddr=127.0.0.1,trsvcid=4421,nqn=$KNQN,nr_io_queues=1" >/dev/nvme-fabrics &&
+        echo "transport=tcp,traddr=127.0.0.1,trsvcid=4421,nqn=$KNQN,nr_io_queues=1${BENCH_CONNECT_OPTS:+,$BENCH_CONNECT_OPTS}" >/dev/nvme-fabrics &&
             wait_for 20 new_ns "$before" >/dev/null && kns=$(new_ns "$before")
     fi
 fi
@@ -80,7 +80,7 @@ if [ -n "$kns" ]; then
         BT=$!
         sleep 2
         before="$(ns_all)"
-        if echo "transport=tcp,traddr=127.0.0.1,trsvcid=4420,nqn=$NQN,nr_io_queues=1" >/dev/nvme-fabrics &&
+        if echo "transport=tcp,traddr=127.0.0.1,trsvcid=4420,nqn=$NQN,nr_io_queues=1${BENCH_CONNECT_OPTS:+,$BENCH_CONNECT_OPTS}" >/dev/nvme-fabrics &&
             wait_for 20 new_ns "$before" >/dev/null; then
             ons=$(new_ns "$before")
             r=1
@@ -94,8 +94,12 @@ if [ -n "$kns" ]; then
                 # deployed). Both targets are timed in both.
                 for pin in ${BENCH_HOST_PINS:-free vcpu0}; do
                     HOST_PIN=""
-                    [ "$pin" = vcpu0 ] && HOST_PIN="taskset -c 0"
-                    for qd in 1 32; do
+                    case $pin in vcpu*) HOST_PIN="taskset -c ${pin#vcpu}" ;; esac
+                    # QD 32 two ways: one thread through io_uring (fio's
+                    # ioengine=io_uring iodepth=32) and 32 blocking threads.
+                    for load in ${BENCH_LOADS:-1:io_uring 32:io_uring 32:threads}; do
+                        qd=${load%%:*}
+                        export BLK_ENGINE=${load#*:}
                         blk $ons "ours(nvmf-tgt ram idle_backoff_us=$v vcpu=$core) round=$r" $qd
                         # Our daemon is stopped (SIGSTOP) while the kernel
                         # target is timed, so whatever it does idle costs

@@ -23,26 +23,42 @@ pub const BUF_ALIGN: usize = 4096;
 ///
 /// # Safety
 ///
-/// `release` receives exactly the pointer and length the implementor passed
-/// to [`IoBuf::from_pool`], once, after every access through the buffer has
-/// ended. Implementors must keep that memory valid until then.
+/// `release` receives exactly the pointer the implementor passed to
+/// [`IoBuf::from_pool`], with the buffer's length at that time (at most the
+/// length passed: [`IoBuf::truncate`] may have shortened it), once, after
+/// every access through the buffer has ended. Implementors must keep that
+/// memory valid until then.
 pub unsafe trait BufPool: Send + Sync {
     /// Takes back a buffer's memory.
     fn release(&self, ptr: NonNull<u8>, len: usize);
 }
 
+/// Where the memory goes back to. 16 bytes: the heap case keeps only the
+/// allocation's size (its alignment is always [`BUF_ALIGN`]) and sits in
+/// the pool pointer's niche.
 enum Origin {
-    Heap(Layout),
+    Heap { size: usize },
     Pool(Arc<dyn BufPool>),
 }
 
+/// `iova` of memory no DMA pool mapped (never a page-aligned address).
+const NO_IOVA: u64 = u64::MAX;
+
 /// An owned, page-aligned data buffer.
+///
+/// 40 bytes, so a [`DataBuf`] is 48 and a response (CQE and buffer) fills
+/// exactly one cache line: buffers travel with their commands through the
+/// rings, and every byte of them is moved per I/O.
 pub struct IoBuf {
     ptr: NonNull<u8>,
     len: usize,
-    iova: Option<u64>,
+    /// [`NO_IOVA`] when not from a DMA pool.
+    iova: u64,
     origin: Origin,
 }
+
+const _: () = assert!(std::mem::size_of::<IoBuf>() == 40);
+const _: () = assert!(std::mem::size_of::<DataBuf>() == 48);
 
 // SAFETY: IoBuf owns its memory exclusively (no aliasing handles exist), so
 // moving it to another thread moves that exclusive access with it.
@@ -69,8 +85,10 @@ impl IoBuf {
         Self {
             ptr,
             len,
-            iova: None,
-            origin: Origin::Heap(layout),
+            iova: NO_IOVA,
+            origin: Origin::Heap {
+                size: layout.size(),
+            },
         }
     }
 
@@ -97,7 +115,7 @@ impl IoBuf {
         Self {
             ptr,
             len,
-            iova,
+            iova: iova.unwrap_or(NO_IOVA),
             origin: Origin::Pool(pool),
         }
     }
@@ -115,7 +133,7 @@ impl IoBuf {
 
     /// The I/O virtual address the memory is mapped at, when a DMA pool made it.
     pub fn iova(&self) -> Option<u64> {
-        self.iova
+        (self.iova != NO_IOVA).then_some(self.iova)
     }
 
     /// Raw start address, for drivers that program a device with it.
@@ -150,8 +168,14 @@ impl IoBuf {
 impl Drop for IoBuf {
     fn drop(&mut self) {
         match &self.origin {
-            // SAFETY: ptr came from alloc_zeroed with exactly this layout.
-            Origin::Heap(layout) => unsafe { dealloc(self.ptr.as_ptr(), *layout) },
+            Origin::Heap { size } => {
+                // `new` built this very layout, so it cannot fail here; were
+                // it to, leaking beats freeing with a wrong layout.
+                if let Ok(layout) = Layout::from_size_align(*size, BUF_ALIGN) {
+                    // SAFETY: ptr came from alloc_zeroed with this layout.
+                    unsafe { dealloc(self.ptr.as_ptr(), layout) }
+                }
+            }
             Origin::Pool(pool) => pool.release(self.ptr, self.len),
         }
     }
@@ -161,7 +185,7 @@ impl fmt::Debug for IoBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IoBuf")
             .field("len", &self.len)
-            .field("iova", &self.iova)
+            .field("iova", &self.iova())
             .finish()
     }
 }

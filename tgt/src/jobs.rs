@@ -205,14 +205,7 @@ impl Jobs {
                     ended_by: Mutex::new(None),
                 });
                 // I/O above the controller's MDTS is split and recombined.
-                let port = SplitPort::new(
-                    LoopPort {
-                        qp,
-                        nsid: inst.nsid,
-                    },
-                    bs,
-                    host.max_transfer(),
-                );
+                let port = SplitPort::new(LoopPort::new(qp, inst.nsid), bs, host.max_transfer());
                 let j2 = job.clone();
                 let h = std::thread::Builder::new()
                     .name(format!("job-{}", inst.name))

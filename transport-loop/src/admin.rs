@@ -48,6 +48,9 @@ impl AdminQueue {
 
     /// Reaps every completion, filing each under its command.
     pub fn reap(&mut self) {
+        // The slots reaped last time go back to the target now (the CQ head
+        // doorbell is batched; every admin wait reaps again).
+        self.rings.release_cq();
         while let Some(r) = self.rings.reap() {
             let cid = r.cqe.cid;
             if let Some(slot) = self.pending.get_mut(&cid) {

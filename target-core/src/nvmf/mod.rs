@@ -21,6 +21,7 @@
 
 pub(crate) mod admin;
 pub mod ctrlr;
+pub mod doorbell_ring;
 pub mod engine;
 pub(crate) mod fabrics;
 pub mod io;

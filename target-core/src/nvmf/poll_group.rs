@@ -258,6 +258,14 @@ impl PollGroup {
                 self.timers();
             }
         }
+        // One doorbell per queue pair and pass: the SQ head for what was
+        // fetched, the CQ tail for what was answered (by the fetch, the
+        // backends' completions, messages or timers).
+        for e in self.qps.iter_mut() {
+            if let Some(qp) = e.qp.as_deref_mut() {
+                qp.tr.publish();
+            }
+        }
         work
     }
 

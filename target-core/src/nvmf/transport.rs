@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rtrb::{Consumer, Producer, PushError, RingBuffer};
+use super::doorbell_ring::{Consumer, Producer, ring};
 
 use crate::iobuf::DataBuf;
 use crate::spec::{CompletionEntry, SubmissionEntry};
@@ -34,6 +34,10 @@ pub struct Response {
     /// The buffer that came with the command.
     pub buf: DataBuf,
 }
+
+// A response fills one cache line; a capsule two (the SQE alone is one).
+const _: () = assert!(std::mem::size_of::<Response>() == 64);
+const _: () = assert!(std::mem::size_of::<Capsule>() <= 128);
 
 /// What Identify Controller tells a host about a transport's capsules
 /// (NVMe-oF 1.1a §4.1, Base 2.0c Figure 275): the engine reports them, the
@@ -85,6 +89,11 @@ pub trait QpairTransport: Send + fmt::Debug {
     /// Marks the queue destroyed: every response the target will ever send
     /// has been posted.
     fn finish(&mut self);
+    /// Publishes what `recv` took and `send` posted since the last call:
+    /// the poll group calls it once per queue pair and pass, so a transport
+    /// that batches its doorbells (the in-memory rings) writes each index
+    /// once per batch rather than once per command.
+    fn publish(&mut self) {}
 }
 
 const LIVE: u8 = 0;
@@ -93,7 +102,11 @@ const HOST_CLOSED: u8 = 2;
 const TARGET_DONE: u8 = 3;
 
 /// What both ends of a queue pair share: its state, and the submission
-/// ring's consumer once the target gives it back.
+/// ring's consumer once the target gives it back. On lines of its own: the
+/// host reads `state` on every submission, and a heap neighbour the target
+/// writes per command (its end of the rings, allocated right after) would
+/// turn that read into a cache-line transfer, in some runs and not others.
+#[repr(align(128))]
 struct Shared {
     state: AtomicU8,
     returned_sq: Mutex<Option<Consumer<Capsule>>>,
@@ -146,8 +159,8 @@ impl QueueRings {
     /// commands can never find it full.
     pub fn pair(entries: usize) -> (Self, RingTransport) {
         let entries = entries.max(2);
-        let (sq_p, sq_c) = RingBuffer::new(entries);
-        let (cq_p, cq_c) = RingBuffer::new(entries + 1);
+        let (sq_p, sq_c) = ring(entries);
+        let (cq_p, cq_c) = ring(entries + 1);
         let shared = Arc::new(Shared {
             state: AtomicU8::new(LIVE),
             returned_sq: Mutex::new(None),
@@ -168,20 +181,49 @@ impl QueueRings {
         )
     }
 
-    /// Host side: submits a capsule. `Err` when the ring is full or the
-    /// target has destroyed the queue.
+    /// Host side: submits a capsule and rings the doorbell. `Err` when the
+    /// ring is full or the target has destroyed the queue.
     #[inline]
     pub fn submit(&mut self, c: Capsule) -> Result<(), Capsule> {
+        self.submit_deferred(c)?;
+        self.sq.publish();
+        Ok(())
+    }
+
+    /// Host side: writes a capsule into the ring without ringing the
+    /// doorbell: the target sees it after [`QueueRings::ring_doorbell`].
+    #[inline]
+    pub fn submit_deferred(&mut self, c: Capsule) -> Result<(), Capsule> {
         if self.shared.state.load(Ordering::Acquire) != LIVE {
             return Err(c);
         }
-        self.sq.push(c).map_err(|PushError::Full(c)| c)
+        self.sq.push(c)
     }
 
-    /// Host side: takes the next response.
+    /// Host side: makes every capsule submitted so far visible to the target.
+    #[inline]
+    pub fn ring_doorbell(&mut self) {
+        self.sq.publish();
+    }
+
+    /// Capsules submitted and not yet made visible.
+    #[inline]
+    pub fn unrung(&self) -> usize {
+        self.sq.unpublished()
+    }
+
+    /// Host side: takes the next response. The slot goes back to the
+    /// target every few responses and at [`QueueRings::release_cq`].
     #[inline]
     pub fn reap(&mut self) -> Option<Response> {
-        self.cq.pop().ok()
+        self.cq.pop()
+    }
+
+    /// Host side: gives every reaped completion slot back to the target
+    /// (the CQ head doorbell).
+    #[inline]
+    pub fn release_cq(&mut self) {
+        self.cq.release();
     }
 
     /// Host side: takes back a capsule the target never fetched. Only
@@ -197,7 +239,7 @@ impl QueueRings {
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
         }
-        self.reclaim.as_mut()?.pop().ok()
+        self.reclaim.as_mut()?.pop()
     }
 
     /// Host side: closes the host's end (a transport disconnect).
@@ -241,7 +283,10 @@ impl QueueRings {
     }
 }
 
-/// The target's end of a queue pair.
+/// The target's end of a queue pair. Aligned to its own lines: the target
+/// writes its ring indices here per command, and no host-read neighbour may
+/// share them.
+#[repr(align(128))]
 pub struct RingTransport {
     sq: Option<Consumer<Capsule>>,
     cq: Producer<Response>,
@@ -259,12 +304,20 @@ impl fmt::Debug for RingTransport {
 impl QpairTransport for RingTransport {
     #[inline]
     fn recv(&mut self) -> Option<Capsule> {
-        self.sq.as_mut()?.pop().ok()
+        self.sq.as_mut()?.pop()
     }
 
     #[inline]
     fn send(&mut self, resp: Response) -> Result<(), Response> {
-        self.cq.push(resp).map_err(|PushError::Full(r)| r)
+        self.cq.push(resp)
+    }
+
+    #[inline]
+    fn publish(&mut self) {
+        if let Some(sq) = self.sq.as_mut() {
+            sq.release();
+        }
+        self.cq.publish();
     }
 
     fn host_closed(&self) -> bool {
@@ -272,12 +325,16 @@ impl QpairTransport for RingTransport {
     }
 
     fn close(&mut self) {
+        self.publish();
         self.shared.state.store(TARGET_CLOSING, Ordering::Release);
     }
 
     fn finish(&mut self) {
-        // Hand the submission ring's consumer to the host first, so that
-        // when it sees DONE it can take back what was never fetched.
+        // Every response posted is published before DONE. The submission
+        // ring's consumer goes to the host first, so that when it sees DONE
+        // it can take back what was never fetched (from the consumer's own
+        // head: what the target took stays taken).
+        self.publish();
         let sq = self.sq.take();
         *self
             .shared

@@ -1,0 +1,316 @@
+//! A single-producer, single-consumer ring whose indices are published by
+//! batch, the way an NVMe queue's doorbells are written.
+//!
+//! A ring that publishes its tail on every push and its head on every pop
+//! (what `rtrb` does) moves the index cache lines between the two cores once
+//! per entry when the consumer keeps up with the producer: every pop finds
+//! the ring empty, reloads the tail the producer has just written, and the
+//! producer's next store has to take the line back. With many commands in
+//! flight that per-entry ping-pong is what makes a two-core loop run fast or
+//! slow depending on how the two threads happen to line up. Here the
+//! producer publishes its tail when it rings the doorbell
+//! ([`Producer::publish`]), once per batch, and the consumer publishes its
+//! head once per batch ([`Consumer::release`], also every
+//! [`RELEASE_EVERY`] pops so a consumer that never calls it cannot starve
+//! the producer for long).
+//!
+//! Each slot is written by the producer only while it is outside the
+//! published window `[head, tail)` and read by the consumer only inside it:
+//! the `Release` store of an index and the other side's `Acquire` load of it
+//! order the slot's contents. Entries the producer pushed but has not
+//! published yet are invisible to the consumer; both ends publish when they
+//! are dropped, so the ring drops exactly the entries still in it.
+
+#![allow(unsafe_code)] // Slots are `MaybeUninit` cells written and read across threads.
+
+use std::cell::UnsafeCell;
+use std::fmt;
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A consumer publishes its head at least this often while popping.
+pub const RELEASE_EVERY: usize = 16;
+
+/// An index on a cache line of its own (128 bytes: adjacent-line prefetch
+/// pairs lines on x86).
+#[repr(align(128))]
+struct Padded(AtomicUsize);
+
+/// A slot starts a cache line, so the producer writing one entry and the
+/// consumer reading its neighbour never share a line (a 120-byte capsule
+/// packed tightly would straddle two entries' lines).
+#[repr(align(64))]
+struct Slot<T>(UnsafeCell<MaybeUninit<T>>);
+
+struct Inner<T> {
+    /// The consumer's published head: entries below it have been taken.
+    head: Padded,
+    /// The producer's published tail: entries below it are readable.
+    tail: Padded,
+    slots: Box<[Slot<T>]>,
+    mask: usize,
+    capacity: usize,
+}
+
+// SAFETY: the ring hands each `T` from the one producer thread to the one
+// consumer thread; slots are never accessed by both sides at once (see the
+// module comment), so sharing `Inner` needs only `T: Send`.
+unsafe impl<T: Send> Sync for Inner<T> {}
+// SAFETY: as above; `Inner` owns the `T`s in its slots.
+unsafe impl<T: Send> Send for Inner<T> {}
+
+impl<T> Drop for Inner<T> {
+    fn drop(&mut self) {
+        // Both ends are gone and both published on drop: what lies between
+        // the published head and tail is exactly what is still in the ring.
+        let head = *self.head.0.get_mut();
+        let tail = *self.tail.0.get_mut();
+        let mut i = head;
+        while i != tail {
+            let cell = self.slots[i & self.mask].0.get_mut();
+            // SAFETY: every index in [head, tail) was written by the producer
+            // and not taken by the consumer; each is dropped once, here.
+            unsafe { cell.assume_init_drop() };
+            i = i.wrapping_add(1);
+        }
+    }
+}
+
+/// Creates a ring holding at most `capacity` entries (at least 1).
+pub fn ring<T: Send>(capacity: usize) -> (Producer<T>, Consumer<T>) {
+    let capacity = capacity.max(1);
+    let len = capacity.next_power_of_two();
+    let slots = (0..len)
+        .map(|_| Slot(UnsafeCell::new(MaybeUninit::uninit())))
+        .collect::<Vec<_>>()
+        .into_boxed_slice();
+    let inner = Arc::new(Inner {
+        head: Padded(AtomicUsize::new(0)),
+        tail: Padded(AtomicUsize::new(0)),
+        slots,
+        mask: len - 1,
+        capacity,
+    });
+    (
+        Producer {
+            inner: inner.clone(),
+            tail: 0,
+            published: 0,
+            cached_head: 0,
+        },
+        Consumer {
+            inner,
+            head: 0,
+            released: 0,
+            cached_tail: 0,
+        },
+    )
+}
+
+/// The producing end.
+pub struct Producer<T: Send> {
+    inner: Arc<Inner<T>>,
+    /// Next index to write (published or not).
+    tail: usize,
+    /// The tail as last published.
+    published: usize,
+    /// The consumer's head as last loaded.
+    cached_head: usize,
+}
+
+impl<T: Send> fmt::Debug for Producer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("tail", &self.tail)
+            .field("published", &self.published)
+            .finish()
+    }
+}
+
+impl<T: Send> Producer<T> {
+    /// Writes `v` into the ring without publishing it. `Err` gives it back
+    /// when the ring is full.
+    #[inline]
+    pub fn push(&mut self, v: T) -> Result<(), T> {
+        let cap = self.inner.capacity;
+        if self.tail.wrapping_sub(self.cached_head) >= cap {
+            self.cached_head = self.inner.head.0.load(Ordering::Acquire);
+            if self.tail.wrapping_sub(self.cached_head) >= cap {
+                return Err(v);
+            }
+        }
+        let cell = self.inner.slots[self.tail & self.inner.mask].0.get();
+        // SAFETY: `tail - cached_head < capacity <= slots.len()`, and the
+        // consumer has taken every entry below the published head
+        // `cached_head`, so this slot holds no entry the consumer may still
+        // read; only this (single) producer writes slots.
+        unsafe { (*cell).write(v) };
+        self.tail = self.tail.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Makes every pushed entry visible to the consumer (the doorbell).
+    #[inline]
+    pub fn publish(&mut self) {
+        if self.published != self.tail {
+            self.inner.tail.0.store(self.tail, Ordering::Release);
+            self.published = self.tail;
+        }
+    }
+
+    /// Entries pushed and not yet published.
+    #[inline]
+    pub fn unpublished(&self) -> usize {
+        self.tail.wrapping_sub(self.published)
+    }
+}
+
+impl<T: Send> Drop for Producer<T> {
+    fn drop(&mut self) {
+        self.publish();
+    }
+}
+
+/// The consuming end.
+pub struct Consumer<T: Send> {
+    inner: Arc<Inner<T>>,
+    /// Next index to read.
+    head: usize,
+    /// The head as last published.
+    released: usize,
+    /// The producer's tail as last loaded.
+    cached_tail: usize,
+}
+
+impl<T: Send> fmt::Debug for Consumer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("head", &self.head)
+            .field("released", &self.released)
+            .finish()
+    }
+}
+
+impl<T: Send> Consumer<T> {
+    /// Takes the next published entry.
+    #[inline]
+    pub fn pop(&mut self) -> Option<T> {
+        if self.head == self.cached_tail {
+            self.cached_tail = self.inner.tail.0.load(Ordering::Acquire);
+            if self.head == self.cached_tail {
+                return None;
+            }
+        }
+        let cell = self.inner.slots[self.head & self.inner.mask].0.get();
+        // SAFETY: `head < cached_tail`, a tail the producer published with
+        // `Release` after writing this slot (loaded here with `Acquire`);
+        // the producer does not write it again before the head moves past
+        // it, and advancing `head` now means it is read exactly once.
+        let v = unsafe { (*cell).assume_init_read() };
+        self.head = self.head.wrapping_add(1);
+        if self.head.wrapping_sub(self.released) >= RELEASE_EVERY {
+            self.release();
+        }
+        Some(v)
+    }
+
+    /// Gives the slots taken so far back to the producer.
+    #[inline]
+    pub fn release(&mut self) {
+        if self.released != self.head {
+            self.inner.head.0.store(self.head, Ordering::Release);
+            self.released = self.head;
+        }
+    }
+}
+
+impl<T: Send> Drop for Consumer<T> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpublished_entries_are_invisible_until_the_doorbell() {
+        let (mut p, mut c) = ring::<u32>(4);
+        p.push(1).unwrap();
+        p.push(2).unwrap();
+        assert_eq!(c.pop(), None);
+        p.publish();
+        assert_eq!(c.pop(), Some(1));
+        assert_eq!(c.pop(), Some(2));
+        assert_eq!(c.pop(), None);
+    }
+
+    #[test]
+    fn full_until_the_consumer_releases() {
+        let (mut p, mut c) = ring::<u32>(3);
+        for i in 0..3 {
+            p.push(i).unwrap();
+        }
+        assert_eq!(p.push(9), Err(9));
+        p.publish();
+        assert_eq!(c.pop(), Some(0));
+        // Taken but not released: still full for the producer.
+        assert_eq!(p.push(9), Err(9));
+        c.release();
+        p.push(9).unwrap();
+        assert_eq!(p.push(10), Err(10));
+    }
+
+    #[test]
+    fn drops_exactly_what_is_left() {
+        let live = Arc::new(());
+        let (mut p, mut c) = ring::<Arc<()>>(8);
+        for _ in 0..5 {
+            p.push(live.clone()).unwrap();
+        }
+        p.publish();
+        drop(c.pop());
+        p.push(live.clone()).unwrap(); // never published: the drop publishes it
+        assert_eq!(Arc::strong_count(&live), 6);
+        drop(p);
+        drop(c);
+        assert_eq!(Arc::strong_count(&live), 1);
+    }
+
+    #[test]
+    fn every_entry_crosses_threads_once_in_order() {
+        const N: u64 = 200_000;
+        let (mut p, mut c) = ring::<u64>(64);
+        let t = std::thread::spawn(move || {
+            let mut i = 0;
+            while i < N {
+                let mut batch = 0;
+                while i < N && batch < 7 {
+                    match p.push(i) {
+                        Ok(()) => {
+                            i += 1;
+                            batch += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                p.publish();
+                std::hint::spin_loop();
+            }
+        });
+        let mut next = 0;
+        while next < N {
+            if let Some(v) = c.pop() {
+                assert_eq!(v, next);
+                next += 1;
+            } else {
+                c.release();
+                std::hint::spin_loop();
+            }
+        }
+        t.join().unwrap();
+        assert_eq!(c.pop(), None);
+    }
+}
