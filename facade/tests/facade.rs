@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+use target_core::host_cmds::NvmCommands;
 
 use target_core::config::TargetConfig;
 use target_core::iobuf::{DataBuf, IoBuf};

@@ -16,6 +16,7 @@
 pub mod bdev;
 pub mod config;
 pub mod hist;
+pub mod host_cmds;
 pub mod iobuf;
 pub mod nvmf;
 pub mod reactor;

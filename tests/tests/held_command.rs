@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 
 use target_core::bdev::error::Trigger;
 use target_core::bdev::*;

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 
 use target_core::bdev::error::Trigger;
 use target_core::bdev::*;

@@ -34,6 +34,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use target_core::host_cmds::NvmCommands;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

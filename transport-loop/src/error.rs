@@ -37,6 +37,12 @@ pub enum HostError {
     Invalid(String),
 }
 
+impl From<target_core::host_cmds::UnusableResponse> for HostError {
+    fn from(e: target_core::host_cmds::UnusableResponse) -> Self {
+        HostError::Invalid(e.0)
+    }
+}
+
 impl HostError {
     /// The NVMe status, when the target answered with one.
     pub fn status(&self) -> Option<Status> {

@@ -31,3 +31,5 @@ mod wait;
 pub use error::{HostError, SubmitError};
 pub use host::{AsyncEvent, ConnectOptions, HostController, LoopTransport, QpairConnector};
 pub use qpair::{HostCompletion, HostQpair, HostQpairStats, QpairState};
+/// The command builders every host shares (in scope for `read`, `identify_raw`...).
+pub use target_core::host_cmds::{AdminCommands, NvmCommands};

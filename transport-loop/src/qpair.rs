@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use target_core::bdev::{DsmRange, encode_dsm_ranges};
-use target_core::iobuf::{DataBuf, IoBuf};
+use target_core::host_cmds::NvmCommands;
+use target_core::iobuf::DataBuf;
 use target_core::nvmf::{Capsule, QueueRings};
-use target_core::spec::{CompletionEntry, FabricsType, NvmOpcode, Status, SubmissionEntry};
+use target_core::spec::{CompletionEntry, FabricsType, Status, SubmissionEntry};
 
 use crate::host::Assoc;
 use crate::{HostError, SubmitError};
@@ -254,78 +254,6 @@ impl HostQpair {
                 }
             }
         }
-    }
-
-    /// Reads `blocks` blocks at `lba` of namespace `nsid` into `buf`.
-    pub fn read(
-        &mut self,
-        nsid: u32,
-        lba: u64,
-        blocks: u32,
-        buf: DataBuf,
-        tag: u64,
-    ) -> Result<u16, SubmitError> {
-        self.submit(
-            SubmissionEntry::nvm_rw(NvmOpcode::READ.0, 0, nsid, lba, blocks),
-            buf,
-            tag,
-        )
-    }
-
-    /// Writes `blocks` blocks at `lba` from `buf`.
-    pub fn write(
-        &mut self,
-        nsid: u32,
-        lba: u64,
-        blocks: u32,
-        buf: DataBuf,
-        tag: u64,
-    ) -> Result<u16, SubmitError> {
-        self.submit(
-            SubmissionEntry::nvm_rw(NvmOpcode::WRITE.0, 0, nsid, lba, blocks),
-            buf,
-            tag,
-        )
-    }
-
-    /// Flushes the namespace's volatile write cache.
-    pub fn flush(&mut self, nsid: u32, tag: u64) -> Result<u16, SubmitError> {
-        let mut sqe = SubmissionEntry::new(NvmOpcode::FLUSH.0, 0);
-        sqe.nsid = nsid;
-        self.submit(sqe, DataBuf::None, tag)
-    }
-
-    /// Writes zeros to `blocks` blocks at `lba`.
-    pub fn write_zeroes(
-        &mut self,
-        nsid: u32,
-        lba: u64,
-        blocks: u32,
-        tag: u64,
-    ) -> Result<u16, SubmitError> {
-        self.submit(
-            SubmissionEntry::nvm_rw(NvmOpcode::WRITE_ZEROES.0, 0, nsid, lba, blocks),
-            DataBuf::None,
-            tag,
-        )
-    }
-
-    /// Deallocates the ranges (Dataset Management with AD). Allocates the
-    /// range buffer: a control-path call, not a benchmark one.
-    pub fn deallocate(
-        &mut self,
-        nsid: u32,
-        ranges: &[DsmRange],
-        tag: u64,
-    ) -> Result<u16, SubmitError> {
-        let n = ranges.len().clamp(1, 256);
-        let mut buf = DataBuf::One(IoBuf::new(n * 16));
-        encode_dsm_ranges(&ranges[..n.min(ranges.len())], &mut buf);
-        let mut sqe = SubmissionEntry::new(NvmOpcode::DATASET_MANAGEMENT.0, 0);
-        sqe.nsid = nsid;
-        sqe.cdw10 = (n as u32 - 1) & 0xff;
-        sqe.cdw11 = 1 << 2;
-        self.submit(sqe, buf, tag)
     }
 
     /// Delivers up to `max` completions to `f`. Returns how many.
@@ -613,5 +541,19 @@ impl Drop for HostQpair {
     fn drop(&mut self) {
         // A transport-level disconnect: the target drains and destroys its end.
         self.rings.host_close();
+    }
+}
+
+impl NvmCommands for HostQpair {
+    type SubmitError = SubmitError;
+
+    #[inline]
+    fn submit_command(
+        &mut self,
+        sqe: SubmissionEntry,
+        buf: DataBuf,
+        tag: u64,
+    ) -> Result<u16, SubmitError> {
+        self.submit(sqe, buf, tag)
     }
 }

@@ -6,6 +6,7 @@
 mod common;
 
 use std::time::Duration;
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 
 use common::*;
 use target_core::bdev::DsmRange;

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 use target_core::iobuf::{DataBuf, IoBuf};
 use target_core::nvmf::target::ReactorMode;
 use target_core::spec::Status;

@@ -9,6 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use target_core::host_cmds::NvmCommands;
 
 use common::*;
 use target_core::bdev::error::Trigger;

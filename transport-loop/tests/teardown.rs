@@ -5,6 +5,7 @@
 mod common;
 
 use std::time::{Duration, Instant};
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 
 use common::*;
 use target_core::iobuf::{DataBuf, IoBuf};

@@ -11,6 +11,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 
 use common::{BLOCKS, HOST, NQN, fixture};
 use target_core::iobuf::{DataBuf, IoBuf};

@@ -15,6 +15,7 @@
 //! the whole run and of a baseline before it are printed beside them.
 
 use std::time::{Duration, Instant};
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -13,6 +13,7 @@
 //! QD threads, for comparison. Benchmark only: prints `BENCH` lines.
 
 use std::time::{Duration, Instant};
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 
 use target_core::iobuf::{DataBuf, IoBuf};
 use transport_tcp::host::{ConnectOptions, HostController, HostQpair, QpairState};

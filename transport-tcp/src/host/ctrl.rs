@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use target_core::host_cmds::{AdminCommands, set_features_sqe};
 use target_core::iobuf::{DataBuf, IoBuf};
 use target_core::nvmf::raw;
 use target_core::spec::{AdminOpcode, CompletionEntry, FabricsType, Status, SubmissionEntry};
@@ -475,13 +476,6 @@ fn set_queues_on(admin: &Mutex<Admin>, limit: Duration, n: u16) -> Result<u16, H
     Ok(((cqe.dw0 & 0xffff).min(cqe.dw0 >> 16).min(0xfffe) + 1) as u16)
 }
 
-fn set_features_sqe(fid: u8, cdw11: u32) -> SubmissionEntry {
-    let mut sqe = SubmissionEntry::new(AdminOpcode::SET_FEATURES.0, 0);
-    sqe.cdw10 = fid as u32;
-    sqe.cdw11 = cdw11;
-    sqe
-}
-
 /// Opens the admin connection and runs Connect (dynamic controller).
 /// Returns the queue and the CNTLID.
 fn open_admin(o: &ConnectOptions) -> Result<(HostConn, u16), HostError> {
@@ -741,15 +735,6 @@ impl HostController {
         )
     }
 
-    fn admin_checked(
-        &self,
-        what: &'static str,
-        sqe: SubmissionEntry,
-        buf: DataBuf,
-    ) -> Result<(CompletionEntry, DataBuf), HostError> {
-        checked(&self.admin, what, sqe, buf, self.assoc.opts.timeout)
-    }
-
     /// Property Get.
     pub fn property_get(&self, offset: u32, size8: bool) -> Result<u64, HostError> {
         prop_get(&self.admin, self.assoc.opts.timeout, offset, size8)
@@ -758,91 +743,6 @@ impl HostController {
     /// Property Set of a 4-byte property.
     pub fn property_set(&self, offset: u32, value: u32) -> Result<(), HostError> {
         prop_set(&self.admin, self.assoc.opts.timeout, offset, value)
-    }
-
-    /// Identify with `cns` for `nsid`; returns the 4096-byte data.
-    pub fn identify_raw(
-        &self,
-        cns: u8,
-        nsid: u32,
-    ) -> Result<(CompletionEntry, DataBuf), HostError> {
-        let mut sqe = SubmissionEntry::new(AdminOpcode::IDENTIFY.0, 0);
-        sqe.nsid = nsid;
-        sqe.cdw10 = cns as u32;
-        self.admin_checked("Identify", sqe, DataBuf::One(IoBuf::new(4096)))
-    }
-
-    /// Active namespace IDs.
-    pub fn active_namespaces(&self) -> Result<Vec<u32>, HostError> {
-        let (_, buf) = self.identify_raw(2, 0)?;
-        let mut raw = [0u8; 4096];
-        buf.copy_out(0, &mut raw);
-        Ok(raw
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .take_while(|&id| id != 0)
-            .collect())
-    }
-
-    /// Size in blocks and block size of a namespace (Identify Namespace).
-    pub fn namespace_geometry(&self, nsid: u32) -> Result<(u64, u32), HostError> {
-        let (_, buf) = self.identify_raw(0, nsid)?;
-        let mut raw = [0u8; 4096];
-        buf.copy_out(0, &mut raw);
-        let nsze = u64::from_le_bytes([
-            raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
-        ]);
-        // FLBAS bits 3:0 (and 6:5 above 16 formats) pick the LBA format;
-        // LBADS is byte 2 of its 4-byte descriptor at 128.
-        let flbas = (raw[26] & 0xf) as usize | (((raw[26] >> 5) & 3) as usize) << 4;
-        let lbads = raw.get(128 + flbas * 4 + 2).copied().unwrap_or(0);
-        if nsze == 0 || !(9..=16).contains(&lbads) {
-            return Err(HostError::Invalid(format!(
-                "namespace {nsid} is not active"
-            )));
-        }
-        Ok((nsze, 1u32 << lbads))
-    }
-
-    /// Get Log Page of `len` bytes at `offset`.
-    pub fn get_log_page(
-        &self,
-        lid: u8,
-        nsid: u32,
-        len: usize,
-        offset: u64,
-    ) -> Result<DataBuf, HostError> {
-        let numd_z = (len / 4).max(1) as u32 - 1;
-        let mut sqe = SubmissionEntry::new(AdminOpcode::GET_LOG_PAGE.0, 0);
-        sqe.nsid = nsid;
-        sqe.cdw10 = lid as u32 | ((numd_z & 0xffff) << 16);
-        sqe.cdw11 = numd_z >> 16;
-        sqe.cdw12 = offset as u32;
-        sqe.cdw13 = (offset >> 32) as u32;
-        self.admin_checked("Get Log Page", sqe, DataBuf::One(IoBuf::new(len)))
-            .map(|(_, b)| b)
-    }
-
-    /// Get Features; returns completion dword 0.
-    pub fn get_features(&self, fid: u8, cdw11: u32) -> Result<u32, HostError> {
-        let mut sqe = SubmissionEntry::new(AdminOpcode::GET_FEATURES.0, 0);
-        sqe.cdw10 = fid as u32;
-        sqe.cdw11 = cdw11;
-        self.admin_checked("Get Features", sqe, DataBuf::None)
-            .map(|(c, _)| c.dw0)
-    }
-
-    /// Set Features; returns completion dword 0.
-    pub fn set_features(&self, fid: u8, cdw11: u32) -> Result<u32, HostError> {
-        self.admin_checked("Set Features", set_features_sqe(fid, cdw11), DataBuf::None)
-            .map(|(c, _)| c.dw0)
-    }
-
-    /// Sends a Keep Alive now.
-    pub fn keep_alive(&self) -> Result<(), HostError> {
-        let sqe = SubmissionEntry::new(AdminOpcode::KEEP_ALIVE.0, 0);
-        self.admin_checked("Keep Alive", sqe, DataBuf::None)
-            .map(|_| ())
     }
 
     /// Asynchronous events received since the last call.
@@ -1148,6 +1048,19 @@ fn reassociate(assoc: &Assoc, admin: &Mutex<Admin>, aers: usize) -> Result<(), H
             }
             Err(e)
         }
+    }
+}
+
+impl AdminCommands for HostController {
+    type Error = HostError;
+
+    fn admin_checked(
+        &self,
+        what: &'static str,
+        sqe: SubmissionEntry,
+        buf: DataBuf,
+    ) -> Result<(CompletionEntry, DataBuf), HostError> {
+        checked(&self.admin, what, sqe, buf, self.assoc.opts.timeout)
     }
 }
 

@@ -48,6 +48,8 @@ pub use conn::{HostQpairStats, MAX_DEPTH};
 pub use ctrl::{AsyncEvent, ConnectOptions, HostController, QpairConnector};
 pub use error::{HostError, SubmitError};
 pub use qpair::HostQpair;
+/// The command builders every host shares (in scope for `read`, `identify_raw`...).
+pub use target_core::host_cmds::{AdminCommands, NvmCommands};
 
 /// A finished request as the host sees it.
 #[derive(Debug)]

@@ -23,6 +23,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use target_core::host_cmds::NvmCommands;
 
 use pcie_driver::{ControllerCounters, ControllerOptions, NvmeController};
 use target_core::config::TargetConfig;
