@@ -287,7 +287,11 @@ fn run_jobs(
                     };
                     let mut o =
                         ConnectOptions::new(&nqn, HOSTNQN).with_recovery(cli.reconnect_delay, tmo);
-                    o.queue_depth = (inst.iodepth + 1).min(4096) as u16;
+                    // A queue of at least 128 entries (SPDK's and Linux's
+                    // default I/O queue size) whatever the job's depth: a
+                    // 2-entry ring at QD 1 would look full to its producer
+                    // every other push.
+                    o.queue_depth = (inst.iodepth + 1).clamp(128, 4096) as u16;
                     let mut c = target
                         .transport()
                         .connect(o)

@@ -340,7 +340,8 @@ impl PollGroup {
             work += 1;
         }
         let mut n = 0;
-        while n < FETCH_BATCH && qp.state != QpState::Draining && !qp.backlogged() {
+        let budget = qp.tr.ready().min(FETCH_BATCH);
+        while n < budget && qp.state != QpState::Draining && !qp.backlogged() {
             let Some(cap) = qp.tr.recv() else { break };
             n += 1;
             if !Self::exec(engine, ns, qp, me, cap, true, *now_ms, *now_ns) {

@@ -79,6 +79,12 @@ pub trait QpairTransport: Send + fmt::Debug {
     }
     /// Takes the next submitted capsule, if any.
     fn recv(&mut self) -> Option<Capsule>;
+    /// How many capsules `recv` will return without waiting, when the
+    /// transport knows (the rings do; a socket does not: `usize::MAX`).
+    /// The engine fetches that many, so its loop ends on a count.
+    fn ready(&mut self) -> usize {
+        usize::MAX
+    }
     /// Posts a response. `Err` gives it back when the completion ring is full.
     fn send(&mut self, resp: Response) -> Result<(), Response>;
     /// The host has closed its end (transport-level disconnect).
@@ -219,6 +225,12 @@ impl QueueRings {
         self.cq.pop()
     }
 
+    /// Host side: responses waiting to be reaped.
+    #[inline]
+    pub fn ready_responses(&mut self) -> usize {
+        self.cq.available()
+    }
+
     /// Host side: gives every reaped completion slot back to the target
     /// (the CQ head doorbell).
     #[inline]
@@ -305,6 +317,11 @@ impl QpairTransport for RingTransport {
     #[inline]
     fn recv(&mut self) -> Option<Capsule> {
         self.sq.as_mut()?.pop()
+    }
+
+    #[inline]
+    fn ready(&mut self) -> usize {
+        self.sq.as_mut().map_or(0, |c| c.available())
     }
 
     #[inline]
