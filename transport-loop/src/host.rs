@@ -231,7 +231,7 @@ fn connect_queue(
     let (mut rings, tr) = QueueRings::pair(depth as usize);
     a.transport
         .target
-        .accept(Box::new(tr), depth)
+        .accept(tr, depth)
         .map_err(|e| HostError::Target(e.to_string()))?;
     let data = raw::connect_data(&a.hostid, cntlid, &a.subnqn, &a.hostnqn);
     let sqe = raw::connect_sqe(qid, depth, a.kato_ms);

@@ -333,7 +333,10 @@ impl TcpTransport {
                         self.live.clone(),
                     );
                     self.accepted.fetch_add(1, Ordering::Relaxed);
-                    if let Err(err) = target.accept(Box::new(conn), e.info.config.max_queue_depth) {
+                    if let Err(err) = target.accept(
+                        Box::new(conn) as Box<dyn target_core::nvmf::transport::QpairTransport>,
+                        e.info.config.max_queue_depth,
+                    ) {
                         tracing::warn!(%peer, error = %err, "connection refused by the target");
                     }
                 }

@@ -28,7 +28,7 @@ use super::latency::{FastHistogram, LatencyHistogram};
 use super::qpair::{QpState, Qpair};
 use super::stats::NsIoStats;
 use super::subsystem::Namespace;
-use super::transport::{Capsule, QpairTransport};
+use super::transport::{Capsule, QpTransport};
 use crate::bdev::{BdevCompletion, BdevIo, IoChannel};
 use crate::iobuf::DataBuf;
 use crate::spec::{AdminOpcode, FabricsType, Status};
@@ -272,7 +272,7 @@ impl PollGroup {
     // ---- queue pairs -----------------------------------------------------
 
     /// Takes ownership of a new queue pair's transport; it waits for Connect.
-    pub fn add_qpair(&mut self, tr: Box<dyn QpairTransport>, entries: u16) -> QpairRef {
+    pub fn add_qpair(&mut self, tr: QpTransport, entries: u16) -> QpairRef {
         self.now_ms = self.engine.now_ms();
         let qp = Box::new(Qpair::new(tr, entries));
         let idx = match self.free_qps.pop() {

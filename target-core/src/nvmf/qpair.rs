@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::ctrlr::Controller;
-use super::transport::{Capsule, QpairTransport, Response};
+use super::transport::{Capsule, QpTransport, Response};
 use crate::spec::{CompletionEntry, Status, SubmissionEntry};
 
 /// Life of a queue pair.
@@ -73,7 +73,7 @@ pub struct Qpair {
     /// Controller, once connected.
     pub ctrl: Option<Arc<Controller>>,
     /// The transport end.
-    pub tr: Box<dyn QpairTransport>,
+    pub tr: QpTransport,
     /// Request slots.
     pub slots: Box<[Slot]>,
     /// Free slot indices.
@@ -104,7 +104,7 @@ pub struct Qpair {
 impl Qpair {
     /// A new queue pair waiting for Connect. Allocates its slots now, so the
     /// I/O path never does.
-    pub fn new(tr: Box<dyn QpairTransport>, entries: u16) -> Self {
+    pub fn new(tr: QpTransport, entries: u16) -> Self {
         let entries = entries.max(2);
         Self {
             qid: 0,

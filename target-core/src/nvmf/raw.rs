@@ -44,7 +44,7 @@ impl RawQueue {
     /// Opens a queue pair of `entries` entries on `target` (not yet connected).
     pub fn open(target: &Arc<NvmfTarget>, entries: u16) -> Result<Self, super::TargetError> {
         let (rings, tr) = QueueRings::pair(entries as usize);
-        target.accept(Box::new(tr), entries)?;
+        target.accept(tr, entries)?;
         Ok(Self {
             target: target.clone(),
             rings,

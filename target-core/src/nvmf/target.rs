@@ -20,7 +20,7 @@ use super::latency::{LatencyHistogram, merge_into};
 use super::poll_group::PollGroup;
 use super::stats::NsIoStats;
 use super::subsystem::{Namespace, Subsystem, SubsystemParams};
-use super::transport::QpairTransport;
+use super::transport::QpTransport;
 use crate::bdev::BdevRef;
 use crate::reactor::{Poller, Reactor, ReactorOptions};
 
@@ -754,9 +754,11 @@ impl NvmfTarget {
 
     // ---- transports ------------------------------------------------------
 
-    /// Takes a new queue pair from a transport; it is placed on a poll
-    /// group and waits for its Fabrics Connect.
-    pub fn accept(&self, tr: Box<dyn QpairTransport>, entries: u16) -> Result<(), TargetError> {
+    /// Takes a new queue pair from a transport (a [`RingTransport`] or a
+    /// `Box<dyn QpairTransport>`); it is placed on a poll group and waits
+    /// for its Fabrics Connect.
+    pub fn accept(&self, tr: impl Into<QpTransport>, entries: u16) -> Result<(), TargetError> {
+        let tr = tr.into();
         self.check_running()?;
         let pg = self.engine.place_qpair();
         let h = self.engine.pgs().get(pg).ok_or(TargetError::Stopping)?;

@@ -361,3 +361,76 @@ impl QpairTransport for RingTransport {
         self.shared.state.store(TARGET_DONE, Ordering::Release);
     }
 }
+
+/// A queue pair's transport end as the engine holds it: the in-memory rings
+/// by value, so their `recv`/`send` inline into the fetch and completion
+/// loops (no indirect call per command, no capsule copied through a return
+/// slot), and any other transport behind its trait object.
+#[derive(Debug)]
+pub enum QpTransport {
+    /// The loop transport's rings.
+    Ring(RingTransport),
+    /// Any other transport (NVMe/TCP...).
+    Other(Box<dyn QpairTransport>),
+}
+
+impl From<RingTransport> for QpTransport {
+    fn from(r: RingTransport) -> Self {
+        QpTransport::Ring(r)
+    }
+}
+
+impl From<Box<dyn QpairTransport>> for QpTransport {
+    fn from(t: Box<dyn QpairTransport>) -> Self {
+        QpTransport::Other(t)
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $t:ident => $e:expr) => {
+        match $self {
+            QpTransport::Ring($t) => $e,
+            QpTransport::Other($t) => $e,
+        }
+    };
+}
+
+impl QpTransport {
+    /// See [`QpairTransport::capsule_params`].
+    pub fn capsule_params(&self) -> CapsuleParams {
+        dispatch!(self, t => t.capsule_params())
+    }
+    /// See [`QpairTransport::recv`].
+    #[inline]
+    pub fn recv(&mut self) -> Option<Capsule> {
+        dispatch!(self, t => t.recv())
+    }
+    /// See [`QpairTransport::ready`].
+    #[inline]
+    pub fn ready(&mut self) -> usize {
+        dispatch!(self, t => t.ready())
+    }
+    /// See [`QpairTransport::send`].
+    #[inline]
+    pub fn send(&mut self, resp: Response) -> Result<(), Response> {
+        dispatch!(self, t => t.send(resp))
+    }
+    /// See [`QpairTransport::host_closed`].
+    #[inline]
+    pub fn host_closed(&self) -> bool {
+        dispatch!(self, t => t.host_closed())
+    }
+    /// See [`QpairTransport::close`].
+    pub fn close(&mut self) {
+        dispatch!(self, t => t.close())
+    }
+    /// See [`QpairTransport::finish`].
+    pub fn finish(&mut self) {
+        dispatch!(self, t => t.finish())
+    }
+    /// See [`QpairTransport::publish`].
+    #[inline]
+    pub fn publish(&mut self) {
+        dispatch!(self, t => t.publish())
+    }
+}
