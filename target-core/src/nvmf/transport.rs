@@ -119,9 +119,9 @@ struct Shared {
 }
 
 /// The host's end of a queue pair: it produces submissions and consumes
-/// completions. Each ring has exactly one producer and one consumer
-/// (single-producer rings publish one index per operation instead of
-/// fighting over shared counters, which is what makes the loop fast).
+/// completions. Each ring has exactly one producer and one consumer, and
+/// each publishes its index once per batch (a doorbell) rather than per
+/// entry: that, not fighting over shared counters, makes the loop fast.
 pub struct QueueRings {
     sq: Producer<Capsule>,
     cq: Consumer<Response>,
