@@ -6,6 +6,8 @@
 //! submit an I/O command) and gets the builders here, so a fix to one (the
 //! LBA format a namespace's block size comes from, say) reaches both.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use crate::bdev::{DsmRange, encode_dsm_ranges};
 use crate::iobuf::{DataBuf, IoBuf};
 use crate::spec::{AdminOpcode, CompletionEntry, NvmOpcode, SubmissionEntry};
@@ -205,5 +207,53 @@ pub trait NvmCommands {
         sqe.cdw10 = (n as u32 - 1) & 0xff;
         sqe.cdw11 = 1 << 2;
         self.submit_command(sqe, buf, tag)
+    }
+}
+
+/// A request to replace a host's association, tagged with the generation
+/// it was made in, shared by the controller's poller and its queue pairs.
+///
+/// A plain flag is racy: a queue pair that read the old generation, then
+/// saw no recovery running (the poller having just finished one), would
+/// raise it again and have the brand-new association torn down for nothing
+/// (one reset, two reconnects). Tagged, a request made in generation `g`
+/// stops counting as soon as the association is `g + 1`.
+#[derive(Debug, Default)]
+pub struct RecoveryRequest(AtomicU32);
+
+impl RecoveryRequest {
+    /// Asks for association `generation` to be replaced (a no-op once it
+    /// has been).
+    pub fn request(&self, generation: u32) {
+        self.0
+            .fetch_max(generation.saturating_add(1), Ordering::AcqRel);
+    }
+
+    /// `true` while a request for the association now current
+    /// (`generation`) is pending.
+    pub fn pending(&self, generation: u32) -> bool {
+        self.0.load(Ordering::Acquire) > generation
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_made_in_an_old_generation_does_not_count_in_the_new_one() {
+        let r = RecoveryRequest::default();
+        assert!(!r.pending(0));
+        r.request(0);
+        assert!(r.pending(0));
+        // The poller replaced association 0 with 1; a queue pair that saw
+        // 0 end only now asks again: nothing is pending for 1.
+        r.request(0);
+        assert!(!r.pending(1));
+        r.request(1);
+        assert!(r.pending(1));
+        r.request(0);
+        assert!(r.pending(1));
+        assert!(!r.pending(2));
     }
 }

@@ -15,7 +15,7 @@ use target_core::spec::{AdminOpcode, CompletionEntry, FabricsType, Status, Submi
 use crate::admin::{self, AdminQueue, lock};
 use crate::qpair::{HostQpair, MAX_DEPTH};
 use crate::{HostError, wait};
-use target_core::host_cmds::{AdminCommands, set_features_sqe};
+use target_core::host_cmds::{AdminCommands, RecoveryRequest, set_features_sqe};
 
 /// Controller property offsets used by the host.
 const CAP: u32 = 0x00;
@@ -194,7 +194,7 @@ pub(crate) struct Assoc {
     /// its rings are stale once this moved past `g`.
     pub generation: AtomicU32,
     /// A queue pair saw its queue end in the current generation.
-    pub recover_req: AtomicBool,
+    pub recover_req: RecoveryRequest,
     /// A recovery is under way (I/O queues wait for it).
     pub recovering: AtomicBool,
     /// Successful reconnects of the controller.
@@ -202,6 +202,18 @@ pub(crate) struct Assoc {
 }
 
 impl Assoc {
+    /// Asks the poller to replace the association now current.
+    fn request_recovery(&self) {
+        self.recover_req
+            .request(self.generation.load(Ordering::Acquire));
+    }
+
+    /// A replacement of the current association was asked for.
+    fn recovery_pending(&self) -> bool {
+        self.recover_req
+            .pending(self.generation.load(Ordering::Acquire))
+    }
+
     /// Error recovery is on.
     pub(crate) fn recovery(&self) -> bool {
         !self.ctrl_loss_tmo.is_zero()
@@ -334,7 +346,7 @@ impl HostController {
             ready: AtomicBool::new(false),
             gone: AtomicBool::new(false),
             generation: AtomicU32::new(0),
-            recover_req: AtomicBool::new(false),
+            recover_req: RecoveryRequest::default(),
             recovering: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
         };
@@ -520,8 +532,7 @@ impl HostController {
             && self.assoc.recovery()
             && !self.assoc.gone.load(Ordering::Acquire)
             && !self.stop.load(Ordering::Acquire)
-            && (self.assoc.recover_req.load(Ordering::Acquire)
-                || lock(&self.admin).rings.target_done())
+            && (self.assoc.recovery_pending() || lock(&self.admin).rings.target_done())
         {
             recover(
                 self.target(),
@@ -564,7 +575,7 @@ impl HostController {
                 };
                 let mut last_ka = Instant::now();
                 while !stop.load(Ordering::Acquire) {
-                    if assoc.recovery() && assoc.recover_req.load(Ordering::Acquire) {
+                    if assoc.recovery() && assoc.recovery_pending() {
                         recover(&target, &assoc, &admin, aers, &stop);
                         if assoc.gone.load(Ordering::Acquire) {
                             break;
@@ -581,18 +592,18 @@ impl HostController {
                             Ok((c, _)) if c.status().is_success() => {}
                             Ok((c, _)) => {
                                 tracing::warn!(status = %c.status(), "keep alive refused");
-                                assoc.recover_req.store(true, Ordering::Release);
+                                assoc.request_recovery();
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "keep alive failed");
-                                assoc.recover_req.store(true, Ordering::Release);
+                                assoc.request_recovery();
                             }
                         }
                         last_ka = Instant::now();
                     }
                     if lock(&admin).rings.target_done() {
                         if assoc.recovery() && !stop.load(Ordering::Acquire) {
-                            assoc.recover_req.store(true, Ordering::Release);
+                            assoc.request_recovery();
                             continue;
                         }
                         assoc.gone.store(true, Ordering::Release);
@@ -830,7 +841,6 @@ fn recover(
         match reassociate(target, assoc, admin, aers) {
             Ok(()) => {
                 assoc.reconnects.fetch_add(1, Ordering::Relaxed);
-                assoc.recover_req.store(false, Ordering::Release);
                 assoc.generation.fetch_add(1, Ordering::AcqRel);
                 assoc.recovering.store(false, Ordering::Release);
                 assoc.ready.store(true, Ordering::Release);

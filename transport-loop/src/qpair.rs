@@ -335,9 +335,9 @@ impl HostQpair {
             }
             let generation = self.assoc.generation.load(Ordering::Acquire);
             if generation == self.generation {
-                if !self.assoc.recovering.load(Ordering::Acquire) {
-                    self.assoc.recover_req.store(true, Ordering::Release);
-                }
+                // Tagged with the generation that ended: a request that
+                // arrives after the poller replaced it is ignored.
+                self.assoc.recover_req.request(self.generation);
                 return 0;
             }
             if !self.assoc.ready.load(Ordering::Acquire)
@@ -360,9 +360,7 @@ impl HostQpair {
                     // ctrl_loss_tmo.
                     tracing::debug!(qid = self.qid, error = %e, "I/O queue reconnect");
                     self.next_attempt = Some(Instant::now() + self.assoc.reconnect_delay);
-                    if !self.assoc.recovering.load(Ordering::Acquire) {
-                        self.assoc.recover_req.store(true, Ordering::Release);
-                    }
+                    self.assoc.recover_req.request(generation);
                     return 0;
                 }
             }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use target_core::host_cmds::{AdminCommands, set_features_sqe};
+use target_core::host_cmds::{AdminCommands, RecoveryRequest, set_features_sqe};
 use target_core::iobuf::{DataBuf, IoBuf};
 use target_core::nvmf::raw;
 use target_core::spec::{AdminOpcode, CompletionEntry, FabricsType, Status, SubmissionEntry};
@@ -216,7 +216,7 @@ pub(crate) struct Assoc {
     /// Counts associations; a queue of an older one is stale.
     pub generation: AtomicU32,
     /// A queue lost its connection in the current generation.
-    pub recover_req: AtomicBool,
+    pub recover_req: RecoveryRequest,
     /// A recovery is under way.
     pub recovering: AtomicBool,
     /// Successful reconnects of the controller.
@@ -226,6 +226,18 @@ pub(crate) struct Assoc {
 }
 
 impl Assoc {
+    /// Asks the poller to replace the association now current.
+    fn request_recovery(&self) {
+        self.recover_req
+            .request(self.generation.load(Ordering::Acquire));
+    }
+
+    /// A replacement of the current association was asked for.
+    fn recovery_pending(&self) -> bool {
+        self.recover_req
+            .pending(self.generation.load(Ordering::Acquire))
+    }
+
     pub(crate) fn recovery(&self) -> bool {
         !self.opts.ctrl_loss_tmo.is_zero()
     }
@@ -569,7 +581,7 @@ impl HostController {
             ready: AtomicBool::new(false),
             gone: AtomicBool::new(false),
             generation: AtomicU32::new(0),
-            recover_req: AtomicBool::new(false),
+            recover_req: RecoveryRequest::default(),
             recovering: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -894,7 +906,7 @@ fn service_round(
     if let Some(why) = dead {
         lost(assoc, why);
     }
-    if assoc.recover_req.load(Ordering::Acquire) {
+    if assoc.recovery_pending() {
         if assoc.recovery() {
             recover(assoc, admin, aers, stop);
             *last_ka = Instant::now();
@@ -961,7 +973,7 @@ fn lost(assoc: &Assoc, why: String) {
     );
     assoc.note(why);
     if assoc.recovery() {
-        assoc.recover_req.store(true, Ordering::Release);
+        assoc.request_recovery();
     } else {
         assoc.ready.store(false, Ordering::Release);
         assoc.gone.store(true, Ordering::Release);
@@ -1004,7 +1016,6 @@ fn recover(assoc: &Assoc, admin: &Mutex<Admin>, aers: usize, stop: &AtomicBool) 
         match reassociate(assoc, admin, aers) {
             Ok(()) => {
                 assoc.reconnects.fetch_add(1, Ordering::Relaxed);
-                assoc.recover_req.store(false, Ordering::Release);
                 assoc.generation.fetch_add(1, Ordering::AcqRel);
                 assoc.recovering.store(false, Ordering::Release);
                 assoc.ready.store(true, Ordering::Release);

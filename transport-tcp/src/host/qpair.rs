@@ -163,18 +163,16 @@ impl HostQpair {
     fn recover_step(&mut self) -> usize {
         self.conn.park_inflight();
         if !self.assoc.ready.load(Ordering::Acquire) {
-            if !self.assoc.recovering.load(Ordering::Acquire) {
-                self.assoc.recover_req.store(true, Ordering::Release);
-            }
+            // Tagged with this queue's generation: ignored if the poller
+            // has replaced that association already.
+            self.assoc.recover_req.request(self.generation);
             return 0;
         }
         let generation = self.assoc.generation.load(Ordering::Acquire);
         if generation == self.generation {
             // Only this queue failed: the controller's poller reconnects
             // the whole association, as Linux's error recovery does.
-            if !self.assoc.recovering.load(Ordering::Acquire) {
-                self.assoc.recover_req.store(true, Ordering::Release);
-            }
+            self.assoc.recover_req.request(generation);
             return 0;
         }
         if self.next_attempt.is_some_and(|t| Instant::now() < t) {
@@ -190,9 +188,7 @@ impl HostQpair {
             Err(e) => {
                 tracing::debug!(qid = self.qid, error = %e, "I/O queue reconnect");
                 self.next_attempt = Some(Instant::now() + self.assoc.opts.reconnect_delay);
-                if !self.assoc.recovering.load(Ordering::Acquire) {
-                    self.assoc.recover_req.store(true, Ordering::Release);
-                }
+                self.assoc.recover_req.request(generation);
             }
         }
         0
