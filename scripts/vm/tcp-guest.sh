@@ -26,8 +26,8 @@ mdts = 5
 
 [reactors]
 # The reactor busy-polls vCPU 1: at QD 1 a ppoll wake-up costs more than
-# the spin in this TCG guest (the bench below times idle_backoff_us = 20,
-# the ppoll wait, too); nvme-tcp's I/O worker and the load share vCPU 0.
+# the spin in this TCG guest (BENCH_VARIANTS=20 times the ppoll wait);
+# nvme-tcp's I/O worker and the load share vCPU 0.
 cores = [1]
 idle_backoff_us = 0
 
