@@ -8,8 +8,8 @@
 # drift of a noisy 2-core machine hits both sides alike; the result is the
 # median IOPS of each side and the ratio B/A, plus every run's figure.
 # Two-core runs also show the host-reactor cache-line round trip nvmf-bench
-# measured before each (machine.json): on a VM it moves between runs, and
-# the IOPS with it. A machine-readable copy goes to compare.json in the output folder
+# measured before and after each (machine.json, as "before>after" ns): on a
+# VM it moves between runs, and the IOPS with it. A machine-readable copy goes to compare.json in the output folder
 # (COMPARE_OUT, default ./out/compare-<unix-time>).
 #
 # Example: this build against an older one, loop inline QD128:
@@ -51,7 +51,10 @@ iops_of() {
 # two-core IOPS with it.
 rt_of() {
     python3 -c 'import json,sys
-try: print("%.0f" % json.load(open(sys.argv[1]))["core_probe"]["round_trip_ns"])
+try:
+    m = json.load(open(sys.argv[1]))
+    a = m.get("core_probe_after")
+    print("%.0f" % m["core_probe"]["round_trip_ns"] + ("" if not a else ">%.0f" % a["round_trip_ns"]))
 except Exception: print("-")' "$1"
 }
 
@@ -89,7 +92,8 @@ python3 - "$out/compare.json" "$label_a" "$label_b" "$cmd_a" "$cmd_b" \
 import json, statistics, sys
 path, la, lb, ca, cb, ra, rb, ta, tb = sys.argv[1:10]
 def rts(v):
-    return [None if x == "-" else float(x) for x in v.split()]
+    # "before>after" ns per run, "-" when not measured
+    return [None if x == "-" else [float(y) for y in x.split(">")] for x in v.split()]
 a = [float(x) for x in ra.split()]
 b = [float(x) for x in rb.split()]
 ma, mb = statistics.median(a), statistics.median(b)

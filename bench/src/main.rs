@@ -406,6 +406,10 @@ fn run_jobs(
         };
     }
     stop_target(target);
+    // Once more with the reactors gone: a placement that changed during
+    // the run shows as two different figures.
+    let probe_after =
+        probe.and_then(|p| bench::core_probe::probe(p.host_core, p.reactor_core, 200_000));
     // A TCP job whose connection died for good: the target vanished (or
     // recovery gave up). Its results are written; the run fails.
     let lost: Vec<String> = lost
@@ -442,13 +446,16 @@ fn run_jobs(
         print!("{table}");
     }
     if let Some(p) = probe {
+        let after = probe_after.map_or("-".to_string(), |a| format!("{:.0}", a.round_trip_ns));
         eprintln!(
-            "core {} <-> core {} (host, reactor): cache-line round trip {:.0} ns",
+            "core {} <-> core {} (host, reactor): cache-line round trip {:.0} ns before the run, {after} ns after",
             p.host_core, p.reactor_core, p.round_trip_ns
         );
         let f = dir.join("machine.json");
-        let json = serde_json::to_string_pretty(&serde_json::json!({ "core_probe": p }))
-            .map_err(|e| e.to_string())?;
+        let json = serde_json::to_string_pretty(
+            &serde_json::json!({ "core_probe": p, "core_probe_after": probe_after }),
+        )
+        .map_err(|e| e.to_string())?;
         std::fs::write(&f, json + "\n").map_err(|e| format!("{}: {e}", f.display()))?;
     }
     eprintln!("results: {}", dir.display());

@@ -9,7 +9,7 @@
 //! | `total.hgrm`    | the same for all jobs merged (only with several jobs)           |
 //! | `latency.svg`   | latency (µs) by percentile on a log "nines" axis, one line per job |
 //! | `iops.svg`      | IOPS per second, one line per job (and the total)               |
-//! | `machine.json`  | written by `nvmf-bench` itself for a run with host and reactor on two cores: the cache-line round trip between them ([`crate::core_probe`]) |
+//! | `machine.json`  | written by `nvmf-bench` itself for a run with host and reactor on two cores: the cache-line round trip between them before and after the run ([`crate::core_probe`]) |
 //!
 //! The `.hlog` files load in HdrHistogram's `HistogramLogProcessor` and
 //! HistogramLogAnalyzer; the `.hgrm` files in the HdrHistogram plotter
