@@ -30,6 +30,18 @@ pub struct CoreProbe {
 #[repr(align(128))]
 struct Line(AtomicU64);
 
+/// Spins until `line` holds `v`; `false` if the other side gave up
+/// (`u64::MAX`: it could not be pinned).
+fn await_value(line: &Line, v: u64) -> bool {
+    loop {
+        match line.0.load(Ordering::Acquire) {
+            x if x == v => return true,
+            u64::MAX => return false,
+            _ => std::hint::spin_loop(),
+        }
+    }
+}
+
 /// Ping-pongs a counter between two threads pinned to `host_core` and
 /// `reactor_core` for `rounds` round trips. `None` when a thread cannot be
 /// pinned (the cores are not in this process's set) or the cores are the
@@ -47,15 +59,8 @@ pub fn probe(host_core: usize, reactor_core: usize, rounds: u64) -> Option<CoreP
             return false;
         }
         for i in 1..=rounds {
-            loop {
-                let v = peer.0.0.load(Ordering::Acquire);
-                if v == i {
-                    break;
-                }
-                if v == u64::MAX {
-                    return false;
-                }
-                std::hint::spin_loop();
+            if !await_value(&peer.0, i) {
+                return false;
             }
             peer.1.0.store(i, Ordering::Release);
         }
@@ -70,15 +75,8 @@ pub fn probe(host_core: usize, reactor_core: usize, rounds: u64) -> Option<CoreP
             let start = Instant::now();
             for i in 1..=rounds {
                 lines.0.0.store(i, Ordering::Release);
-                loop {
-                    let v = lines.1.0.load(Ordering::Acquire);
-                    if v == i {
-                        break;
-                    }
-                    if v == u64::MAX {
-                        return None;
-                    }
-                    std::hint::spin_loop();
+                if !await_value(&lines.1, i) {
+                    return None;
                 }
             }
             Some(start.elapsed())

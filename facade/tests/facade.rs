@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
-use target_core::host_cmds::NvmCommands;
 
 use target_core::config::TargetConfig;
+use target_core::host_cmds::NvmCommands;
 use target_core::iobuf::{DataBuf, IoBuf};
 use target_facade::{StartOptions, Target};
 use transport_loop::ConnectOptions;

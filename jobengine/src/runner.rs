@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use target_core::host_cmds::NvmCommands;
 
 use target_core::bdev::{BdevIo, BdevRef, IoChannel, IoOp};
+use target_core::host_cmds::NvmCommands;
 use target_core::iobuf::{DataBuf, IoBuf};
 use target_core::reactor::Poller;
 use transport_loop::HostQpair;

@@ -13,8 +13,8 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use target_core::host_cmds::{AdminCommands, NvmCommands};
 
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 use target_core::iobuf::{DataBuf, IoBuf};
 use transport_tcp::host::{ConnectOptions, HostController, HostQpair, QpairState};
 

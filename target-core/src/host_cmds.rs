@@ -222,6 +222,17 @@ pub trait NvmCommands {
 pub struct RecoveryRequest(AtomicU32);
 
 impl RecoveryRequest {
+    /// Asks for the association current in `generation` to be replaced.
+    pub fn request_current(&self, generation: &AtomicU32) {
+        self.request(generation.load(Ordering::Acquire));
+    }
+
+    /// A replacement of the association current in `generation` was asked
+    /// for.
+    pub fn pending_current(&self, generation: &AtomicU32) -> bool {
+        self.pending(generation.load(Ordering::Acquire))
+    }
+
     /// Asks for association `generation` to be replaced (a no-op once it
     /// has been).
     pub fn request(&self, generation: u32) {

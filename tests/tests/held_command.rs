@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use target_core::host_cmds::{AdminCommands, NvmCommands};
 
 use target_core::bdev::error::Trigger;
 use target_core::bdev::*;
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 use target_core::iobuf::{DataBuf, IoBuf};
 use target_core::nvmf::SubsystemParams;
 use target_core::nvmf::target::NamespaceParams;

@@ -15,10 +15,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use target_core::host_cmds::{AdminCommands, NvmCommands};
 
 use target_core::bdev::error::Trigger;
 use target_core::bdev::*;
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 use target_core::iobuf::{DataBuf, IoBuf};
 use target_core::nvmf::target::NamespaceParams;
 use target_core::nvmf::{NvmfTarget, SubsystemParams};

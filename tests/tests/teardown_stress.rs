@@ -34,12 +34,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use target_core::host_cmds::NvmCommands;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use target_core::bdev::error::Trigger;
 use target_core::bdev::*;
+use target_core::host_cmds::NvmCommands;
 use target_core::iobuf::{DataBuf, IoBuf};
 use target_core::nvmf::target::NamespaceParams;
 use target_core::nvmf::{NvmfTarget, SubsystemParams};

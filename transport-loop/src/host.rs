@@ -202,18 +202,6 @@ pub(crate) struct Assoc {
 }
 
 impl Assoc {
-    /// Asks the poller to replace the association now current.
-    fn request_recovery(&self) {
-        self.recover_req
-            .request(self.generation.load(Ordering::Acquire));
-    }
-
-    /// A replacement of the current association was asked for.
-    fn recovery_pending(&self) -> bool {
-        self.recover_req
-            .pending(self.generation.load(Ordering::Acquire))
-    }
-
     /// Error recovery is on.
     pub(crate) fn recovery(&self) -> bool {
         !self.ctrl_loss_tmo.is_zero()
@@ -532,7 +520,11 @@ impl HostController {
             && self.assoc.recovery()
             && !self.assoc.gone.load(Ordering::Acquire)
             && !self.stop.load(Ordering::Acquire)
-            && (self.assoc.recovery_pending() || lock(&self.admin).rings.target_done())
+            && (self
+                .assoc
+                .recover_req
+                .pending_current(&self.assoc.generation)
+                || lock(&self.admin).rings.target_done())
         {
             recover(
                 self.target(),
@@ -575,7 +567,7 @@ impl HostController {
                 };
                 let mut last_ka = Instant::now();
                 while !stop.load(Ordering::Acquire) {
-                    if assoc.recovery() && assoc.recovery_pending() {
+                    if assoc.recovery() && assoc.recover_req.pending_current(&assoc.generation) {
                         recover(&target, &assoc, &admin, aers, &stop);
                         if assoc.gone.load(Ordering::Acquire) {
                             break;
@@ -592,18 +584,18 @@ impl HostController {
                             Ok((c, _)) if c.status().is_success() => {}
                             Ok((c, _)) => {
                                 tracing::warn!(status = %c.status(), "keep alive refused");
-                                assoc.request_recovery();
+                                assoc.recover_req.request_current(&assoc.generation);
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "keep alive failed");
-                                assoc.request_recovery();
+                                assoc.recover_req.request_current(&assoc.generation);
                             }
                         }
                         last_ka = Instant::now();
                     }
                     if lock(&admin).rings.target_done() {
                         if assoc.recovery() && !stop.load(Ordering::Acquire) {
-                            assoc.request_recovery();
+                            assoc.recover_req.request_current(&assoc.generation);
                             continue;
                         }
                         assoc.gone.store(true, Ordering::Release);

@@ -6,10 +6,10 @@
 mod common;
 
 use std::time::Duration;
-use target_core::host_cmds::{AdminCommands, NvmCommands};
 
 use common::*;
 use target_core::bdev::DsmRange;
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 use target_core::iobuf::{DataBuf, IoBuf};
 use target_core::nvmf::NvmfTarget;
 use target_core::nvmf::raw::{RawQueue, connect_data};

@@ -9,11 +9,11 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use target_core::host_cmds::NvmCommands;
 
 use common::*;
 use target_core::bdev::error::Trigger;
 use target_core::bdev::{ErrorAction, ErrorBdev, ErrorParams, ErrorRule, IoOp, OpMatch};
+use target_core::host_cmds::NvmCommands;
 use target_core::iobuf::{DataBuf, IoBuf};
 use target_core::nvmf::NvmfTarget;
 use target_core::nvmf::target::NamespaceParams;

@@ -5,9 +5,9 @@
 mod common;
 
 use std::time::{Duration, Instant};
-use target_core::host_cmds::{AdminCommands, NvmCommands};
 
 use common::*;
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 use target_core::iobuf::{DataBuf, IoBuf};
 use target_core::nvmf::target::NamespaceParams;
 use target_core::spec::Status;

@@ -11,9 +11,9 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use target_core::host_cmds::{AdminCommands, NvmCommands};
 
 use common::{BLOCKS, HOST, NQN, fixture};
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 use target_core::iobuf::{DataBuf, IoBuf};
 use transport_tcp::ListenerConfig;
 use transport_tcp::host::{ConnectOptions, HostCompletion, HostController, HostQpair, QpairState};

@@ -158,12 +158,6 @@ impl<T: Send> Producer<T> {
             self.published = self.tail;
         }
     }
-
-    /// Entries pushed and not yet published.
-    #[inline]
-    pub fn unpublished(&self) -> usize {
-        self.tail.wrapping_sub(self.published)
-    }
 }
 
 impl<T: Send> Drop for Producer<T> {

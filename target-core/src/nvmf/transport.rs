@@ -212,12 +212,6 @@ impl QueueRings {
         self.sq.publish();
     }
 
-    /// Capsules submitted and not yet made visible.
-    #[inline]
-    pub fn unrung(&self) -> usize {
-        self.sq.unpublished()
-    }
-
     /// Host side: takes the next response. The slot goes back to the
     /// target every few responses and at [`QueueRings::release_cq`].
     #[inline]

@@ -15,13 +15,13 @@
 //! the whole run and of a baseline before it are printed beside them.
 
 use std::time::{Duration, Instant};
-use target_core::host_cmds::{AdminCommands, NvmCommands};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use pcie_driver::{ControllerOptions, CtrlState, NvmeController};
 use target_core::config::TargetConfig;
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 use target_core::iobuf::{DataBuf, IoBuf};
 use target_core::nvmf::target::NamespaceParams;
 use target_facade::{StartOptions, Target};

@@ -13,8 +13,8 @@
 //! QD threads, for comparison. Benchmark only: prints `BENCH` lines.
 
 use std::time::{Duration, Instant};
-use target_core::host_cmds::{AdminCommands, NvmCommands};
 
+use target_core::host_cmds::{AdminCommands, NvmCommands};
 use target_core::iobuf::{DataBuf, IoBuf};
 use transport_tcp::host::{ConnectOptions, HostController, HostQpair, QpairState};
 
@@ -378,16 +378,21 @@ fn cut_without_recovery(
 /// O_DIRECT on x86_64 Linux (kept literal: no libc dependency for one flag).
 const O_DIRECT: i32 = 0o40000;
 
-/// 4 KiB random reads at `qd` (one thread per outstanding read) on a block
-/// device for `secs`; returns IOPS.
-fn blk_randread(dev: &str, qd: u32, secs: u64, span: u64) -> Result<f64, String> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let f = std::fs::OpenOptions::new()
+/// `dev` opened for O_DIRECT reads (the page cache out of the figures).
+fn open_direct(dev: &str) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(O_DIRECT)
         .open(dev)
-        .map_err(|e| format!("{dev}: {e}"))?;
-    let f = std::sync::Arc::new(f);
+        .map_err(|e| format!("{dev}: {e}"))
+}
+
+/// 4 KiB random reads at `qd` (one thread per outstanding read) on a block
+/// device for `secs`; returns IOPS.
+fn blk_randread(dev: &str, qd: u32, secs: u64, span: u64) -> Result<f64, String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::sync::Arc::new(open_direct(dev)?);
     let end = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
     let threads: Vec<_> = (0..qd)
@@ -422,12 +427,7 @@ fn blk_randread(dev: &str, qd: u32, secs: u64, span: u64) -> Result<f64, String>
 fn blk_randread_uring(dev: &str, qd: u32, secs: u64, span: u64) -> Result<f64, String> {
     use io_uring::{IoUring, opcode, types};
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(O_DIRECT)
-        .open(dev)
-        .map_err(|e| format!("{dev}: {e}"))?;
+    let f = open_direct(dev)?;
     let mut ring = IoUring::new(qd.next_power_of_two()).map_err(|e| format!("io_uring: {e}"))?;
     let mut bufs: Vec<IoBuf> = (0..qd).map(|_| IoBuf::new(4096)).collect();
     let mut rng = Rng(0x1234_5678);

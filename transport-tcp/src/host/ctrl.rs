@@ -226,18 +226,6 @@ pub(crate) struct Assoc {
 }
 
 impl Assoc {
-    /// Asks the poller to replace the association now current.
-    fn request_recovery(&self) {
-        self.recover_req
-            .request(self.generation.load(Ordering::Acquire));
-    }
-
-    /// A replacement of the current association was asked for.
-    fn recovery_pending(&self) -> bool {
-        self.recover_req
-            .pending(self.generation.load(Ordering::Acquire))
-    }
-
     pub(crate) fn recovery(&self) -> bool {
         !self.opts.ctrl_loss_tmo.is_zero()
     }
@@ -906,7 +894,7 @@ fn service_round(
     if let Some(why) = dead {
         lost(assoc, why);
     }
-    if assoc.recovery_pending() {
+    if assoc.recover_req.pending_current(&assoc.generation) {
         if assoc.recovery() {
             recover(assoc, admin, aers, stop);
             *last_ka = Instant::now();
@@ -973,7 +961,7 @@ fn lost(assoc: &Assoc, why: String) {
     );
     assoc.note(why);
     if assoc.recovery() {
-        assoc.request_recovery();
+        assoc.recover_req.request_current(&assoc.generation);
     } else {
         assoc.ready.store(false, Ordering::Release);
         assoc.gone.store(true, Ordering::Release);

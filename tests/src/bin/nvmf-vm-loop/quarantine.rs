@@ -23,10 +23,10 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use target_core::host_cmds::NvmCommands;
 
 use pcie_driver::{ControllerCounters, ControllerOptions, NvmeController};
 use target_core::config::TargetConfig;
+use target_core::host_cmds::NvmCommands;
 use target_core::iobuf::{DataBuf, IoBuf};
 use target_core::nvmf::target::NamespaceParams;
 use target_facade::{StartOptions, Target};
