@@ -881,14 +881,22 @@ impl QpairTransport for TcpConn {
             }
         }
         self.core.respond(resp);
-        // While capsules parsed from the same read are still to be taken,
-        // the engine calls `recv` again (which flushes first): one write
-        // then carries the responses of a whole batch rather than one
-        // syscall per command (what a queue depth of 32 pays most for).
-        if !self.core.has_ready() || self.core.tx_pending().len() >= TX_BATCH {
+        // The poll group calls `publish` once per pass, after the fetch and
+        // the backends' completions: one write then carries every response
+        // of the pass. A write per response (what the backends' completion
+        // loop would otherwise cause) is a syscall and a wake-up of the
+        // host's receive worker each, on another CPU: what a queue depth
+        // of 32 pays most for.
+        if self.core.tx_pending().len() >= TX_BATCH {
             self.flush();
         }
         Ok(())
+    }
+
+    fn publish(&mut self) {
+        if !self.core.tx_pending().is_empty() {
+            self.flush();
+        }
     }
 
     fn host_closed(&self) -> bool {
