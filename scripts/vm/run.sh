@@ -195,7 +195,7 @@ tcp_extra='
     cp "$TCPHOSTBIN" "$root/nvmf-tcp-host-vm"
     cp "$ROOT/scripts/vm/tcp-guest.sh" "$ROOT/scripts/vm/tcp-bench.sh" "$root/"
     chmod +x "$root/tcp-guest.sh"
-    echo "TCP_BENCH_ONLY=${TCP_BENCH_ONLY:-}; BENCH_ROUNDS=${BENCH_ROUNDS:-2}; BENCH_SECS=${BENCH_SECS:-2}; BENCH_VARIANTS=\"${BENCH_VARIANTS:-0}\"; BENCH_HOST_PINS=\"${BENCH_HOST_PINS:-free vcpu0}\"; BENCH_LOADS=\"${BENCH_LOADS:-1:io_uring 32:io_uring 32:threads}\"; BENCH_CONNECT_OPTS=\"${BENCH_CONNECT_OPTS:-}\"" >"$root/tcp.env"
+    echo "TCP_BENCH_ONLY=${TCP_BENCH_ONLY:-}; BENCH_ROUNDS=${BENCH_ROUNDS:-2}; BENCH_SECS=${BENCH_SECS:-2}; BENCH_VARIANTS=\"${BENCH_VARIANTS:-0 50}\"; BENCH_HOST_PINS=\"${BENCH_HOST_PINS:-free vcpu0}\"; BENCH_LOADS=\"${BENCH_LOADS:-1:io_uring 32:io_uring 32:threads}\"; BENCH_CONNECT_OPTS=\"${BENCH_CONNECT_OPTS:-}\"" >"$root/tcp.env"
     : >"$root/tcp.order"
     for m in crypto/crc32c_generic.ko lib/crc64.ko crypto/crc64_rocksoft_generic.ko lib/crc64-rocksoft.ko \
              crypto/crct10dif_common.ko crypto/crct10dif_generic.ko lib/crc-t10dif.ko block/t10-pi.ko \
@@ -380,7 +380,7 @@ for cfg in $CONFIGS; do
     else
         # The tcp guest also times its benchmark (tcp-bench.sh): more time.
         t_cfg=$TIMEOUT
-        [ "$cfg" = tcp ] && t_cfg=$((TIMEOUT + 120))
+        [ "$cfg" = tcp ] && t_cfg=$((TIMEOUT + 180))
         # shellcheck disable=SC2046
         timeout --foreground -k 5 "$t_cfg" "${qemu_base[@]}" \
             -append "console=ttyS0 intel_iommu=on quiet panic=-1 vmtest=$cfg $extra_append" \

@@ -69,7 +69,7 @@ if [ -d /lib/modules/kt ] && [ -x /nvmf-tcp-host-vm ]; then
 fi
 if [ -n "$kns" ]; then
     # A variant is "idle_backoff_us" or "idle_backoff_us@vCPU" (the reactor's core).
-    for var in ${BENCH_VARIANTS:-0}; do
+    for var in ${BENCH_VARIANTS:-0 50}; do
         v=${var%@*}
         core=1
         case $var in *@*) core=${var#*@} ;; esac

@@ -25,9 +25,9 @@ cat >/tmp/tgt.toml <<EOF
 mdts = 5
 
 [reactors]
-# The reactor busy-polls vCPU 1: at QD 1 a ppoll wake-up costs more than
-# the spin in this TCG guest (BENCH_VARIANTS=20 times the ppoll wait);
-# nvme-tcp's I/O worker and the load share vCPU 0.
+# The reactor busy-polls vCPU 1 (nvme-tcp's I/O worker and the load share
+# vCPU 0). The benchmark (tcp-bench.sh) also times idle_backoff_us = 50,
+# which leaves vCPU 1 to the host's threads when there is nothing to do.
 cores = [1]
 idle_backoff_us = 0
 
