@@ -7,24 +7,18 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use target_core::iobuf::{DataBuf, IoBuf};
+use target_core::iobuf::DataBuf;
 use target_core::nvmf::raw;
 use target_core::nvmf::{Capsule, NvmfTarget, QueueRings};
-use target_core::spec::{AdminOpcode, CompletionEntry, FabricsType, Status, SubmissionEntry};
+use target_core::spec::{AdminOpcode, CompletionEntry, SubmissionEntry};
 
 use crate::admin::{self, AdminQueue, lock};
 use crate::qpair::{HostQpair, MAX_DEPTH};
 use crate::{HostError, wait};
-use target_core::host_cmds::{AdminCommands, RecoveryRequest, set_features_sqe};
-
-/// Controller property offsets used by the host.
-const CAP: u32 = 0x00;
-const VS: u32 = 0x08;
-const CC: u32 = 0x14;
-const CSTS: u32 = 0x1c;
-/// CC value enabling the controller: EN, IOSQES 6 (64 B), IOCQES 4 (16 B).
-const CC_ENABLE: u32 = 1 | (6 << 16) | (4 << 20);
-const CC_SHN_NORMAL: u32 = 1 << 14;
+pub use target_core::host_cmds::AsyncEvent;
+use target_core::host_cmds::{
+    AdminCommands, PROP_CAP, PROP_VS, RecoveryRequest, host_id_for, is_namespace_notice,
+};
 
 /// The loop listener: which subsystems hosts in this process may reach.
 pub struct LoopTransport {
@@ -124,18 +118,10 @@ pub struct ConnectOptions {
 impl ConnectOptions {
     /// Defaults: one queue of 128 entries, 10 s keep-alive, background on.
     pub fn new(subnqn: &str, hostnqn: &str) -> Self {
-        let mut hostid = [0u8; 16];
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for (i, b) in hostnqn.bytes().chain(std::iter::once(1)).enumerate() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100_0000_01b3);
-            hostid[i % 16] ^= (h >> 24) as u8;
-        }
-        hostid[0] |= 1;
         Self {
             subnqn: subnqn.to_owned(),
             hostnqn: hostnqn.to_owned(),
-            hostid,
+            hostid: host_id_for(hostnqn),
             io_queues: 1,
             queue_depth: 128,
             admin_depth: 32,
@@ -156,16 +142,6 @@ impl ConnectOptions {
         self.ctrl_loss_tmo = ctrl_loss_tmo;
         self
     }
-}
-
-/// An asynchronous event the host received.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AsyncEvent {
-    /// Namespaces were added, removed or changed (from the Changed
-    /// Namespace List log; `[u32::MAX]` means "more than 1024").
-    NamespaceChanged(Vec<u32>),
-    /// Any other event: completion dword 0.
-    Other(u32),
 }
 
 /// What queue pairs need to reconnect, and the recovery state they share
@@ -366,8 +342,8 @@ impl HostController {
     }
 
     fn bring_up(&mut self, opts: &ConnectOptions) -> Result<(), HostError> {
-        self.cap = self.property_get(CAP, true)?;
-        self.vs = self.property_get(VS, false)? as u32;
+        self.cap = self.property_get(PROP_CAP, true)?;
+        self.vs = self.property_get(PROP_VS, false)? as u32;
         self.enable()?;
         let (_, buf) = self.identify_raw(1, 0)?;
         buf.copy_out(0, &mut self.identify[..]);
@@ -387,13 +363,16 @@ impl HostController {
 
     /// CC.EN = 1, wait for CSTS.RDY, submit AERs.
     fn enable(&mut self) -> Result<(), HostError> {
-        enable_ctrl(
-            self.target(),
-            &self.admin,
-            self.assoc.timeout,
-            self.cap,
-            self.aers,
-        )
+        self.admin_on().enable(self.cap, self.aers)
+    }
+
+    /// The admin queue as the poller uses it (no controller borrowed).
+    fn admin_on(&self) -> AdminOn<'_> {
+        AdminOn {
+            target: self.target(),
+            admin: &self.admin,
+            limit: self.assoc.timeout,
+        }
     }
 
     /// I/O queues may connect now. Only after Number of Queues: a queue
@@ -403,7 +382,7 @@ impl HostController {
     }
 
     fn set_queues(&mut self, n: u16) -> Result<(), HostError> {
-        self.granted = set_queues_on(self.target(), &self.admin, self.assoc.timeout, n)?;
+        self.granted = self.set_number_of_queues(n)?;
         Ok(())
     }
 
@@ -483,28 +462,6 @@ impl HostController {
     /// thread, without borrowing the controller (which a reset needs).
     pub fn connector(&self) -> QpairConnector {
         QpairConnector(self.assoc.clone())
-    }
-
-    /// Property Get.
-    pub fn property_get(&self, offset: u32, size8: bool) -> Result<u64, HostError> {
-        prop_get(
-            self.target(),
-            &self.admin,
-            self.assoc.timeout,
-            offset,
-            size8,
-        )
-    }
-
-    /// Property Set of a 4-byte property.
-    pub fn property_set(&self, offset: u32, value: u32) -> Result<(), HostError> {
-        prop_set(
-            self.target(),
-            &self.admin,
-            self.assoc.timeout,
-            offset,
-            value,
-        )
     }
 
     /// Asynchronous events received since the last call.
@@ -618,15 +575,7 @@ impl HostController {
     /// queue pairs reconnect with [`HostQpair::reconnect`].
     pub fn reset(&mut self) -> Result<(), HostError> {
         self.assoc.ready.store(false, Ordering::Release);
-        self.property_set(CC, CC_ENABLE & !1)?;
-        let csts = self.property_get(CSTS, false)? as u32;
-        if csts & 1 != 0 {
-            return Err(HostError::Status {
-                what: "reset (CSTS.RDY still set)",
-                status: Status::INTERNAL_ERROR,
-                dw0: csts,
-            });
-        }
+        self.disable_controller(self.cap)?;
         self.enable()?;
         let n = self.granted;
         self.set_queues(n)?;
@@ -638,20 +587,7 @@ impl HostController {
     /// reports CSTS.SHST complete; then the association is closed.
     pub fn shutdown(mut self) -> Result<(), HostError> {
         self.assoc.ready.store(false, Ordering::Release);
-        let r = self
-            .property_set(CC, CC_ENABLE | CC_SHN_NORMAL)
-            .and_then(|_| {
-                let csts = self.property_get(CSTS, false)? as u32;
-                if (csts >> 2) & 3 == 2 {
-                    Ok(())
-                } else {
-                    Err(HostError::Status {
-                        what: "shutdown (CSTS.SHST not complete)",
-                        status: Status::INTERNAL_ERROR,
-                        dw0: csts,
-                    })
-                }
-            });
+        let r = self.shutdown_controller(self.assoc.timeout);
         self.close_admin();
         r
     }
@@ -684,85 +620,38 @@ impl Drop for HostController {
     }
 }
 
-fn prop_get(
-    target: &NvmfTarget,
-    admin: &Mutex<AdminQueue>,
+/// The admin queue with what a command needs besides (the target to drive
+/// in manual mode, the bound): what the poller thread and recovery use,
+/// holding no controller.
+struct AdminOn<'a> {
+    target: &'a NvmfTarget,
+    admin: &'a Mutex<AdminQueue>,
     limit: Duration,
-    offset: u32,
-    size8: bool,
-) -> Result<u64, HostError> {
-    let mut sqe = SubmissionEntry::fabrics(FabricsType::PROPERTY_GET, 0);
-    sqe.cdw10 = size8 as u32;
-    sqe.cdw11 = offset;
-    let (cqe, _) = admin::checked(target, admin, "Property Get", sqe, DataBuf::None, limit)?;
-    Ok(cqe.dw0 as u64 | ((cqe.dw1 as u64) << 32))
 }
 
-fn prop_set(
-    target: &NvmfTarget,
-    admin: &Mutex<AdminQueue>,
-    limit: Duration,
-    offset: u32,
-    value: u32,
-) -> Result<(), HostError> {
-    let mut sqe = SubmissionEntry::fabrics(FabricsType::PROPERTY_SET, 0);
-    sqe.cdw11 = offset;
-    sqe.cdw12 = value;
-    admin::checked(target, admin, "Property Set", sqe, DataBuf::None, limit).map(|_| ())
-}
-
-/// CC.EN = 1, wait (CAP.TO) for CSTS.RDY, submit AERs.
-fn enable_ctrl(
-    target: &NvmfTarget,
-    admin: &Mutex<AdminQueue>,
-    limit: Duration,
-    cap: u64,
-    aers: usize,
-) -> Result<(), HostError> {
-    prop_set(target, admin, limit, CC, CC_ENABLE)?;
-    let to = Duration::from_millis(((cap >> 24) & 0xff).max(1) * 500);
-    let start = Instant::now();
-    loop {
-        let csts = prop_get(target, admin, limit, CSTS, false)? as u32;
-        if csts & 0b10 != 0 {
-            return Err(HostError::Status {
-                what: "enable (CSTS.CFS set)",
-                status: Status::INTERNAL_ERROR,
-                dw0: csts,
-            });
+impl AdminOn<'_> {
+    /// Enables the controller and submits `aers` AERs.
+    fn enable(&self, cap: u64, aers: usize) -> Result<(), HostError> {
+        self.enable_controller(cap)?;
+        let mut a = lock(self.admin);
+        while a.aer_cids.len() < aers {
+            a.submit_aer()?;
         }
-        if csts & 1 != 0 {
-            break;
-        }
-        if start.elapsed() > to {
-            return Err(HostError::Timeout("CSTS.RDY"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
+        Ok(())
     }
-    let mut a = lock(admin);
-    while a.aer_cids.len() < aers {
-        a.submit_aer()?;
-    }
-    Ok(())
 }
 
-/// Set Features Number of Queues; returns the queues granted.
-fn set_queues_on(
-    target: &NvmfTarget,
-    admin: &Mutex<AdminQueue>,
-    limit: Duration,
-    n: u16,
-) -> Result<u16, HostError> {
-    let z = n.max(1) as u32 - 1;
-    let (cqe, _) = admin::checked(
-        target,
-        admin,
-        "Set Features (Number of Queues)",
-        set_features_sqe(0x07, z | (z << 16)),
-        DataBuf::None,
-        limit,
-    )?;
-    Ok(((cqe.dw0 & 0xffff).min(cqe.dw0 >> 16) + 1) as u16)
+impl AdminCommands for AdminOn<'_> {
+    type Error = HostError;
+
+    fn admin_checked(
+        &self,
+        what: &'static str,
+        sqe: SubmissionEntry,
+        buf: DataBuf,
+    ) -> Result<(CompletionEntry, DataBuf), HostError> {
+        admin::checked(self.target, self.admin, what, sqe, buf, self.limit)
+    }
 }
 
 /// How long recovery waits for the target to delete the lost controller.
@@ -885,10 +774,15 @@ fn reassociate(
     }
     let (rings, cqe) = connect_queue(assoc, 0, assoc.admin_depth, 0xffff)?;
     *lock(admin) = AdminQueue::new(rings);
+    let a = AdminOn {
+        target,
+        admin,
+        limit: assoc.timeout,
+    };
     let r = (|| {
-        let cap = prop_get(target, admin, assoc.timeout, CAP, true)?;
-        enable_ctrl(target, admin, assoc.timeout, cap, aers)?;
-        set_queues_on(target, admin, assoc.timeout, assoc.io_queues)
+        let cap = a.property_get(PROP_CAP, true)?;
+        a.enable(cap, aers)?;
+        a.set_number_of_queues(assoc.io_queues)
     })();
     match r {
         Ok(_) => {
@@ -914,28 +808,19 @@ fn service(
         a.reap();
         std::mem::take(&mut a.events)
     };
+    let a = AdminOn {
+        target,
+        admin,
+        limit: assoc.timeout,
+    };
     for dw0 in raw {
-        // Notice (type 2), Namespace Attribute Changed (info 0), log 04h.
-        let ev = if dw0 & 7 == 2 && (dw0 >> 8) & 0xff == 0 {
-            let mut sqe = SubmissionEntry::new(AdminOpcode::GET_LOG_PAGE.0, 0);
-            sqe.cdw10 = 0x04 | (1023 << 16);
-            let (cqe, buf) = admin::command(
-                target,
-                admin,
-                sqe,
-                DataBuf::One(IoBuf::new(4096)),
-                assoc.timeout,
-            )?;
-            let mut list = Vec::new();
-            if cqe.status().is_success() {
-                let mut raw = [0u8; 4096];
-                buf.copy_out(0, &mut raw);
-                list = raw
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .take_while(|&id| id != 0)
-                    .collect();
-            }
+        let ev = if is_namespace_notice(dw0) {
+            // The event counts even when its list cannot be read: the
+            // host rescans then.
+            let list = a.changed_namespaces().unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "Changed Namespace List");
+                Vec::new()
+            });
             AsyncEvent::NamespaceChanged(list)
         } else {
             AsyncEvent::Other(dw0)

@@ -7,23 +7,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use target_core::host_cmds::{AdminCommands, RecoveryRequest, set_features_sqe};
-use target_core::iobuf::{DataBuf, IoBuf};
+pub use target_core::host_cmds::AsyncEvent;
+use target_core::host_cmds::{
+    AdminCommands, PROP_CAP, PROP_VS, RecoveryRequest, host_id_for, is_namespace_notice,
+};
+use target_core::iobuf::DataBuf;
 use target_core::nvmf::raw;
-use target_core::spec::{AdminOpcode, CompletionEntry, FabricsType, Status, SubmissionEntry};
+use target_core::spec::{AdminOpcode, CompletionEntry, SubmissionEntry};
 
 use super::conn::{HostConn, MAX_DEPTH};
 use super::qpair::HostQpair;
 use super::wire::Wire;
 use super::{HostError, SubmitError};
 
-const CAP: u32 = 0x00;
-const VS: u32 = 0x08;
-const CC: u32 = 0x14;
-const CSTS: u32 = 0x1c;
-/// CC value enabling the controller: EN, IOSQES 6 (64 B), IOCQES 4 (16 B).
-const CC_ENABLE: u32 = 1 | (6 << 16) | (4 << 20);
-const CC_SHN_NORMAL: u32 = 1 << 14;
 /// In-capsule data every controller takes on the admin queue (NVMe/TCP
 /// 1.0 §3.3: 8 KiB regardless of IOCCSZ).
 const ADMIN_IN_CAPSULE: u32 = 8192;
@@ -84,19 +80,11 @@ impl ConnectOptions {
     /// Defaults: one queue of 128 entries, 10 s keep-alive, background on,
     /// no digests, SQ flow control off, 128 KiB transfers, recovery off.
     pub fn new(traddr: &str, subnqn: &str, hostnqn: &str) -> Self {
-        let mut hostid = [0u8; 16];
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for (i, b) in hostnqn.bytes().chain(std::iter::once(1)).enumerate() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100_0000_01b3);
-            hostid[i % 16] ^= (h >> 24) as u8;
-        }
-        hostid[0] |= 1;
         Self {
             traddr: traddr.to_owned(),
             subnqn: subnqn.to_owned(),
             hostnqn: hostnqn.to_owned(),
-            hostid,
+            hostid: host_id_for(hostnqn),
             io_queues: 1,
             queue_depth: 128,
             admin_depth: 32,
@@ -186,16 +174,6 @@ impl ConnectOptions {
         self.data_digest = data;
         self
     }
-}
-
-/// An asynchronous event the host received.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AsyncEvent {
-    /// Namespaces were added, removed or changed (from the Changed
-    /// Namespace List log; `[u32::MAX]` means "more than 1024").
-    NamespaceChanged(Vec<u32>),
-    /// Any other event: completion dword 0.
-    Other(u32),
 }
 
 /// What queue pairs need to (re)connect, and the recovery state they share
@@ -396,60 +374,33 @@ fn checked(
     Ok((cqe, buf))
 }
 
-fn prop_get(
-    admin: &Mutex<Admin>,
+/// The admin queue with its bound: what the poller thread and recovery
+/// use, holding no controller.
+struct AdminOn<'a> {
+    admin: &'a Mutex<Admin>,
     limit: Duration,
-    offset: u32,
-    size8: bool,
-) -> Result<u64, HostError> {
-    let mut sqe = SubmissionEntry::fabrics(FabricsType::PROPERTY_GET, 0);
-    sqe.cdw10 = size8 as u32;
-    sqe.cdw11 = offset;
-    let (cqe, _) = checked(admin, "Property Get", sqe, DataBuf::None, limit)?;
-    Ok(cqe.dw0 as u64 | ((cqe.dw1 as u64) << 32))
 }
 
-fn prop_set(
-    admin: &Mutex<Admin>,
-    limit: Duration,
-    offset: u32,
-    value: u32,
-) -> Result<(), HostError> {
-    let mut sqe = SubmissionEntry::fabrics(FabricsType::PROPERTY_SET, 0);
-    sqe.cdw11 = offset;
-    sqe.cdw12 = value;
-    checked(admin, "Property Set", sqe, DataBuf::None, limit).map(|_| ())
-}
-
-/// CC.EN = 1, wait (CAP.TO, in 500 ms units) for CSTS.RDY, submit AERs.
-fn enable_ctrl(
-    admin: &Mutex<Admin>,
-    limit: Duration,
-    cap: u64,
-    aers: usize,
-) -> Result<(), HostError> {
-    prop_set(admin, limit, CC, CC_ENABLE)?;
-    let to = Duration::from_millis(((cap >> 24) & 0xff).max(1) * 500);
-    let start = Instant::now();
-    loop {
-        let csts = prop_get(admin, limit, CSTS, false)? as u32;
-        if csts & 0b10 != 0 {
-            return Err(HostError::Status {
-                what: "enable (CSTS.CFS set)",
-                status: Status::INTERNAL_ERROR,
-                dw0: csts,
-            });
-        }
-        if csts & 1 != 0 {
-            break;
-        }
-        if start.elapsed() > to {
-            return Err(HostError::Timeout("CSTS.RDY (CAP.TO)"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
+impl AdminOn<'_> {
+    /// Enables the controller and submits `aers` AERs.
+    fn enable(&self, cap: u64, aers: usize) -> Result<(), HostError> {
+        self.enable_controller(cap)?;
+        submit_aers(self.admin, aers);
+        Ok(())
     }
-    submit_aers(admin, aers);
-    Ok(())
+}
+
+impl AdminCommands for AdminOn<'_> {
+    type Error = HostError;
+
+    fn admin_checked(
+        &self,
+        what: &'static str,
+        sqe: SubmissionEntry,
+        buf: DataBuf,
+    ) -> Result<(CompletionEntry, DataBuf), HostError> {
+        checked(self.admin, what, sqe, buf, self.limit)
+    }
 }
 
 fn submit_aers(admin: &Mutex<Admin>, aers: usize) {
@@ -461,19 +412,6 @@ fn submit_aers(admin: &Mutex<Admin>, aers: usize) {
         }
         a.aers_out += 1;
     }
-}
-
-/// Set Features Number of Queues; returns the queues granted.
-fn set_queues_on(admin: &Mutex<Admin>, limit: Duration, n: u16) -> Result<u16, HostError> {
-    let z = n.max(1) as u32 - 1;
-    let (cqe, _) = checked(
-        admin,
-        "Set Features (Number of Queues)",
-        set_features_sqe(0x07, z | (z << 16)),
-        DataBuf::None,
-        limit,
-    )?;
-    Ok(((cqe.dw0 & 0xffff).min(cqe.dw0 >> 16).min(0xfffe) + 1) as u16)
 }
 
 /// Opens the admin connection and runs Connect (dynamic controller).
@@ -599,9 +537,9 @@ impl HostController {
     }
 
     fn bring_up(&mut self, opts: &ConnectOptions) -> Result<(), HostError> {
-        self.cap = self.property_get(CAP, true)?;
-        self.vs = self.property_get(VS, false)? as u32;
-        enable_ctrl(&self.admin, opts.timeout, self.cap, self.aers)?;
+        self.cap = self.property_get(PROP_CAP, true)?;
+        self.vs = self.property_get(PROP_VS, false)? as u32;
+        self.admin_on().enable(self.cap, self.aers)?;
         let (_, buf) = self.identify_raw(1, 0)?;
         buf.copy_out(0, &mut self.identify[..]);
         let ioccsz = u32::from_le_bytes([
@@ -620,7 +558,7 @@ impl HostController {
             m => m.min(opts.max_transfer as u64),
         };
         self.assoc.max_xfer.store(max as u32, Ordering::Release);
-        self.granted = set_queues_on(&self.admin, opts.timeout, opts.io_queues)?;
+        self.granted = self.set_number_of_queues(opts.io_queues)?;
         self.assoc.ready.store(true, Ordering::Release);
         let mqes = (self.cap & 0xffff) as u16 + 1;
         let depth = opts.queue_depth.min(mqes.max(2));
@@ -735,14 +673,12 @@ impl HostController {
         )
     }
 
-    /// Property Get.
-    pub fn property_get(&self, offset: u32, size8: bool) -> Result<u64, HostError> {
-        prop_get(&self.admin, self.assoc.opts.timeout, offset, size8)
-    }
-
-    /// Property Set of a 4-byte property.
-    pub fn property_set(&self, offset: u32, value: u32) -> Result<(), HostError> {
-        prop_set(&self.admin, self.assoc.opts.timeout, offset, value)
+    /// The admin queue as the poller uses it (no controller borrowed).
+    fn admin_on(&self) -> AdminOn<'_> {
+        AdminOn {
+            admin: &self.admin,
+            limit: self.assoc.opts.timeout,
+        }
     }
 
     /// Asynchronous events received since the last call.
@@ -806,18 +742,10 @@ impl HostController {
     pub fn reset(&mut self) -> Result<(), HostError> {
         self.assoc.ready.store(false, Ordering::Release);
         self.assoc.generation.fetch_add(1, Ordering::AcqRel);
-        self.property_set(CC, CC_ENABLE & !1)?;
-        let to = Duration::from_millis(((self.cap >> 24) & 0xff).max(1) * 500);
-        let start = Instant::now();
-        while self.property_get(CSTS, false)? & 1 != 0 {
-            if start.elapsed() > to {
-                return Err(HostError::Timeout("CSTS.RDY clear after reset"));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.disable_controller(self.cap)?;
         lock(&self.admin).aers_out = 0;
-        enable_ctrl(&self.admin, self.assoc.opts.timeout, self.cap, self.aers)?;
-        self.granted = set_queues_on(&self.admin, self.assoc.opts.timeout, self.granted)?;
+        self.admin_on().enable(self.cap, self.aers)?;
+        self.granted = self.set_number_of_queues(self.granted)?;
         self.assoc.ready.store(true, Ordering::Release);
         Ok(())
     }
@@ -826,21 +754,7 @@ impl HostController {
     /// association is closed.
     pub fn shutdown(mut self) -> Result<(), HostError> {
         self.assoc.ready.store(false, Ordering::Release);
-        let r = self
-            .property_set(CC, CC_ENABLE | CC_SHN_NORMAL)
-            .and_then(|_| {
-                let start = Instant::now();
-                loop {
-                    let csts = self.property_get(CSTS, false)? as u32;
-                    if (csts >> 2) & 3 == 2 {
-                        return Ok(());
-                    }
-                    if start.elapsed() > self.assoc.opts.timeout {
-                        return Err(HostError::Timeout("CSTS.SHST complete"));
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            });
+        let r = self.shutdown_controller(self.assoc.opts.timeout);
         self.close_admin();
         r
     }
@@ -902,28 +816,18 @@ fn service_round(
         return Ok(());
     }
     let raw = std::mem::take(&mut lock(admin).events);
+    let a = AdminOn {
+        admin,
+        limit: timeout,
+    };
     for dw0 in raw {
-        // Notice (type 2), Namespace Attribute Changed (info 0), log 04h.
-        let ev = if dw0 & 7 == 2 && (dw0 >> 8) & 0xff == 0 {
-            let mut sqe = SubmissionEntry::new(AdminOpcode::GET_LOG_PAGE.0, 0);
-            sqe.cdw10 = 0x04 | (1023 << 16);
-            let (cqe, buf) = command(
-                admin,
-                sqe,
-                DataBuf::One(IoBuf::new(4096)),
-                timeout,
-                "Get Log Page",
-            )?;
-            let mut list = Vec::new();
-            if cqe.status().is_success() {
-                let mut raw = [0u8; 4096];
-                buf.copy_out(0, &mut raw);
-                list = raw
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .take_while(|&id| id != 0)
-                    .collect();
-            }
+        let ev = if is_namespace_notice(dw0) {
+            // The event counts even when its list cannot be read: the
+            // host rescans then.
+            let list = a.changed_namespaces().unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "Changed Namespace List");
+                Vec::new()
+            });
             AsyncEvent::NamespaceChanged(list)
         } else {
             AsyncEvent::Other(dw0)
@@ -1030,11 +934,14 @@ fn recover(assoc: &Assoc, admin: &Mutex<Admin>, aers: usize, stop: &AtomicBool) 
 fn reassociate(assoc: &Assoc, admin: &Mutex<Admin>, aers: usize) -> Result<(), HostError> {
     let (conn, cntlid) = open_admin(&assoc.opts)?;
     *lock(admin) = Admin::new(conn);
-    let t = assoc.opts.timeout;
+    let a = AdminOn {
+        admin,
+        limit: assoc.opts.timeout,
+    };
     let r = (|| {
-        let cap = prop_get(admin, t, CAP, true)?;
-        enable_ctrl(admin, t, cap, aers)?;
-        set_queues_on(admin, t, assoc.opts.io_queues)
+        let cap = a.property_get(PROP_CAP, true)?;
+        a.enable(cap, aers)?;
+        a.set_number_of_queues(assoc.opts.io_queues)
     })();
     match r {
         Ok(_) => {

@@ -47,6 +47,20 @@ impl From<target_core::host_cmds::UnusableResponse> for HostError {
     }
 }
 
+impl From<target_core::host_cmds::ControllerStateError> for HostError {
+    fn from(e: target_core::host_cmds::ControllerStateError) -> Self {
+        use target_core::host_cmds::ControllerStateError as E;
+        match e {
+            E::Fatal { what, csts } => HostError::Status {
+                what,
+                status: Status::INTERNAL_ERROR,
+                dw0: csts,
+            },
+            E::Timeout(what) => HostError::Timeout(what),
+        }
+    }
+}
+
 impl HostError {
     /// The NVMe status, when the target answered with one.
     pub fn status(&self) -> Option<Status> {
