@@ -17,6 +17,7 @@ pub mod bdev;
 pub mod config;
 pub mod hist;
 pub mod host_cmds;
+pub mod host_ctrl;
 pub mod iobuf;
 pub mod nvmf;
 pub mod reactor;

@@ -2,9 +2,9 @@
 //! asynchronous events, reset, shutdown and disconnect.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use target_core::iobuf::DataBuf;
@@ -16,8 +16,9 @@ use crate::admin::{self, AdminQueue, lock};
 use crate::qpair::{HostQpair, MAX_DEPTH};
 use crate::{HostError, wait};
 pub use target_core::host_cmds::AsyncEvent;
-use target_core::host_cmds::{
-    AdminCommands, PROP_CAP, PROP_VS, RecoveryRequest, host_id_for, is_namespace_notice,
+use target_core::host_cmds::{AdminCommands, PROP_CAP, PROP_VS, host_id_for, is_namespace_notice};
+use target_core::host_ctrl::{
+    AssocState, ControllerData, ReconnectEnd, ReconnectPolicy, reconnect,
 };
 
 /// The loop listener: which subsystems hosts in this process may reach.
@@ -152,8 +153,6 @@ pub(crate) struct Assoc {
     pub subnqn: String,
     pub hostnqn: String,
     pub hostid: [u8; 16],
-    /// Controller ID of the current association (changes on recovery).
-    pub cntlid: AtomicU16,
     pub kato_ms: u32,
     pub timeout: Duration,
     pub admin_depth: u16,
@@ -162,19 +161,15 @@ pub(crate) struct Assoc {
     pub ctrl_loss_tmo: Duration,
     pub reconnect_delay: Duration,
     pub max_retries: u32,
-    /// The controller is enabled and its I/O queues may connect.
-    pub ready: AtomicBool,
-    /// The association is over for good (disconnected, or recovery gave up).
-    pub gone: AtomicBool,
-    /// Counts associations: a queue pair connected in generation `g` knows
-    /// its rings are stale once this moved past `g`.
-    pub generation: AtomicU32,
-    /// A queue pair saw its queue end in the current generation.
-    pub recover_req: RecoveryRequest,
-    /// A recovery is under way (I/O queues wait for it).
-    pub recovering: AtomicBool,
-    /// Successful reconnects of the controller.
-    pub reconnects: AtomicU64,
+    /// What the queue pairs and the poller share of the association.
+    pub state: AssocState,
+}
+
+impl Deref for Assoc {
+    type Target = AssocState;
+    fn deref(&self) -> &AssocState {
+        &self.state
+    }
 }
 
 impl Assoc {
@@ -257,21 +252,26 @@ impl QpairConnector {
     }
 }
 
-/// A connected host controller (one association).
+/// A connected host controller (one association). What it read at
+/// connect (CAP, Identify, the queues granted) and its untaken queue pairs
+/// and events are its [`ControllerData`], which it dereferences to.
 pub struct HostController {
     assoc: Arc<Assoc>,
     admin: Arc<Mutex<AdminQueue>>,
-    cap: u64,
-    vs: u32,
-    identify: Box<[u8; 4096]>,
-    granted: u16,
-    /// Queue pairs not yet taken (behind a mutex so the controller stays
-    /// `Sync`: ring ends are `Send` only).
-    qpairs: Mutex<Vec<HostQpair>>,
-    events: Arc<Mutex<Vec<AsyncEvent>>>,
-    stop: Arc<AtomicBool>,
-    poller: Option<JoinHandle<()>>,
-    aers: usize,
+    data: ControllerData<HostQpair>,
+}
+
+impl Deref for HostController {
+    type Target = ControllerData<HostQpair>;
+    fn deref(&self) -> &ControllerData<HostQpair> {
+        &self.data
+    }
+}
+
+impl DerefMut for HostController {
+    fn deref_mut(&mut self) -> &mut ControllerData<HostQpair> {
+        &mut self.data
+    }
 }
 
 impl fmt::Debug for HostController {
@@ -299,7 +299,6 @@ impl HostController {
             subnqn: opts.subnqn.clone(),
             hostnqn: opts.hostnqn.clone(),
             hostid: opts.hostid,
-            cntlid: AtomicU16::new(0xffff),
             kato_ms: opts.kato_ms,
             timeout: opts.timeout,
             admin_depth: opts.admin_depth,
@@ -307,12 +306,7 @@ impl HostController {
             ctrl_loss_tmo: opts.ctrl_loss_tmo,
             reconnect_delay: opts.reconnect_delay,
             max_retries: opts.max_retries,
-            ready: AtomicBool::new(false),
-            gone: AtomicBool::new(false),
-            generation: AtomicU32::new(0),
-            recover_req: RecoveryRequest::default(),
-            recovering: AtomicBool::new(false),
-            reconnects: AtomicU64::new(0),
+            state: AssocState::new(0xffff),
         };
         let (rings, cqe) = connect_queue(&assoc, 0, opts.admin_depth, 0xffff)?;
         assoc.cntlid.store(cqe.dw0 as u16, Ordering::Release);
@@ -320,15 +314,7 @@ impl HostController {
         let mut c = Self {
             assoc,
             admin: Arc::new(Mutex::new(AdminQueue::new(rings))),
-            cap: 0,
-            vs: 0,
-            identify: Box::new([0u8; 4096]),
-            granted: 0,
-            qpairs: Mutex::new(Vec::new()),
-            events: Arc::new(Mutex::new(Vec::new())),
-            stop: Arc::new(AtomicBool::new(false)),
-            poller: None,
-            aers: 1,
+            data: ControllerData::default(),
         };
         let r = c.bring_up(&opts);
         if let Err(e) = r {
@@ -353,10 +339,8 @@ impl HostController {
         let depth = opts.queue_depth.min(mqes);
         for qid in 1..=opts.io_queues.min(self.granted) {
             let rings = self.assoc.connect_io_queue(qid, depth)?;
-            self.qpairs
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(HostQpair::new(self.assoc.clone(), qid, depth, rings));
+            let q = HostQpair::new(self.assoc.clone(), qid, depth, rings);
+            self.keep_qpair(q);
         }
         Ok(())
     }
@@ -420,39 +404,6 @@ impl HostController {
         self.assoc.gone.load(Ordering::Acquire)
     }
 
-    /// CAP as read at connect.
-    pub fn cap(&self) -> u64 {
-        self.cap
-    }
-
-    /// VS as read at connect.
-    pub fn version(&self) -> u32 {
-        self.vs
-    }
-
-    /// Identify Controller data read at connect.
-    pub fn identify_controller(&self) -> &[u8; 4096] {
-        &self.identify
-    }
-
-    /// Largest transfer in bytes (MDTS), 0 = unlimited.
-    pub fn max_transfer(&self) -> u64 {
-        match self.identify[77] {
-            0 => 0,
-            m => 4096u64 << m,
-        }
-    }
-
-    /// I/O queues granted by the target.
-    pub fn io_queues_granted(&self) -> u16 {
-        self.granted
-    }
-
-    /// Takes the I/O queue pairs (each is then owned by one thread).
-    pub fn take_qpairs(&mut self) -> Vec<HostQpair> {
-        std::mem::take(self.qpairs.get_mut().unwrap_or_else(|p| p.into_inner()))
-    }
-
     /// Connects one more I/O queue pair.
     pub fn create_qpair(&self, qid: u16, depth: u16) -> Result<HostQpair, HostError> {
         self.connector().connect(qid, depth)
@@ -464,11 +415,6 @@ impl HostController {
         QpairConnector(self.assoc.clone())
     }
 
-    /// Asynchronous events received since the last call.
-    pub fn take_events(&self) -> Vec<AsyncEvent> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
     /// One round of admin housekeeping: reap, turn events into
     /// [`AsyncEvent`]s (reading the Changed Namespace List), keep AERs
     /// outstanding. The background poller calls this; without it, call it.
@@ -477,11 +423,7 @@ impl HostController {
             && self.assoc.recovery()
             && !self.assoc.gone.load(Ordering::Acquire)
             && !self.stop.load(Ordering::Acquire)
-            && (self
-                .assoc
-                .recover_req
-                .pending_current(&self.assoc.generation)
-                || lock(&self.admin).rings.target_done())
+            && (self.assoc.recovery_pending() || lock(&self.admin).rings.target_done())
         {
             recover(
                 self.target(),
@@ -509,64 +451,54 @@ impl HostController {
             self.stop.clone(),
             self.aers,
         );
-        let spawned = std::thread::Builder::new()
-            .name(format!(
-                "nvmf-host-{}",
-                assoc.cntlid.load(Ordering::Relaxed)
-            ))
-            .spawn(move || {
-                let ka_every = Duration::from_millis((assoc.kato_ms / 2).max(1) as u64);
-                // A Keep Alive unanswered for KATO means the controller is
-                // lost (a controller-fatal answers nothing more).
-                let ka_limit = match assoc.kato_ms {
-                    0 => assoc.timeout,
-                    k => assoc.timeout.min(Duration::from_millis(k as u64)),
-                };
-                let mut last_ka = Instant::now();
-                while !stop.load(Ordering::Acquire) {
-                    if assoc.recovery() && assoc.recover_req.pending_current(&assoc.generation) {
-                        recover(&target, &assoc, &admin, aers, &stop);
-                        if assoc.gone.load(Ordering::Acquire) {
-                            break;
-                        }
-                        last_ka = Instant::now();
-                        continue;
-                    }
-                    if let Err(e) = service(&target, &assoc, &admin, &events, aers) {
-                        tracing::debug!(error = %e, "host admin service");
-                    }
-                    if assoc.kato_ms != 0 && last_ka.elapsed() >= ka_every {
-                        let sqe = SubmissionEntry::new(AdminOpcode::KEEP_ALIVE.0, 0);
-                        match admin::command(&target, &admin, sqe, DataBuf::None, ka_limit) {
-                            Ok((c, _)) if c.status().is_success() => {}
-                            Ok((c, _)) => {
-                                tracing::warn!(status = %c.status(), "keep alive refused");
-                                assoc.recover_req.request_current(&assoc.generation);
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "keep alive failed");
-                                assoc.recover_req.request_current(&assoc.generation);
-                            }
-                        }
-                        last_ka = Instant::now();
-                    }
-                    if lock(&admin).rings.target_done() {
-                        if assoc.recovery() && !stop.load(Ordering::Acquire) {
-                            assoc.recover_req.request_current(&assoc.generation);
-                            continue;
-                        }
-                        assoc.gone.store(true, Ordering::Release);
+        let name = format!("nvmf-host-{}", assoc.cntlid());
+        self.data.start_poller(name, move || {
+            let ka_every = Duration::from_millis((assoc.kato_ms / 2).max(1) as u64);
+            // A Keep Alive unanswered for KATO means the controller is
+            // lost (a controller-fatal answers nothing more).
+            let ka_limit = match assoc.kato_ms {
+                0 => assoc.timeout,
+                k => assoc.timeout.min(Duration::from_millis(k as u64)),
+            };
+            let mut last_ka = Instant::now();
+            while !stop.load(Ordering::Acquire) {
+                if assoc.recovery() && assoc.recovery_pending() {
+                    recover(&target, &assoc, &admin, aers, &stop);
+                    if assoc.gone.load(Ordering::Acquire) {
                         break;
                     }
-                    std::thread::sleep(Duration::from_millis(2));
+                    last_ka = Instant::now();
+                    continue;
                 }
-            });
-        match spawned {
-            Ok(h) => self.poller = Some(h),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the host admin poller; call service() yourself")
+                if let Err(e) = service(&target, &assoc, &admin, &events, aers) {
+                    tracing::debug!(error = %e, "host admin service");
+                }
+                if assoc.kato_ms != 0 && last_ka.elapsed() >= ka_every {
+                    let sqe = SubmissionEntry::new(AdminOpcode::KEEP_ALIVE.0, 0);
+                    match admin::command(&target, &admin, sqe, DataBuf::None, ka_limit) {
+                        Ok((c, _)) if c.status().is_success() => {}
+                        Ok((c, _)) => {
+                            tracing::warn!(status = %c.status(), "keep alive refused");
+                            assoc.request_recovery();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "keep alive failed");
+                            assoc.request_recovery();
+                        }
+                    }
+                    last_ka = Instant::now();
+                }
+                if lock(&admin).rings.target_done() {
+                    if assoc.recovery() && !stop.load(Ordering::Acquire) {
+                        assoc.request_recovery();
+                        continue;
+                    }
+                    assoc.gone.store(true, Ordering::Release);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
             }
-        }
+        });
     }
 
     /// Controller reset (CC.EN = 0). The target drains every I/O queue:
@@ -604,10 +536,7 @@ impl HostController {
     }
 
     fn close_admin(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(h) = self.poller.take() {
-            let _ = h.join();
-        }
+        self.data.stop_poller();
         self.assoc.ready.store(false, Ordering::Release);
         self.assoc.gone.store(true, Ordering::Release);
         lock(&self.admin).rings.host_close();
@@ -681,7 +610,7 @@ fn recover(
 ) {
     assoc.ready.store(false, Ordering::Release);
     assoc.recovering.store(true, Ordering::Release);
-    let old = assoc.cntlid.load(Ordering::Acquire);
+    let old = assoc.cntlid();
     tracing::warn!(
         subnqn = assoc.subnqn,
         cntlid = old,
@@ -705,59 +634,45 @@ fn recover(
             "old controller not deleted within {limit:?}; connecting anew anyway"
         );
     }
-    let start = Instant::now();
-    let mut attempt = 0u32;
-    loop {
-        if stop.load(Ordering::Acquire) {
-            assoc.gone.store(true, Ordering::Release);
-            assoc.recovering.store(false, Ordering::Release);
-            return;
-        }
-        if attempt > 0 {
-            let _ = wait::until(target, assoc.reconnect_delay, "reconnect delay", || {
-                stop.load(Ordering::Acquire).then_some(())
-            });
-        }
-        attempt += 1;
-        match reassociate(target, assoc, admin, aers) {
-            Ok(()) => {
-                assoc.reconnects.fetch_add(1, Ordering::Relaxed);
-                assoc.generation.fetch_add(1, Ordering::AcqRel);
-                assoc.recovering.store(false, Ordering::Release);
-                assoc.ready.store(true, Ordering::Release);
-                tracing::info!(
-                    subnqn = assoc.subnqn,
-                    old_cntlid = old,
-                    cntlid = assoc.cntlid.load(Ordering::Relaxed),
-                    attempt,
-                    "controller reconnected"
-                );
-                return;
-            }
-            Err(e) if permanent(&e) => {
-                tracing::warn!(
-                    subnqn = assoc.subnqn,
-                    error = %e,
-                    attempt,
-                    "reconnect refused for good; giving the controller up"
-                );
-                assoc.gone.store(true, Ordering::Release);
-                assoc.recovering.store(false, Ordering::Release);
-                return;
-            }
-            Err(e) if start.elapsed() >= assoc.ctrl_loss_tmo => {
-                tracing::error!(
-                    subnqn = assoc.subnqn,
-                    error = %e,
-                    attempt,
-                    "reconnect failed through ctrl_loss_tmo; giving the controller up"
-                );
-                assoc.gone.store(true, Ordering::Release);
-                assoc.recovering.store(false, Ordering::Release);
-                return;
-            }
-            Err(e) => tracing::debug!(error = %e, attempt, "reconnect attempt failed"),
-        }
+    let policy = ReconnectPolicy {
+        delay: assoc.reconnect_delay,
+        ctrl_loss_tmo: assoc.ctrl_loss_tmo,
+    };
+    let pause = |d| {
+        let _ = wait::until(target, d, "reconnect delay", || {
+            stop.load(Ordering::Acquire).then_some(())
+        });
+    };
+    let r = reconnect(
+        assoc,
+        policy,
+        stop,
+        pause,
+        || reassociate(target, assoc, admin, aers),
+        permanent,
+        |e, attempt| tracing::debug!(error = %e, attempt, "reconnect attempt failed"),
+    );
+    match r {
+        Ok(attempt) => tracing::info!(
+            subnqn = assoc.subnqn,
+            old_cntlid = old,
+            cntlid = assoc.cntlid(),
+            attempt,
+            "controller reconnected"
+        ),
+        Err(ReconnectEnd::Stopped) => {}
+        Err(ReconnectEnd::Refused { error, attempts }) => tracing::warn!(
+            subnqn = assoc.subnqn,
+            error = %error,
+            attempts,
+            "reconnect refused for good; giving the controller up"
+        ),
+        Err(ReconnectEnd::LossTimeout { error, attempts }) => tracing::error!(
+            subnqn = assoc.subnqn,
+            error = %error,
+            attempts,
+            "reconnect failed through ctrl_loss_tmo; giving the controller up"
+        ),
     }
 }
 

@@ -2,14 +2,15 @@
 //! events, error recovery, reset, shutdown and disconnect.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use target_core::host_cmds::AsyncEvent;
-use target_core::host_cmds::{
-    AdminCommands, PROP_CAP, PROP_VS, RecoveryRequest, host_id_for, is_namespace_notice,
+use target_core::host_cmds::{AdminCommands, PROP_CAP, PROP_VS, host_id_for, is_namespace_notice};
+use target_core::host_ctrl::{
+    AssocState, ControllerData, ReconnectEnd, ReconnectPolicy, reconnect,
 };
 use target_core::iobuf::DataBuf;
 use target_core::nvmf::raw;
@@ -181,26 +182,21 @@ impl ConnectOptions {
 #[derive(Debug)]
 pub(crate) struct Assoc {
     pub opts: ConnectOptions,
-    /// Controller ID of the current association.
-    pub cntlid: AtomicU16,
     /// In-capsule data the I/O queues take (IOCCSZ × 16 − 64).
     pub in_capsule: AtomicU32,
     /// Largest data of one I/O command (MDTS and `max_transfer`).
     pub max_xfer: AtomicU32,
-    /// The controller is enabled and its I/O queues may connect.
-    pub ready: AtomicBool,
-    /// The association is over for good.
-    pub gone: AtomicBool,
-    /// Counts associations; a queue of an older one is stale.
-    pub generation: AtomicU32,
-    /// A queue lost its connection in the current generation.
-    pub recover_req: RecoveryRequest,
-    /// A recovery is under way.
-    pub recovering: AtomicBool,
-    /// Successful reconnects of the controller.
-    pub reconnects: AtomicU64,
+    /// What the queue pairs and the poller share of the association.
+    pub state: AssocState,
     /// Why the controller was lost, last time.
     pub last_error: Mutex<Option<String>>,
+}
+
+impl Deref for Assoc {
+    type Target = AssocState;
+    fn deref(&self) -> &AssocState {
+        &self.state
+    }
 }
 
 impl Assoc {
@@ -456,20 +452,27 @@ impl QpairConnector {
     }
 }
 
-/// A connected NVMe/TCP host controller (one association).
+/// A connected NVMe/TCP host controller (one association). What it read
+/// at connect (CAP, Identify, the queues granted) and its untaken queue
+/// pairs and events are its [`ControllerData`], which it dereferences to.
 pub struct HostController {
     assoc: Arc<Assoc>,
     admin: Arc<Mutex<Admin>>,
-    cap: u64,
-    vs: u32,
-    identify: Box<[u8; 4096]>,
-    granted: u16,
-    qpairs: Mutex<Vec<HostQpair>>,
-    events: Arc<Mutex<Vec<AsyncEvent>>>,
-    stop: Arc<AtomicBool>,
-    poller: Option<JoinHandle<()>>,
-    aers: usize,
+    data: ControllerData<HostQpair>,
     last_ka: Mutex<Instant>,
+}
+
+impl Deref for HostController {
+    type Target = ControllerData<HostQpair>;
+    fn deref(&self) -> &ControllerData<HostQpair> {
+        &self.data
+    }
+}
+
+impl DerefMut for HostController {
+    fn deref_mut(&mut self) -> &mut ControllerData<HostQpair> {
+        &mut self.data
+    }
 }
 
 impl fmt::Debug for HostController {
@@ -501,29 +504,15 @@ impl HostController {
         let (conn, cntlid) = open_admin(&opts)?;
         let assoc = Arc::new(Assoc {
             opts: opts.clone(),
-            cntlid: AtomicU16::new(cntlid),
             in_capsule: AtomicU32::new(0),
             max_xfer: AtomicU32::new(opts.max_transfer),
-            ready: AtomicBool::new(false),
-            gone: AtomicBool::new(false),
-            generation: AtomicU32::new(0),
-            recover_req: RecoveryRequest::default(),
-            recovering: AtomicBool::new(false),
-            reconnects: AtomicU64::new(0),
+            state: AssocState::new(cntlid),
             last_error: Mutex::new(None),
         });
         let mut c = Self {
             assoc,
             admin: Arc::new(Mutex::new(Admin::new(conn))),
-            cap: 0,
-            vs: 0,
-            identify: Box::new([0u8; 4096]),
-            granted: 0,
-            qpairs: Mutex::new(Vec::new()),
-            events: Arc::new(Mutex::new(Vec::new())),
-            stop: Arc::new(AtomicBool::new(false)),
-            poller: None,
-            aers: 1,
+            data: ControllerData::default(),
             last_ka: Mutex::new(Instant::now()),
         };
         if let Err(e) = c.bring_up(&opts) {
@@ -564,10 +553,7 @@ impl HostController {
         let depth = opts.queue_depth.min(mqes.max(2));
         for qid in 1..=opts.io_queues.min(self.granted) {
             let q = self.connector().connect(qid, depth)?;
-            self.qpairs
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(q);
+            self.keep_qpair(q);
         }
         Ok(())
     }
@@ -599,35 +585,9 @@ impl HostController {
         self.assoc.last_error()
     }
 
-    /// CAP as read at connect.
-    pub fn cap(&self) -> u64 {
-        self.cap
-    }
-
-    /// VS as read at connect.
-    pub fn version(&self) -> u32 {
-        self.vs
-    }
-
-    /// Identify Controller data read at connect.
-    pub fn identify_controller(&self) -> &[u8; 4096] {
-        &self.identify
-    }
-
-    /// Largest transfer in bytes the controller takes (MDTS in units of
-    /// CAP.MPSMIN), 0 = unlimited. The host splits above
-    /// `min(MDTS, ConnectOptions::max_transfer)`.
-    pub fn max_transfer(&self) -> u64 {
-        let mpsmin = 4096u64 << ((self.cap >> 48) & 0xf);
-        // MDTS comes from the peer: a shift past 2^63 means no limit.
-        match self.identify[77] {
-            0 => 0,
-            m if m < 32 => mpsmin << m,
-            _ => u64::MAX,
-        }
-    }
-
-    /// Largest data of one command the host sends on I/O queues.
+    /// Largest data of one command the host sends on I/O queues: the
+    /// lesser of MDTS ([`ControllerData::max_transfer`]) and
+    /// `ConnectOptions::max_transfer`; longer reads and writes are split.
     pub fn host_max_transfer(&self) -> u32 {
         self.assoc.max_xfer.load(Ordering::Acquire)
     }
@@ -635,16 +595,6 @@ impl HostController {
     /// In-capsule data the I/O queues take (IOCCSZ × 16 − 64 bytes).
     pub fn in_capsule_data_size(&self) -> u32 {
         self.assoc.in_capsule.load(Ordering::Acquire)
-    }
-
-    /// I/O queues granted by the target.
-    pub fn io_queues_granted(&self) -> u16 {
-        self.granted
-    }
-
-    /// Takes the I/O queue pairs (each is then owned by one thread).
-    pub fn take_qpairs(&mut self) -> Vec<HostQpair> {
-        std::mem::take(self.qpairs.get_mut().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Connects one more I/O queue pair.
@@ -681,11 +631,6 @@ impl HostController {
         }
     }
 
-    /// Asynchronous events received since the last call.
-    pub fn take_events(&self) -> Vec<AsyncEvent> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
     /// One round of admin housekeeping: reap, turn events into
     /// [`AsyncEvent`]s, keep AERs outstanding, send Keep Alive when KATO/2
     /// passed, and (with recovery on) reconnect a lost controller. The
@@ -712,28 +657,16 @@ impl HostController {
             self.stop.clone(),
             self.aers,
         );
-        let spawned = std::thread::Builder::new()
-            .name(format!(
-                "nvmf-tcp-host-{}",
-                assoc.cntlid.load(Ordering::Relaxed)
-            ))
-            .spawn(move || {
-                let mut last_ka = Instant::now();
-                while !stop.load(Ordering::Acquire) && !assoc.gone.load(Ordering::Acquire) {
-                    if let Err(e) =
-                        service_round(&assoc, &admin, &events, aers, &stop, &mut last_ka)
-                    {
-                        tracing::debug!(error = %e, "host admin service");
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
+        let name = format!("nvmf-tcp-host-{}", assoc.cntlid());
+        self.data.start_poller(name, move || {
+            let mut last_ka = Instant::now();
+            while !stop.load(Ordering::Acquire) && !assoc.is_gone() {
+                if let Err(e) = service_round(&assoc, &admin, &events, aers, &stop, &mut last_ka) {
+                    tracing::debug!(error = %e, "host admin service");
                 }
-            });
-        match spawned {
-            Ok(h) => self.poller = Some(h),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the host admin poller; call service() yourself")
+                std::thread::sleep(Duration::from_millis(2));
             }
-        }
+        });
     }
 
     /// Controller reset (CC.EN = 0, then enable again). The target ends
@@ -767,10 +700,7 @@ impl HostController {
     }
 
     fn close_admin(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(h) = self.poller.take() {
-            let _ = h.join();
-        }
+        self.data.stop_poller();
         self.assoc.ready.store(false, Ordering::Release);
         self.assoc.gone.store(true, Ordering::Release);
         let mut a = lock(&self.admin);
@@ -808,7 +738,7 @@ fn service_round(
     if let Some(why) = dead {
         lost(assoc, why);
     }
-    if assoc.recover_req.pending_current(&assoc.generation) {
+    if assoc.recovery_pending() {
         if assoc.recovery() {
             recover(assoc, admin, aers, stop);
             *last_ka = Instant::now();
@@ -865,7 +795,7 @@ fn lost(assoc: &Assoc, why: String) {
     );
     assoc.note(why);
     if assoc.recovery() {
-        assoc.recover_req.request_current(&assoc.generation);
+        assoc.request_recovery();
     } else {
         assoc.ready.store(false, Ordering::Release);
         assoc.gone.store(true, Ordering::Release);
@@ -892,43 +822,41 @@ fn recover(assoc: &Assoc, admin: &Mutex<Admin>, aers: usize, stop: &AtomicBool) 
     if let Some(mut w) = lock(admin).conn.wire.take() {
         w.close();
     }
-    let start = Instant::now();
-    let mut attempt = 0u32;
-    loop {
-        if stop.load(Ordering::Acquire) {
-            break;
+    let policy = ReconnectPolicy {
+        delay: assoc.opts.reconnect_delay,
+        ctrl_loss_tmo: assoc.opts.ctrl_loss_tmo,
+    };
+    let pause = |d| {
+        let until = Instant::now() + d;
+        while Instant::now() < until && !stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(5));
         }
-        if attempt > 0 {
-            let until = Instant::now() + assoc.opts.reconnect_delay;
-            while Instant::now() < until && !stop.load(Ordering::Acquire) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        attempt += 1;
-        match reassociate(assoc, admin, aers) {
-            Ok(()) => {
-                assoc.reconnects.fetch_add(1, Ordering::Relaxed);
-                assoc.generation.fetch_add(1, Ordering::AcqRel);
-                assoc.recovering.store(false, Ordering::Release);
-                assoc.ready.store(true, Ordering::Release);
-                tracing::info!(
-                    traddr = assoc.opts.traddr,
-                    cntlid = assoc.cntlid.load(Ordering::Relaxed),
-                    attempt,
-                    "NVMe/TCP controller reconnected"
-                );
-                return;
-            }
-            Err(e) if permanent(&e) || start.elapsed() >= assoc.opts.ctrl_loss_tmo => {
-                tracing::error!(traddr = assoc.opts.traddr, error = %e, attempt, "reconnect failed; giving the controller up");
-                assoc.note(format!("reconnect gave up after {attempt} attempts: {e}"));
-                break;
-            }
-            Err(e) => tracing::debug!(error = %e, attempt, "reconnect attempt failed"),
+    };
+    let r = reconnect(
+        assoc,
+        policy,
+        stop,
+        pause,
+        || reassociate(assoc, admin, aers),
+        permanent,
+        |e, attempt| tracing::debug!(error = %e, attempt, "reconnect attempt failed"),
+    );
+    match r {
+        Ok(attempt) => tracing::info!(
+            traddr = assoc.opts.traddr,
+            cntlid = assoc.cntlid(),
+            attempt,
+            "NVMe/TCP controller reconnected"
+        ),
+        Err(ReconnectEnd::Stopped) => {}
+        Err(ReconnectEnd::Refused { error, attempts })
+        | Err(ReconnectEnd::LossTimeout { error, attempts }) => {
+            tracing::error!(traddr = assoc.opts.traddr, error = %error, attempts, "reconnect failed; giving the controller up");
+            assoc.note(format!(
+                "reconnect gave up after {attempts} attempts: {error}"
+            ));
         }
     }
-    assoc.gone.store(true, Ordering::Release);
-    assoc.recovering.store(false, Ordering::Release);
 }
 
 fn reassociate(assoc: &Assoc, admin: &Mutex<Admin>, aers: usize) -> Result<(), HostError> {
