@@ -101,6 +101,27 @@ pub fn is_namespace_notice(dw0: u32) -> bool {
     dw0 & 7 == 2 && (dw0 >> 8) & 0xff == 0
 }
 
+/// Reads CSTS every millisecond until `done` says so (or fails), at most
+/// `bound`; `what` names the wait that ran out.
+fn wait_csts<A: AdminCommands + ?Sized>(
+    a: &A,
+    bound: Duration,
+    what: &'static str,
+    done: impl Fn(u32) -> Result<bool, ControllerStateError>,
+) -> Result<(), A::Error> {
+    let start = Instant::now();
+    loop {
+        let csts = a.property_get(PROP_CSTS, false)? as u32;
+        if done(csts)? {
+            return Ok(());
+        }
+        if start.elapsed() > bound {
+            return Err(ControllerStateError::Timeout(what).into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Set Features for `fid` with `cdw11` (for the features whose value fits
 /// in dword 11: Number of Queues, Keep Alive Timer, Async Event Config...).
 pub fn set_features_sqe(fid: u8, cdw11: u32) -> SubmissionEntry {
@@ -213,57 +234,36 @@ pub trait AdminCommands {
     /// CSTS.CFS on the way is an error.
     fn enable_controller(&self, cap: u64) -> Result<(), Self::Error> {
         self.property_set(PROP_CC, CC_ENABLE)?;
-        let to = ready_timeout(cap);
-        let start = Instant::now();
-        loop {
-            let csts = self.property_get(PROP_CSTS, false)? as u32;
+        wait_csts(self, ready_timeout(cap), "CSTS.RDY (CAP.TO)", |csts| {
             if csts & 0b10 != 0 {
                 return Err(ControllerStateError::Fatal {
                     what: "enable (CSTS.CFS set)",
                     csts,
-                }
-                .into());
+                });
             }
-            if csts & 1 != 0 {
-                return Ok(());
-            }
-            if start.elapsed() > to {
-                return Err(ControllerStateError::Timeout("CSTS.RDY (CAP.TO)").into());
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+            Ok(csts & 1 != 0)
+        })
     }
 
     /// Controller reset: CC.EN = 0, then CSTS.RDY clear within CAP.TO.
     /// A fabrics target answers the Property Set once its queues drained.
     fn disable_controller(&self, cap: u64) -> Result<(), Self::Error> {
         self.property_set(PROP_CC, CC_ENABLE & !1)?;
-        let to = ready_timeout(cap);
-        let start = Instant::now();
-        while self.property_get(PROP_CSTS, false)? & 1 != 0 {
-            if start.elapsed() > to {
-                return Err(ControllerStateError::Timeout("CSTS.RDY clear after reset").into());
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(())
+        wait_csts(
+            self,
+            ready_timeout(cap),
+            "CSTS.RDY clear after reset",
+            |csts| Ok(csts & 1 == 0),
+        )
     }
 
     /// Normal shutdown: CC.SHN = 01b, then CSTS.SHST = 10b (complete)
     /// within `limit`.
     fn shutdown_controller(&self, limit: Duration) -> Result<(), Self::Error> {
         self.property_set(PROP_CC, CC_ENABLE | CC_SHN_NORMAL)?;
-        let start = Instant::now();
-        loop {
-            let csts = self.property_get(PROP_CSTS, false)? as u32;
-            if (csts >> 2) & 3 == 2 {
-                return Ok(());
-            }
-            if start.elapsed() > limit {
-                return Err(ControllerStateError::Timeout("CSTS.SHST complete").into());
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_csts(self, limit, "CSTS.SHST complete", |csts| {
+            Ok((csts >> 2) & 3 == 2)
+        })
     }
 
     /// Set Features Number of Queues for `n` I/O queue pairs; returns how
