@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::host_cmds::{AsyncEvent, RecoveryRequest};
+use crate::iobuf::DataBuf;
 
 /// The state of one host controller's association that its queue pairs
 /// and its admin poller share (atomics: queue pairs read it on their own
@@ -89,6 +90,22 @@ pub struct ReconnectPolicy {
     pub ctrl_loss_tmo: Duration,
 }
 
+/// Set when the controller's owner closes it: the poller and recovery stop.
+/// Only [`ControllerData::stop_poller`] sets it; everything else reads it.
+#[derive(Clone, Debug, Default)]
+pub struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    /// The controller is being closed.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 /// Why [`reconnect`] stopped without a new association.
 #[derive(Debug)]
 pub enum ReconnectEnd<E> {
@@ -110,7 +127,7 @@ pub enum ReconnectEnd<E> {
 pub fn reconnect<E>(
     state: &AssocState,
     policy: ReconnectPolicy,
-    stop: &AtomicBool,
+    stop: &StopFlag,
     mut pause: impl FnMut(Duration),
     mut attempt: impl FnMut() -> Result<(), E>,
     permanent: impl Fn(&E) -> bool,
@@ -119,12 +136,12 @@ pub fn reconnect<E>(
     let start = Instant::now();
     let mut attempts = 0u32;
     let end = loop {
-        if stop.load(Ordering::Acquire) {
+        if stop.is_set() {
             break ReconnectEnd::Stopped;
         }
         if attempts > 0 {
             pause(policy.delay);
-            if stop.load(Ordering::Acquire) {
+            if stop.is_set() {
                 break ReconnectEnd::Stopped;
             }
         }
@@ -150,27 +167,22 @@ pub fn reconnect<E>(
 
 /// What a host read of its controller at connect, its I/O queue pairs not
 /// yet taken, the events its AERs brought and its admin poller thread.
+///
+/// A host controller dereferences to it (read-only): what a user may read
+/// is the `&self` methods; the host sets the rest through its own field.
 #[derive(Debug)]
 pub struct ControllerData<Q> {
-    /// CAP as read at connect.
-    pub cap: u64,
-    /// VS as read at connect.
-    pub vs: u32,
-    /// Identify Controller data read at connect.
-    pub identify: Box<[u8; 4096]>,
-    /// I/O queues granted by Number of Queues.
-    pub granted: u16,
-    /// Queue pairs not yet taken (behind a mutex so the controller stays
-    /// `Sync`: queue pairs are `Send` only).
-    pub qpairs: Mutex<Vec<Q>>,
-    /// Events received, not yet taken.
-    pub events: Arc<Mutex<Vec<AsyncEvent>>>,
-    /// Tells the poller (and recovery) to stop.
-    pub stop: Arc<AtomicBool>,
-    /// The background admin poller, when there is one.
-    pub poller: Option<JoinHandle<()>>,
-    /// AERs kept outstanding.
-    pub aers: usize,
+    cap: u64,
+    vs: u32,
+    identify: Box<[u8; 4096]>,
+    granted: u16,
+    /// Behind a mutex so the controller stays `Sync` (queue pairs are
+    /// `Send` only).
+    qpairs: Mutex<Vec<Q>>,
+    events: Arc<Mutex<Vec<AsyncEvent>>>,
+    stop: StopFlag,
+    poller: Option<JoinHandle<()>>,
+    aers: usize,
 }
 
 impl<Q> Default for ControllerData<Q> {
@@ -182,7 +194,7 @@ impl<Q> Default for ControllerData<Q> {
             granted: 0,
             qpairs: Mutex::new(Vec::new()),
             events: Arc::new(Mutex::new(Vec::new())),
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: StopFlag::default(),
             poller: None,
             aers: 1,
         }
@@ -222,6 +234,48 @@ impl<Q> ControllerData<Q> {
         self.granted
     }
 
+    /// AERs the host keeps outstanding.
+    pub fn aers(&self) -> usize {
+        self.aers
+    }
+
+    /// Asynchronous events received since the last call.
+    pub fn take_events(&self) -> Vec<AsyncEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Where the host's poller files the events it receives.
+    pub fn event_sink(&self) -> &Arc<Mutex<Vec<AsyncEvent>>> {
+        &self.events
+    }
+
+    /// Set once the controller is being closed.
+    pub fn stop_flag(&self) -> &StopFlag {
+        &self.stop
+    }
+
+    /// A background poller runs (else the owner calls the host's
+    /// `service`).
+    pub fn has_poller(&self) -> bool {
+        self.poller.is_some()
+    }
+
+    /// CAP and VS, as read at connect.
+    pub fn set_registers(&mut self, cap: u64, vs: u32) {
+        self.cap = cap;
+        self.vs = vs;
+    }
+
+    /// Identify Controller data (the first 4096 bytes of `buf`).
+    pub fn set_identify(&mut self, buf: &DataBuf) {
+        buf.copy_out(0, &mut self.identify[..]);
+    }
+
+    /// I/O queues granted by Number of Queues.
+    pub fn set_granted(&mut self, n: u16) {
+        self.granted = n;
+    }
+
     /// Takes the I/O queue pairs (each is then owned by one thread).
     pub fn take_qpairs(&mut self) -> Vec<Q> {
         std::mem::take(self.qpairs.get_mut().unwrap_or_else(|p| p.into_inner()))
@@ -235,16 +289,19 @@ impl<Q> ControllerData<Q> {
             .push(q);
     }
 
-    /// Asynchronous events received since the last call.
-    pub fn take_events(&self) -> Vec<AsyncEvent> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Starts the admin poller thread `name` running `run` (which should
-    /// return once `stop` is set). A thread that cannot start leaves the
-    /// caller to call its `service` itself.
-    pub fn start_poller(&mut self, name: String, run: impl FnOnce() + Send + 'static) {
-        match std::thread::Builder::new().name(name).spawn(run) {
+    /// Starts the admin poller thread `name`; `run` gets the stop flag and
+    /// the event sink, and should return once the flag is set. A thread
+    /// that cannot start leaves the owner to call the host's `service`.
+    pub fn start_poller(
+        &mut self,
+        name: String,
+        run: impl FnOnce(StopFlag, Arc<Mutex<Vec<AsyncEvent>>>) + Send + 'static,
+    ) {
+        let (stop, events) = (self.stop.clone(), self.events.clone());
+        match std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(stop, events))
+        {
             Ok(h) => self.poller = Some(h),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the host admin poller; call service() yourself")
@@ -252,9 +309,9 @@ impl<Q> ControllerData<Q> {
         }
     }
 
-    /// Stops the poller and waits for it.
+    /// Sets the stop flag and waits for the poller.
     pub fn stop_poller(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.stop.set();
         if let Some(h) = self.poller.take() {
             let _ = h.join();
         }
@@ -269,7 +326,7 @@ mod tests {
     fn reconnect_counts_a_success_and_moves_the_generation() {
         let s = AssocState::new(1);
         s.recovering.store(true, Ordering::Release);
-        let stop = AtomicBool::new(false);
+        let stop = StopFlag::default();
         let mut tries = 0;
         let mut pauses = 0;
         let r = reconnect(
@@ -298,7 +355,7 @@ mod tests {
     #[test]
     fn reconnect_ends_the_association_on_a_permanent_refusal_or_a_stop() {
         let s = AssocState::new(1);
-        let stop = AtomicBool::new(false);
+        let stop = StopFlag::default();
         let r = reconnect(
             &s,
             ReconnectPolicy {
@@ -314,7 +371,7 @@ mod tests {
         assert!(matches!(r, Err(ReconnectEnd::Refused { attempts: 1, .. })));
         assert!(s.is_gone());
         let s = AssocState::new(1);
-        let stop = AtomicBool::new(false);
+        let stop = StopFlag::default();
         let r = reconnect(
             &s,
             ReconnectPolicy {
@@ -322,7 +379,7 @@ mod tests {
                 ctrl_loss_tmo: Duration::from_secs(60),
             },
             &stop,
-            |_| stop.store(true, Ordering::Release),
+            |_| stop.set(),
             || Err::<(), _>("again"),
             |_| false,
             |_, _| {},
@@ -336,11 +393,17 @@ mod tests {
     fn mdts_from_the_peer_never_overflows() {
         let mut d = ControllerData::<()>::default();
         assert_eq!(d.max_transfer(), 0);
-        d.identify[77] = 5;
+        let mut id = crate::iobuf::IoBuf::new(4096);
+        id.as_mut_slice()[77] = 5;
+        let mut id = DataBuf::One(id);
+        d.set_identify(&id);
         assert_eq!(d.max_transfer(), 128 * 1024);
-        d.cap = 1 << 48; // MPSMIN 8 KiB
+        d.set_registers(1 << 48, 0); // MPSMIN 8 KiB
         assert_eq!(d.max_transfer(), 256 * 1024);
-        d.identify[77] = 200;
+        if let DataBuf::One(b) = &mut id {
+            b.as_mut_slice()[77] = 200;
+        }
+        d.set_identify(&id);
         assert_eq!(d.max_transfer(), u64::MAX);
     }
 }

@@ -2,8 +2,8 @@
 //! asynchronous events, reset, shutdown and disconnect.
 
 use std::fmt;
-use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ops::Deref;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use crate::{HostError, wait};
 pub use target_core::host_cmds::AsyncEvent;
 use target_core::host_cmds::{AdminCommands, PROP_CAP, PROP_VS, host_id_for, is_namespace_notice};
 use target_core::host_ctrl::{
-    AssocState, ControllerData, ReconnectEnd, ReconnectPolicy, reconnect,
+    AssocState, ControllerData, ReconnectEnd, ReconnectPolicy, StopFlag, reconnect,
 };
 
 /// The loop listener: which subsystems hosts in this process may reach.
@@ -254,7 +254,7 @@ impl QpairConnector {
 
 /// A connected host controller (one association). What it read at
 /// connect (CAP, Identify, the queues granted) and its untaken queue pairs
-/// and events are its [`ControllerData`], which it dereferences to.
+/// and events are its [`ControllerData`], which it dereferences to (read-only).
 pub struct HostController {
     assoc: Arc<Assoc>,
     admin: Arc<Mutex<AdminQueue>>,
@@ -265,12 +265,6 @@ impl Deref for HostController {
     type Target = ControllerData<HostQpair>;
     fn deref(&self) -> &ControllerData<HostQpair> {
         &self.data
-    }
-}
-
-impl DerefMut for HostController {
-    fn deref_mut(&mut self) -> &mut ControllerData<HostQpair> {
-        &mut self.data
     }
 }
 
@@ -328,26 +322,27 @@ impl HostController {
     }
 
     fn bring_up(&mut self, opts: &ConnectOptions) -> Result<(), HostError> {
-        self.cap = self.property_get(PROP_CAP, true)?;
-        self.vs = self.property_get(PROP_VS, false)? as u32;
+        let cap = self.property_get(PROP_CAP, true)?;
+        let vs = self.property_get(PROP_VS, false)? as u32;
+        self.data.set_registers(cap, vs);
         self.enable()?;
         let (_, buf) = self.identify_raw(1, 0)?;
-        buf.copy_out(0, &mut self.identify[..]);
+        self.data.set_identify(&buf);
         self.set_queues(opts.io_queues)?;
         self.mark_ready();
-        let mqes = (self.cap & 0xffff) as u16 + 1;
+        let mqes = (self.cap() & 0xffff) as u16 + 1;
         let depth = opts.queue_depth.min(mqes);
-        for qid in 1..=opts.io_queues.min(self.granted) {
+        for qid in 1..=opts.io_queues.min(self.io_queues_granted()) {
             let rings = self.assoc.connect_io_queue(qid, depth)?;
             let q = HostQpair::new(self.assoc.clone(), qid, depth, rings);
-            self.keep_qpair(q);
+            self.data.keep_qpair(q);
         }
         Ok(())
     }
 
     /// CC.EN = 1, wait for CSTS.RDY, submit AERs.
     fn enable(&mut self) -> Result<(), HostError> {
-        self.admin_on().enable(self.cap, self.aers)
+        self.admin_on().enable(self.cap(), self.aers())
     }
 
     /// The admin queue as the poller uses it (no controller borrowed).
@@ -366,7 +361,8 @@ impl HostController {
     }
 
     fn set_queues(&mut self, n: u16) -> Result<(), HostError> {
-        self.granted = self.set_number_of_queues(n)?;
+        let granted = self.set_number_of_queues(n)?;
+        self.data.set_granted(granted);
         Ok(())
     }
 
@@ -404,6 +400,11 @@ impl HostController {
         self.assoc.gone.load(Ordering::Acquire)
     }
 
+    /// Takes the I/O queue pairs (each is then owned by one thread).
+    pub fn take_qpairs(&mut self) -> Vec<HostQpair> {
+        self.data.take_qpairs()
+    }
+
     /// Connects one more I/O queue pair.
     pub fn create_qpair(&self, qid: u16, depth: u16) -> Result<HostQpair, HostError> {
         self.connector().connect(qid, depth)
@@ -419,40 +420,38 @@ impl HostController {
     /// [`AsyncEvent`]s (reading the Changed Namespace List), keep AERs
     /// outstanding. The background poller calls this; without it, call it.
     pub fn service(&self) -> Result<(), HostError> {
-        if self.poller.is_none()
+        if !self.has_poller()
             && self.assoc.recovery()
             && !self.assoc.gone.load(Ordering::Acquire)
-            && !self.stop.load(Ordering::Acquire)
+            && !self.stop_flag().is_set()
             && (self.assoc.recovery_pending() || lock(&self.admin).rings.target_done())
         {
             recover(
                 self.target(),
                 &self.assoc,
                 &self.admin,
-                self.aers,
-                &self.stop,
+                self.aers(),
+                self.stop_flag(),
             );
         }
         service(
             self.target(),
             &self.assoc,
             &self.admin,
-            &self.events,
-            self.aers,
+            self.event_sink(),
+            self.aers(),
         )
     }
 
     fn start_poller(&mut self) {
-        let (target, assoc, admin, events, stop, aers) = (
+        let (target, assoc, admin, aers) = (
             self.target().clone(),
             self.assoc.clone(),
             self.admin.clone(),
-            self.events.clone(),
-            self.stop.clone(),
-            self.aers,
+            self.aers(),
         );
         let name = format!("nvmf-host-{}", assoc.cntlid());
-        self.data.start_poller(name, move || {
+        self.data.start_poller(name, move |stop, events| {
             let ka_every = Duration::from_millis((assoc.kato_ms / 2).max(1) as u64);
             // A Keep Alive unanswered for KATO means the controller is
             // lost (a controller-fatal answers nothing more).
@@ -461,7 +460,7 @@ impl HostController {
                 k => assoc.timeout.min(Duration::from_millis(k as u64)),
             };
             let mut last_ka = Instant::now();
-            while !stop.load(Ordering::Acquire) {
+            while !stop.is_set() {
                 if assoc.recovery() && assoc.recovery_pending() {
                     recover(&target, &assoc, &admin, aers, &stop);
                     if assoc.gone.load(Ordering::Acquire) {
@@ -489,7 +488,7 @@ impl HostController {
                     last_ka = Instant::now();
                 }
                 if lock(&admin).rings.target_done() {
-                    if assoc.recovery() && !stop.load(Ordering::Acquire) {
+                    if assoc.recovery() && !stop.is_set() {
                         assoc.request_recovery();
                         continue;
                     }
@@ -507,9 +506,9 @@ impl HostController {
     /// queue pairs reconnect with [`HostQpair::reconnect`].
     pub fn reset(&mut self) -> Result<(), HostError> {
         self.assoc.ready.store(false, Ordering::Release);
-        self.disable_controller(self.cap)?;
+        self.disable_controller(self.cap())?;
         self.enable()?;
-        let n = self.granted;
+        let n = self.io_queues_granted();
         self.set_queues(n)?;
         self.mark_ready();
         Ok(())
@@ -606,7 +605,7 @@ fn recover(
     assoc: &Assoc,
     admin: &Mutex<AdminQueue>,
     aers: usize,
-    stop: &AtomicBool,
+    stop: &StopFlag,
 ) {
     assoc.ready.store(false, Ordering::Release);
     assoc.recovering.store(true, Ordering::Release);
@@ -625,7 +624,7 @@ fn recover(
     // drain), but do not depend on it: Linux's hosts do not wait either.
     let limit = assoc.timeout.min(OLD_ASSOC_WAIT);
     if wait::until(target, limit, "controller deletion", || {
-        (rs.target_done() || stop.load(Ordering::Acquire)).then_some(())
+        (rs.target_done() || stop.is_set()).then_some(())
     })
     .is_err()
     {
@@ -639,9 +638,7 @@ fn recover(
         ctrl_loss_tmo: assoc.ctrl_loss_tmo,
     };
     let pause = |d| {
-        let _ = wait::until(target, d, "reconnect delay", || {
-            stop.load(Ordering::Acquire).then_some(())
-        });
+        let _ = wait::until(target, d, "reconnect delay", || stop.is_set().then_some(()));
     };
     let r = reconnect(
         assoc,

@@ -2,15 +2,15 @@
 //! events, error recovery, reset, shutdown and disconnect.
 
 use std::fmt;
-use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use target_core::host_cmds::AsyncEvent;
 use target_core::host_cmds::{AdminCommands, PROP_CAP, PROP_VS, host_id_for, is_namespace_notice};
 use target_core::host_ctrl::{
-    AssocState, ControllerData, ReconnectEnd, ReconnectPolicy, reconnect,
+    AssocState, ControllerData, ReconnectEnd, ReconnectPolicy, StopFlag, reconnect,
 };
 use target_core::iobuf::DataBuf;
 use target_core::nvmf::raw;
@@ -454,7 +454,7 @@ impl QpairConnector {
 
 /// A connected NVMe/TCP host controller (one association). What it read
 /// at connect (CAP, Identify, the queues granted) and its untaken queue
-/// pairs and events are its [`ControllerData`], which it dereferences to.
+/// pairs and events are its [`ControllerData`], which it dereferences to (read-only).
 pub struct HostController {
     assoc: Arc<Assoc>,
     admin: Arc<Mutex<Admin>>,
@@ -466,12 +466,6 @@ impl Deref for HostController {
     type Target = ControllerData<HostQpair>;
     fn deref(&self) -> &ControllerData<HostQpair> {
         &self.data
-    }
-}
-
-impl DerefMut for HostController {
-    fn deref_mut(&mut self) -> &mut ControllerData<HostQpair> {
-        &mut self.data
     }
 }
 
@@ -526,17 +520,14 @@ impl HostController {
     }
 
     fn bring_up(&mut self, opts: &ConnectOptions) -> Result<(), HostError> {
-        self.cap = self.property_get(PROP_CAP, true)?;
-        self.vs = self.property_get(PROP_VS, false)? as u32;
-        self.admin_on().enable(self.cap, self.aers)?;
+        let cap = self.property_get(PROP_CAP, true)?;
+        let vs = self.property_get(PROP_VS, false)? as u32;
+        self.data.set_registers(cap, vs);
+        self.admin_on().enable(self.cap(), self.aers())?;
         let (_, buf) = self.identify_raw(1, 0)?;
-        buf.copy_out(0, &mut self.identify[..]);
-        let ioccsz = u32::from_le_bytes([
-            self.identify[1792],
-            self.identify[1793],
-            self.identify[1794],
-            self.identify[1795],
-        ]);
+        self.data.set_identify(&buf);
+        let id = self.identify_controller();
+        let ioccsz = u32::from_le_bytes([id[1792], id[1793], id[1794], id[1795]]);
         self.assoc.in_capsule.store(
             ioccsz.saturating_mul(16).saturating_sub(64),
             Ordering::Release,
@@ -547,13 +538,14 @@ impl HostController {
             m => m.min(opts.max_transfer as u64),
         };
         self.assoc.max_xfer.store(max as u32, Ordering::Release);
-        self.granted = self.set_number_of_queues(opts.io_queues)?;
+        let granted = self.set_number_of_queues(opts.io_queues)?;
+        self.data.set_granted(granted);
         self.assoc.ready.store(true, Ordering::Release);
-        let mqes = (self.cap & 0xffff) as u16 + 1;
+        let mqes = (self.cap() & 0xffff) as u16 + 1;
         let depth = opts.queue_depth.min(mqes.max(2));
-        for qid in 1..=opts.io_queues.min(self.granted) {
+        for qid in 1..=opts.io_queues.min(self.io_queues_granted()) {
             let q = self.connector().connect(qid, depth)?;
-            self.keep_qpair(q);
+            self.data.keep_qpair(q);
         }
         Ok(())
     }
@@ -595,6 +587,11 @@ impl HostController {
     /// In-capsule data the I/O queues take (IOCCSZ × 16 − 64 bytes).
     pub fn in_capsule_data_size(&self) -> u32 {
         self.assoc.in_capsule.load(Ordering::Acquire)
+    }
+
+    /// Takes the I/O queue pairs (each is then owned by one thread).
+    pub fn take_qpairs(&mut self) -> Vec<HostQpair> {
+        self.data.take_qpairs()
     }
 
     /// Connects one more I/O queue pair.
@@ -640,9 +637,9 @@ impl HostController {
         let r = service_round(
             &self.assoc,
             &self.admin,
-            &self.events,
-            self.aers,
-            &self.stop,
+            self.event_sink(),
+            self.aers(),
+            self.stop_flag(),
             &mut last,
         );
         *self.last_ka.lock().unwrap_or_else(|p| p.into_inner()) = last;
@@ -650,17 +647,11 @@ impl HostController {
     }
 
     fn start_poller(&mut self) {
-        let (assoc, admin, events, stop, aers) = (
-            self.assoc.clone(),
-            self.admin.clone(),
-            self.events.clone(),
-            self.stop.clone(),
-            self.aers,
-        );
+        let (assoc, admin, aers) = (self.assoc.clone(), self.admin.clone(), self.aers());
         let name = format!("nvmf-tcp-host-{}", assoc.cntlid());
-        self.data.start_poller(name, move || {
+        self.data.start_poller(name, move |stop, events| {
             let mut last_ka = Instant::now();
-            while !stop.load(Ordering::Acquire) && !assoc.is_gone() {
+            while !stop.is_set() && !assoc.is_gone() {
                 if let Err(e) = service_round(&assoc, &admin, &events, aers, &stop, &mut last_ka) {
                     tracing::debug!(error = %e, "host admin service");
                 }
@@ -675,10 +666,11 @@ impl HostController {
     pub fn reset(&mut self) -> Result<(), HostError> {
         self.assoc.ready.store(false, Ordering::Release);
         self.assoc.generation.fetch_add(1, Ordering::AcqRel);
-        self.disable_controller(self.cap)?;
+        self.disable_controller(self.cap())?;
         lock(&self.admin).aers_out = 0;
-        self.admin_on().enable(self.cap, self.aers)?;
-        self.granted = self.set_number_of_queues(self.granted)?;
+        self.admin_on().enable(self.cap(), self.aers())?;
+        let granted = self.set_number_of_queues(self.io_queues_granted())?;
+        self.data.set_granted(granted);
         self.assoc.ready.store(true, Ordering::Release);
         Ok(())
     }
@@ -723,10 +715,10 @@ fn service_round(
     admin: &Mutex<Admin>,
     events: &Mutex<Vec<AsyncEvent>>,
     aers: usize,
-    stop: &AtomicBool,
+    stop: &StopFlag,
     last_ka: &mut Instant,
 ) -> Result<(), HostError> {
-    if assoc.gone.load(Ordering::Acquire) || stop.load(Ordering::Acquire) {
+    if assoc.gone.load(Ordering::Acquire) || stop.is_set() {
         return Ok(());
     }
     let timeout = assoc.opts.timeout;
@@ -814,7 +806,7 @@ fn permanent(e: &HostError) -> bool {
 /// Error recovery: drop the old association, connect a new one every
 /// `reconnect_delay` until it works or `ctrl_loss_tmo` runs out. I/O queue
 /// pairs see the new generation and reconnect themselves.
-fn recover(assoc: &Assoc, admin: &Mutex<Admin>, aers: usize, stop: &AtomicBool) {
+fn recover(assoc: &Assoc, admin: &Mutex<Admin>, aers: usize, stop: &StopFlag) {
     assoc.ready.store(false, Ordering::Release);
     assoc.recovering.store(true, Ordering::Release);
     // Every I/O queue of the old association is stale from here on.
@@ -828,7 +820,7 @@ fn recover(assoc: &Assoc, admin: &Mutex<Admin>, aers: usize, stop: &AtomicBool) 
     };
     let pause = |d| {
         let until = Instant::now() + d;
-        while Instant::now() < until && !stop.load(Ordering::Acquire) {
+        while Instant::now() < until && !stop.is_set() {
             std::thread::sleep(Duration::from_millis(5));
         }
     };
