@@ -397,10 +397,6 @@ pub struct JobRun {
     /// The port's recovery counters as last seen (retries, reconnects).
     recovery: (u64, u64),
     live: Arc<LiveStats>,
-    /// Completions of the current step, timestamped after reaping.
-    /// Tags and outcomes of one poll's completions; their buffers go
-    /// straight back to `bufs` (a small entry, no buffer moved twice).
-    reaped: Vec<(u64, bool)>,
     /// Origin of the slots' `start_ns`: a step reads the clock once and
     /// keeps plain integers per I/O, so neither a submission nor a
     /// completion pays for a clock read or an `Instant` subtraction.
@@ -464,7 +460,6 @@ impl JobRun {
             draining: false,
             recovery: (0, 0),
             live,
-            reaped: Vec::with_capacity(qd),
             epoch: now,
             spec,
         })
@@ -493,36 +488,33 @@ impl JobRun {
             in_flight,
             mismatch,
             block_size,
-            reaped,
             ..
         } = self;
         let Some(rec) = recorder.as_mut() else {
             return true;
         };
+        // One clock read per step, at the first completion a poll delivers:
+        // a port delivers what had arrived when its poll looked (the loop
+        // host takes the count published before its first delivery), so
+        // every completion is stamped no earlier than it arrived (latencies
+        // err high by the batch, never low). The same reading stamps this
+        // step's submissions, each no later than it was submitted.
+        let epoch = self.epoch;
+        let mut now: Option<(Instant, u64)> = None;
         port.poll(&mut |tag, ok, buf| {
-            reaped.push((tag, ok));
-            if let DataBuf::One(b) = buf
-                && let Some(slot) = bufs.get_mut(tag as usize)
-            {
-                *slot = Some(b);
-            }
-        });
-        let rc = port.recovery();
-        if rc != self.recovery {
-            self.recovery = rc;
-            self.live.set_recovery(rc.0, rc.1);
-        }
-        // One clock read after reaping: every completion is stamped no
-        // earlier than it arrived (latencies err high by the batch, never low).
-        // The same reading stamps this step's submissions: each is stamped
-        // no later than it was submitted, so latencies again err high.
-        let now = Instant::now();
-        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        for (tag, ok) in reaped.drain(..) {
+            let (_, now_ns) = *now.get_or_insert_with(|| {
+                let t = Instant::now();
+                (t, t.saturating_duration_since(epoch).as_nanos() as u64)
+            });
             let i = tag as usize;
-            let Some(s) = slots.get_mut(i) else { continue };
+            let (Some(s), Some(b)) = (slots.get_mut(i), bufs.get_mut(i)) else {
+                return;
+            };
+            if let DataBuf::One(buf) = buf {
+                *b = Some(buf);
+            }
             if !s.busy {
-                continue;
+                return;
             }
             s.busy = false;
             *in_flight -= 1;
@@ -534,7 +526,7 @@ impl JobRun {
             }
             // A transport that handed back no buffer (or another shape):
             // a fresh one keeps the slot usable.
-            let b = bufs[i].get_or_insert_with(|| IoBuf::new(bytes as usize));
+            let b = b.get_or_insert_with(|| IoBuf::new(bytes as usize));
             if let Some(v) = verifier.as_mut() {
                 match (s.io.op, ok) {
                     (Op::Write, true) => v.on_write_done(s.io.lba, s.io.blocks, s.seq),
@@ -552,7 +544,16 @@ impl JobRun {
             }
             workload.complete(&s.io);
             free.push(i as u32);
+        });
+        let rc = port.recovery();
+        if rc != self.recovery {
+            self.recovery = rc;
+            self.live.set_recovery(rc.0, rc.1);
         }
+        let (now, now_ns) = now.unwrap_or_else(|| {
+            let t = Instant::now();
+            (t, t.saturating_duration_since(epoch).as_nanos() as u64)
+        });
         rec.tick(now);
         if !self.done_issuing(now) && port.alive() {
             while let Some(i) = self.free.pop() {

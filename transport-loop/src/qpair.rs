@@ -215,7 +215,7 @@ impl HostQpair {
 
     /// Submits any command with the given buffer. The tag comes back with
     /// its completion.
-    #[inline]
+    #[inline(always)]
     pub fn submit(
         &mut self,
         mut sqe: SubmissionEntry,
@@ -264,15 +264,23 @@ impl HostQpair {
         // Take what is there by count: the loop does not end on an empty
         // reap (a branch that alternates at queue depth 1).
         let ready = self.rings.ready_responses();
-        let mut taken = 0;
-        while taken < ready && n < max {
-            let Some(resp) = self.rings.reap() else { break };
-            taken += 1;
-            if self.complete(resp.cqe, resp.buf, f) {
-                n += 1;
+        // Each response is completed where it lies in the ring (its buffer
+        // moved out once), with the ring's consumer lent out of the queue
+        // pair for the loop.
+        if let Some(mut cq) = self.rings.take_cq() {
+            let mut taken = 0;
+            while taken < ready && n < max {
+                let Some(done) =
+                    cq.pop_with(|r| self.complete(r.cqe, std::mem::take(&mut r.buf), f))
+                else {
+                    break;
+                };
+                taken += 1;
+                n += done as usize;
             }
+            cq.release();
+            self.rings.put_cq(cq);
         }
-        self.rings.release_cq();
         if n == 0 && self.outstanding > 0 && self.rings.target_done() {
             // Everything the target will say has been said: what is still
             // in the submission ring was never fetched.
@@ -550,7 +558,7 @@ impl Drop for HostQpair {
 impl NvmCommands for HostQpair {
     type SubmitError = SubmitError;
 
-    #[inline]
+    #[inline(always)]
     fn submit_command(
         &mut self,
         sqe: SubmissionEntry,

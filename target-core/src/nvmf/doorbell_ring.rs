@@ -77,6 +77,16 @@ impl<T> Drop for Inner<T> {
     }
 }
 
+/// What [`Consumer::pop_with`] leaves of an entry: usually a shell whose
+/// owned parts were moved out. Saying so skips an out-of-line drop call
+/// per entry (the drop glue of a buffer enum is not inlined).
+pub trait Remains {
+    /// `true` when dropping `self` would free nothing.
+    fn is_spent(&self) -> bool {
+        false
+    }
+}
+
 /// Creates a ring holding at most `capacity` entries (at least 1).
 pub fn ring<T: Send>(capacity: usize) -> (Producer<T>, Consumer<T>) {
     let capacity = capacity.max(1);
@@ -209,6 +219,47 @@ impl<T: Send> Consumer<T> {
         Some(v)
     }
 
+    /// Takes the next published entry in place: `f` works on it where it
+    /// lies (moving out what it keeps, e.g. with `std::mem::take`), and
+    /// whatever `f` leaves is dropped there. A large entry is then read
+    /// once, by `f`, instead of being copied out through a return value
+    /// and again into each callee (four copies of a 112-byte capsule per
+    /// command on the fetch path, measured).
+    #[inline]
+    pub fn pop_with<R>(&mut self, f: impl FnOnce(&mut T) -> R) -> Option<R>
+    where
+        T: Remains,
+    {
+        if self.head == self.cached_tail {
+            self.cached_tail = self.inner.tail.0.load(Ordering::Acquire);
+            if self.head == self.cached_tail {
+                return None;
+            }
+        }
+        let cell = self.inner.slots[self.head & self.inner.mask].0.get();
+        // The slot counts as taken before `f` runs: were `f` to unwind, the
+        // entry is leaked (its buffer never freed behind anyone's back),
+        // never dropped twice.
+        self.head = self.head.wrapping_add(1);
+        // SAFETY: as in `pop`: the slot below `cached_tail` holds an entry
+        // the producer published and will not write again before the head
+        // moves past it. The head moved past it above, so no later pop can
+        // reach it; `&mut` is the only access until the drop below.
+        let r = f(unsafe { (*cell).assume_init_mut() });
+        // SAFETY: the entry is initialised (`f` got `&mut T`, so it cannot
+        // have moved it out); it is dropped at most once, here, and not at
+        // all when what is left owns nothing (`is_spent`).
+        unsafe {
+            if !(*cell).assume_init_ref().is_spent() {
+                (*cell).assume_init_drop();
+            }
+        }
+        if self.head.wrapping_sub(self.released) >= RELEASE_EVERY {
+            self.release();
+        }
+        Some(r)
+    }
+
     /// Entries published and not yet taken (looks at the producer's tail
     /// only when the last look found none left). A caller that takes
     /// exactly this many ends its loop on a count instead of on an empty
@@ -268,6 +319,31 @@ mod tests {
         c.release();
         p.push(9).unwrap();
         assert_eq!(p.push(10), Err(10));
+    }
+
+    impl Remains for (u32, Option<Arc<()>>) {
+        fn is_spent(&self) -> bool {
+            self.1.is_none()
+        }
+    }
+
+    #[test]
+    fn pop_with_works_in_place_and_drops_what_is_left() {
+        let live = Arc::new(());
+        let (mut p, mut c) = ring::<(u32, Option<Arc<()>>)>(4);
+        p.push((1, Some(live.clone()))).unwrap();
+        p.push((2, Some(live.clone()))).unwrap();
+        p.publish();
+        // The first entry's Arc is moved out and kept; the second's is left
+        // in the slot and dropped there.
+        let kept = c.pop_with(|e| (e.0, e.1.take())).unwrap();
+        assert_eq!(kept.0, 1);
+        assert_eq!(c.pop_with(|e| e.0), Some(2));
+        assert_eq!(c.pop_with(|e| e.0), None);
+        assert_eq!(Arc::strong_count(&live), 2);
+        drop(kept);
+        drop((p, c));
+        assert_eq!(Arc::strong_count(&live), 1);
     }
 
     #[test]

@@ -157,6 +157,22 @@ impl std::fmt::Debug for PollGroup {
     }
 }
 
+/// The fetch loop: up to `budget` capsules while the queue pair may take
+/// more. `next` executes one and says whether to go on (`None`: nothing
+/// left). Returns how many were fetched.
+#[inline(always)]
+fn fetch(qp: &mut Qpair, budget: usize, mut next: impl FnMut(&mut Qpair) -> Option<bool>) -> usize {
+    let mut n = 0;
+    while n < budget && qp.state != QpState::Draining && !qp.backlogged() {
+        let Some(more) = next(qp) else { break };
+        n += 1;
+        if !more {
+            break;
+        }
+    }
+    n
+}
+
 /// Stage-3 orphans came back: an index whose last one has is free again.
 #[cold]
 fn reclaim_qp_indices(qps: &[QpEntry], free_qps: &mut Vec<u32>) {
@@ -333,21 +349,33 @@ impl PollGroup {
             idx: qi,
             generation: qgen,
         };
-        if let Some(cap) = qp.parked.take() {
-            if !Self::exec(engine, ns, qp, me, cap, false, *now_ms, *now_ns) {
+        if let Some(mut cap) = qp.parked.take() {
+            if !Self::exec(engine, ns, qp, me, &mut cap, false, *now_ms, *now_ns) {
                 return work;
             }
             work += 1;
         }
-        let mut n = 0;
         let budget = qp.tr.ready().min(FETCH_BATCH);
-        while n < budget && qp.state != QpState::Draining && !qp.backlogged() {
-            let Some(cap) = qp.tr.recv() else { break };
-            n += 1;
-            if !Self::exec(engine, ns, qp, me, cap, true, *now_ms, *now_ns) {
-                break;
+        let (now_ms, now_ns) = (*now_ms, *now_ns);
+        let n = match qp.tr.take_ring_sq() {
+            // The rings: each capsule is worked on where it lies in the
+            // submission ring. The ring's consumer is out of the queue pair
+            // for the loop (what `exec` uses of the transport is the
+            // completion ring) and goes back right after it.
+            Some(mut sq) => {
+                let n = fetch(qp, budget, |qp| {
+                    sq.pop_with(|cap| Self::exec(engine, ns, qp, me, cap, true, now_ms, now_ns))
+                });
+                qp.tr.put_ring_sq(sq);
+                n
             }
-        }
+            None => fetch(qp, budget, |qp| {
+                let mut cap = qp.tr.recv()?;
+                Some(Self::exec(
+                    engine, ns, qp, me, &mut cap, true, now_ms, now_ns,
+                ))
+            }),
+        };
         if n > 0 {
             bump(&stats.commands, n as u64);
         }
@@ -370,7 +398,7 @@ impl PollGroup {
         ns: &mut NsTable,
         qp: &mut Qpair,
         me: QpairRef,
-        cap: Capsule,
+        cap: &mut Capsule,
         fresh: bool,
         now_ms: u64,
         now_ns: u64,
@@ -382,6 +410,10 @@ impl PollGroup {
             || qp.qid == 0
             || cap.sqe.opcode() == AdminOpcode::FABRICS.0
         {
+            let cap = Capsule {
+                sqe: cap.sqe,
+                buf: std::mem::take(&mut cap.buf),
+            };
             Self::exec_admin(engine, qp, me, cap, now_ms);
             return true;
         }
@@ -389,16 +421,29 @@ impl PollGroup {
     }
 
     #[inline]
-    fn exec_io(ns: &mut NsTable, qp: &mut Qpair, me: QpairRef, cap: Capsule, now_ns: u64) -> bool {
-        // The SQE stays where the capsule has it (64 bytes not copied).
+    fn exec_io(
+        ns: &mut NsTable,
+        qp: &mut Qpair,
+        me: QpairRef,
+        cap: &mut Capsule,
+        now_ns: u64,
+    ) -> bool {
+        // The SQE stays where the capsule lies (64 bytes not copied); the
+        // buffer is moved out to wherever the command goes.
         let sqe = &cap.sqe;
+        let buf = &mut cap.buf;
         let cid = sqe.cid();
         if let Err(s) = io::check_common(sqe) {
-            qp.respond(cid, s, 0, cap.buf);
+            qp.respond(cid, s, 0, std::mem::take(buf));
             return true;
         }
         if qp.cid_in_use(cid) {
-            qp.respond(cid, Status::COMMAND_ID_CONFLICT.with_dnr(), 0, cap.buf);
+            qp.respond(
+                cid,
+                Status::COMMAND_ID_CONFLICT.with_dnr(),
+                0,
+                std::mem::take(buf),
+            );
             return true;
         }
         let Some(vi) = ns.lookup(qp.sid, sqe.nsid) else {
@@ -406,7 +451,7 @@ impl PollGroup {
                 cid,
                 Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr(),
                 0,
-                cap.buf,
+                std::mem::take(buf),
             );
             return true;
         };
@@ -415,28 +460,34 @@ impl PollGroup {
                 cid,
                 Status::INVALID_NAMESPACE_OR_FORMAT.with_dnr(),
                 0,
-                cap.buf,
+                std::mem::take(buf),
             );
             return true;
         };
         if view.paused {
-            qp.parked = Some(cap);
+            qp.parked = Some(Capsule {
+                sqe: *sqe,
+                buf: std::mem::take(buf),
+            });
             return false;
         }
-        let plan = match io::plan(sqe, &view.limits, cap.buf.len()) {
+        let plan = match io::plan(sqe, &view.limits, buf.len()) {
             Ok(p) => p,
             Err(s) => {
                 view.stats.record_error();
-                qp.respond(cid, s, 0, cap.buf);
+                qp.respond(cid, s, 0, std::mem::take(buf));
                 return true;
             }
         };
         if io::is_dsm_hint_only(sqe) {
-            qp.respond(cid, Status::SUCCESS, 0, cap.buf);
+            qp.respond(cid, Status::SUCCESS, 0, std::mem::take(buf));
             return true;
         }
         let Some(si) = qp.free.pop() else {
-            qp.parked = Some(cap);
+            qp.parked = Some(Capsule {
+                sqe: *sqe,
+                buf: std::mem::take(buf),
+            });
             return false;
         };
         let sgen = qp.slots[si as usize].generation;
@@ -446,7 +497,7 @@ impl PollGroup {
             lba: plan.lba,
             blocks: plan.blocks,
             fua: plan.fua,
-            buf: cap.buf,
+            buf: std::mem::take(buf),
         };
         match view.ch.submit(io) {
             Ok(()) => {

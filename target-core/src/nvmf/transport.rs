@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::doorbell_ring::{Consumer, Producer, ring};
+use super::doorbell_ring::{Consumer, Producer, Remains, ring};
 
 use crate::iobuf::DataBuf;
 use crate::spec::{CompletionEntry, SubmissionEntry};
@@ -70,6 +70,20 @@ impl Default for CapsuleParams {
     }
 }
 
+impl Remains for Capsule {
+    #[inline]
+    fn is_spent(&self) -> bool {
+        matches!(self.buf, DataBuf::None)
+    }
+}
+
+impl Remains for Response {
+    #[inline]
+    fn is_spent(&self) -> bool {
+        matches!(self.buf, DataBuf::None)
+    }
+}
+
 /// The target's end of a queue pair.
 pub trait QpairTransport: Send + fmt::Debug {
     /// Capsule sizes and SGL support to advertise for controllers whose
@@ -124,7 +138,8 @@ struct Shared {
 /// entry: that, not fighting over shared counters, makes the loop fast.
 pub struct QueueRings {
     sq: Producer<Capsule>,
-    cq: Consumer<Response>,
+    /// `None` only while lent out ([`QueueRings::take_cq`]).
+    cq: Option<Consumer<Response>>,
     reclaim: Option<Consumer<Capsule>>,
     shared: Arc<Shared>,
     entries: usize,
@@ -174,7 +189,7 @@ impl QueueRings {
         (
             Self {
                 sq: sq_p,
-                cq: cq_c,
+                cq: Some(cq_c),
                 reclaim: None,
                 shared: shared.clone(),
                 entries,
@@ -216,20 +231,38 @@ impl QueueRings {
     /// target every few responses and at [`QueueRings::release_cq`].
     #[inline]
     pub fn reap(&mut self) -> Option<Response> {
-        self.cq.pop()
+        self.cq.as_mut()?.pop()
     }
 
     /// Host side: responses waiting to be reaped.
     #[inline]
     pub fn ready_responses(&mut self) -> usize {
-        self.cq.available()
+        self.cq.as_mut().map_or(0, |c| c.available())
     }
 
     /// Host side: gives every reaped completion slot back to the target
     /// (the CQ head doorbell).
     #[inline]
     pub fn release_cq(&mut self) {
-        self.cq.release();
+        if let Some(c) = self.cq.as_mut() {
+            c.release();
+        }
+    }
+
+    /// Host side: lends out the completion ring's consumer, so a reap loop
+    /// can work on each response where it lies
+    /// ([`super::doorbell_ring::Consumer::pop_with`]) while it updates the
+    /// rest of the queue pair. Give it back with [`QueueRings::put_cq`];
+    /// until then `reap` finds nothing.
+    #[inline]
+    pub fn take_cq(&mut self) -> Option<Consumer<Response>> {
+        self.cq.take()
+    }
+
+    /// Returns what [`QueueRings::take_cq`] lent out.
+    #[inline]
+    pub fn put_cq(&mut self, cq: Consumer<Response>) {
+        self.cq = Some(cq);
     }
 
     /// Host side: takes back a capsule the target never fetched. Only
@@ -398,6 +431,24 @@ impl QpTransport {
     #[inline]
     pub fn recv(&mut self) -> Option<Capsule> {
         dispatch!(self, t => t.recv())
+    }
+    /// The rings' submission consumer, lent out for an in-place fetch loop
+    /// ([`super::doorbell_ring::Consumer::pop_with`]); `None` for other
+    /// transports and once the rings were finished. Give it back with
+    /// [`QpTransport::put_ring_sq`] before anything else uses the queue.
+    #[inline]
+    pub fn take_ring_sq(&mut self) -> Option<Consumer<Capsule>> {
+        match self {
+            QpTransport::Ring(t) => t.sq.take(),
+            QpTransport::Other(_) => None,
+        }
+    }
+    /// Returns what [`QpTransport::take_ring_sq`] lent out.
+    #[inline]
+    pub fn put_ring_sq(&mut self, sq: Consumer<Capsule>) {
+        if let QpTransport::Ring(t) = self {
+            t.sq = Some(sq);
+        }
     }
     /// See [`QpairTransport::ready`].
     #[inline]

@@ -372,6 +372,10 @@ impl Idle<'_> {
     }
 }
 
+// Never inlined: `scripts/per-io.sh` counts instructions from here
+// (`--toggle-collect=*run_loop*`), and fat LTO would otherwise fold it into
+// the thread's closure.
+#[inline(never)]
 fn run_loop(
     core: &mut ReactorCore,
     opts: &ReactorOptions,
