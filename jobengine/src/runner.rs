@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use target_core::bdev::{BdevIo, BdevRef, IoChannel, IoOp};
+use target_core::clock::mono_ns;
 use target_core::host_cmds::NvmCommands;
 use target_core::iobuf::{DataBuf, IoBuf};
 use target_core::reactor::Poller;
@@ -363,7 +364,7 @@ pub fn direct_port(bdev: &BdevRef) -> Result<DirectPort, String> {
 #[derive(Debug)]
 struct Slot {
     io: IoSpec,
-    /// Submission time, ns since [`JobRun::epoch`].
+    /// Submission time, ns since `JobRun::epoch_mono`.
     start_ns: u64,
     seq: u64,
     busy: bool,
@@ -390,17 +391,25 @@ pub struct JobRun {
     free: Vec<u32>,
     issued: u64,
     in_flight: u32,
-    deadline: Option<Instant>,
     stop: Arc<AtomicBool>,
     mismatch: Option<Mismatch>,
     draining: bool,
     /// The port's recovery counters as last seen (retries, reconnects).
     recovery: (u64, u64),
     live: Arc<LiveStats>,
-    /// Origin of the slots' `start_ns`: a step reads the clock once and
-    /// keeps plain integers per I/O, so neither a submission nor a
-    /// completion pays for a clock read or an `Instant` subtraction.
+    /// When the job was made: the origin of `deadline_ns` and `due_ns`.
     epoch: Instant,
+    /// The same moment on [`mono_ns`]'s clock: the origin of the slots'
+    /// `start_ns`. A step reads that clock once and keeps plain integers
+    /// per I/O, so neither a submission nor a completion pays for an
+    /// `Instant` subtraction.
+    epoch_mono: u64,
+    /// When to stop issuing (the ramp and the runtime), in ns since `epoch`.
+    deadline_ns: Option<u64>,
+    /// When (ns since `epoch`) the recorder next has something to do: the
+    /// end of the ramp, or of the current interval. Until then a step does
+    /// not build an `Instant`.
+    due_ns: u64,
 }
 
 impl std::fmt::Debug for JobRun {
@@ -432,7 +441,6 @@ impl JobRun {
         let now = Instant::now();
         let recorder = Recorder::new(&spec.name, spec.histogram, live.clone(), now, spec.ramp);
         Ok(Self {
-            deadline: spec.runtime.map(|r| now + spec.ramp + r),
             block_size,
             workload,
             verifier,
@@ -461,15 +469,20 @@ impl JobRun {
             recovery: (0, 0),
             live,
             epoch: now,
+            epoch_mono: mono_ns(),
+            deadline_ns: spec
+                .runtime
+                .map(|r| (spec.ramp + r).as_nanos().try_into().unwrap_or(u64::MAX)),
+            due_ns: 0,
             spec,
         })
     }
 
-    fn done_issuing(&self, now: Instant) -> bool {
+    fn done_issuing(&self, now_ns: u64) -> bool {
         self.draining
             || self.stop.load(Ordering::Relaxed)
             || self.mismatch.is_some()
-            || self.deadline.is_some_and(|d| now >= d)
+            || self.deadline_ns.is_some_and(|d| now_ns >= d)
             || self.spec.io_count.is_some_and(|n| self.issued >= n)
     }
 
@@ -499,13 +512,10 @@ impl JobRun {
         // every completion is stamped no earlier than it arrived (latencies
         // err high by the batch, never low). The same reading stamps this
         // step's submissions, each no later than it was submitted.
-        let epoch = self.epoch;
-        let mut now: Option<(Instant, u64)> = None;
+        let epoch = self.epoch_mono;
+        let mut now: Option<u64> = None;
         port.poll(&mut |tag, ok, buf| {
-            let (_, now_ns) = *now.get_or_insert_with(|| {
-                let t = Instant::now();
-                (t, t.saturating_duration_since(epoch).as_nanos() as u64)
-            });
+            let now_ns = *now.get_or_insert_with(|| mono_ns().wrapping_sub(epoch));
             let i = tag as usize;
             let (Some(s), Some(b)) = (slots.get_mut(i), bufs.get_mut(i)) else {
                 return;
@@ -550,12 +560,20 @@ impl JobRun {
             self.recovery = rc;
             self.live.set_recovery(rc.0, rc.1);
         }
-        let (now, now_ns) = now.unwrap_or_else(|| {
-            let t = Instant::now();
-            (t, t.saturating_duration_since(epoch).as_nanos() as u64)
-        });
-        rec.tick(now);
-        if !self.done_issuing(now) && port.alive() {
+        let now_ns = now.unwrap_or_else(|| mono_ns().wrapping_sub(epoch));
+        // The recorder's ramp end and interval closes, and the deadline,
+        // are checked on an `Instant` only once one of them is due.
+        if now_ns >= self.due_ns {
+            let now = Instant::now();
+            rec.tick(now);
+            self.due_ns = rec
+                .next_due()
+                .saturating_duration_since(self.epoch)
+                .as_nanos()
+                .try_into()
+                .unwrap_or(u64::MAX);
+        }
+        if !self.done_issuing(now_ns) && port.alive() {
             while let Some(i) = self.free.pop() {
                 if self.spec.io_count.is_some_and(|n| self.issued >= n) {
                     self.free.push(i);
@@ -601,7 +619,7 @@ impl JobRun {
             // The queue died with I/O outstanding; its completions still come.
             self.draining = true;
         }
-        self.in_flight == 0 && (self.done_issuing(now) || !port.alive())
+        self.in_flight == 0 && (self.done_issuing(now_ns) || !port.alive())
     }
 
     /// Reads back every block whose last write was acknowledged and checks

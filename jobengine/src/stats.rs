@@ -317,6 +317,16 @@ impl Recorder {
         }
     }
 
+    /// When [`Recorder::tick`] next has something to do: the end of the
+    /// ramp, or of the current interval. A caller may skip `tick` until
+    /// then (the job runner does, and reads no `Instant` meanwhile).
+    pub fn next_due(&self) -> Instant {
+        match self.measure_start {
+            None => self.created + self.ramp,
+            Some(_) => self.iv_end,
+        }
+    }
+
     /// `true` once ramp time is over.
     pub fn measuring(&self) -> bool {
         self.measure_start.is_some()

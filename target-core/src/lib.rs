@@ -14,6 +14,7 @@
 //! on each block device, so no lock or allocation sits on the I/O path.
 
 pub mod bdev;
+pub mod clock;
 pub mod config;
 pub mod hist;
 pub mod host_cmds;

@@ -141,7 +141,7 @@ impl<T: Send> fmt::Debug for Producer<T> {
 impl<T: Send> Producer<T> {
     /// Writes `v` into the ring without publishing it. `Err` gives it back
     /// when the ring is full.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, v: T) -> Result<(), T> {
         let cap = self.inner.capacity;
         if self.tail.wrapping_sub(self.cached_head) >= cap {

@@ -349,7 +349,9 @@ impl PollGroup {
             idx: qi,
             generation: qgen,
         };
-        if let Some(mut cap) = qp.parked.take() {
+        if qp.parked.is_some()
+            && let Some(mut cap) = qp.parked.take()
+        {
             if !Self::exec(engine, ns, qp, me, &mut cap, false, *now_ms, *now_ns) {
                 return work;
             }
@@ -357,19 +359,20 @@ impl PollGroup {
         }
         let budget = qp.tr.ready().min(FETCH_BATCH);
         let (now_ms, now_ns) = (*now_ms, *now_ns);
-        let n = match qp.tr.take_ring_sq() {
+        let n = match (budget > 0).then(|| qp.tr.take_ring_sq()) {
+            None => 0,
             // The rings: each capsule is worked on where it lies in the
             // submission ring. The ring's consumer is out of the queue pair
             // for the loop (what `exec` uses of the transport is the
             // completion ring) and goes back right after it.
-            Some(mut sq) => {
+            Some(Some(mut sq)) => {
                 let n = fetch(qp, budget, |qp| {
                     sq.pop_with(|cap| Self::exec(engine, ns, qp, me, cap, true, now_ms, now_ns))
                 });
                 qp.tr.put_ring_sq(sq);
                 n
             }
-            None => fetch(qp, budget, |qp| {
+            Some(None) => fetch(qp, budget, |qp| {
                 let mut cap = qp.tr.recv()?;
                 Some(Self::exec(
                     engine, ns, qp, me, &mut cap, true, now_ms, now_ns,
