@@ -555,11 +555,6 @@ impl JobRun {
             workload.complete(&s.io);
             free.push(i as u32);
         });
-        let rc = port.recovery();
-        if rc != self.recovery {
-            self.recovery = rc;
-            self.live.set_recovery(rc.0, rc.1);
-        }
         let now_ns = now.unwrap_or_else(|| mono_ns().wrapping_sub(epoch));
         // The recorder's ramp end and interval closes, and the deadline,
         // are checked on an `Instant` only once one of them is due.
@@ -572,6 +567,7 @@ impl JobRun {
                 .as_nanos()
                 .try_into()
                 .unwrap_or(u64::MAX);
+            self.note_recovery(port);
         }
         if !self.done_issuing(now_ns) && port.alive() {
             while let Some(i) = self.free.pop() {
@@ -619,7 +615,22 @@ impl JobRun {
             // The queue died with I/O outstanding; its completions still come.
             self.draining = true;
         }
-        self.in_flight == 0 && (self.done_issuing(now_ns) || !port.alive())
+        let done = self.in_flight == 0 && (self.done_issuing(now_ns) || !port.alive());
+        if done {
+            self.note_recovery(port);
+        }
+        done
+    }
+
+    /// Copies the port's recovery counters (retries, reconnects) to the
+    /// live view and the result: when the recorder is due (once a second)
+    /// and when the job ends, not on every step.
+    fn note_recovery(&mut self, port: &dyn Port) {
+        let rc = port.recovery();
+        if rc != self.recovery {
+            self.recovery = rc;
+            self.live.set_recovery(rc.0, rc.1);
+        }
     }
 
     /// Reads back every block whose last write was acknowledged and checks
@@ -748,6 +759,7 @@ impl Poller for InlineJob {
 
     fn stop(&mut self) {
         if let Some(tx) = self.done.take() {
+            self.job.note_recovery(self.port.as_ref());
             let _ = tx.send(self.job.finish());
         }
     }
