@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use target_core::host_cmds::NvmCommands;
 use target_core::iobuf::DataBuf;
 use target_core::nvmf::{Capsule, QueueRings};
-use target_core::spec::{CompletionEntry, FabricsType, Status, SubmissionEntry};
+use target_core::spec::{CompletionEntry, FabricsType, NvmOpcode, Status, SubmissionEntry};
 
 use crate::host::Assoc;
 use crate::{HostError, SubmitError};
@@ -218,7 +218,27 @@ impl HostQpair {
     #[inline(always)]
     pub fn submit(
         &mut self,
-        mut sqe: SubmissionEntry,
+        sqe: SubmissionEntry,
+        buf: DataBuf,
+        tag: u64,
+    ) -> Result<u16, SubmitError> {
+        self.submit_with(
+            move |cid| {
+                let mut sqe = sqe;
+                sqe.set_cid(cid);
+                sqe
+            },
+            buf,
+            tag,
+        )
+    }
+
+    /// [`HostQpair::submit`] of the SQE `make_sqe` builds for the command
+    /// identifier this queue picks: built where it goes, in the ring slot.
+    #[inline(always)]
+    fn submit_with(
+        &mut self,
+        make_sqe: impl Fn(u16) -> SubmissionEntry,
         buf: DataBuf,
         tag: u64,
     ) -> Result<u16, SubmitError> {
@@ -227,30 +247,28 @@ impl HostQpair {
         };
         let s = &mut self.slots[slot as usize];
         let cid = slot | ((s.seq & 0xf) << SLOT_BITS);
-        sqe.set_cid(cid);
-        let pushed = if self.batch_doorbell {
-            self.rings.submit_deferred(Capsule { sqe, buf })
-        } else {
-            self.rings.submit(Capsule { sqe, buf })
-        };
+        let pushed = self.rings.submit_deferred_with(buf, || make_sqe(cid));
+        if pushed.is_ok() && !self.batch_doorbell {
+            self.rings.ring_doorbell();
+        }
         match pushed {
             Ok(()) => {
                 s.busy = true;
                 s.tag = tag;
                 s.retries = 0;
                 if let Some(keep) = self.sqes.get_mut(slot as usize) {
-                    *keep = sqe;
+                    *keep = make_sqe(cid);
                 }
                 self.outstanding += 1;
                 self.stats.submitted += 1;
                 Ok(cid)
             }
-            Err(c) => {
+            Err(buf) => {
                 self.free.push(slot);
                 if self.rings.is_live() {
-                    Err(SubmitError::QueueFull(c.buf))
+                    Err(SubmitError::QueueFull(buf))
                 } else {
-                    Err(SubmitError::Closed(c.buf))
+                    Err(SubmitError::Closed(buf))
                 }
             }
         }
@@ -566,5 +584,39 @@ impl NvmCommands for HostQpair {
         tag: u64,
     ) -> Result<u16, SubmitError> {
         self.submit(sqe, buf, tag)
+    }
+
+    #[inline(always)]
+    fn read(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        blocks: u32,
+        buf: DataBuf,
+        tag: u64,
+    ) -> Result<u16, SubmitError> {
+        let op = NvmOpcode::READ.0;
+        self.submit_with(
+            |cid| SubmissionEntry::nvm_rw(op, cid, nsid, lba, blocks),
+            buf,
+            tag,
+        )
+    }
+
+    #[inline(always)]
+    fn write(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        blocks: u32,
+        buf: DataBuf,
+        tag: u64,
+    ) -> Result<u16, SubmitError> {
+        let op = NvmOpcode::WRITE.0;
+        self.submit_with(
+            |cid| SubmissionEntry::nvm_rw(op, cid, nsid, lba, blocks),
+            buf,
+            tag,
+        )
     }
 }

@@ -160,6 +160,27 @@ impl<T: Send> Producer<T> {
         Ok(())
     }
 
+    /// Writes `make(arg)` into the ring without publishing it; `Err` gives
+    /// `arg` back when the ring is full. `make` runs only once there is
+    /// room, so what it builds can be written straight into the slot
+    /// (`push` needs the whole entry first, to give it back when full).
+    #[inline(always)]
+    pub fn push_with<A>(&mut self, arg: A, make: impl FnOnce(A) -> T) -> Result<(), A> {
+        let cap = self.inner.capacity;
+        if self.tail.wrapping_sub(self.cached_head) >= cap {
+            self.cached_head = self.inner.head.0.load(Ordering::Acquire);
+            if self.tail.wrapping_sub(self.cached_head) >= cap {
+                return Err(arg);
+            }
+        }
+        let cell = self.inner.slots[self.tail & self.inner.mask].0.get();
+        // SAFETY: as in `push`: the slot holds no entry the consumer may
+        // still read, and only this producer writes slots.
+        unsafe { (*cell).write(make(arg)) };
+        self.tail = self.tail.wrapping_add(1);
+        Ok(())
+    }
+
     /// Makes every pushed entry visible to the consumer (the doorbell).
     #[inline]
     pub fn publish(&mut self) {
@@ -292,6 +313,23 @@ impl<T: Send> Drop for Consumer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_with_builds_in_place_or_gives_the_argument_back() {
+        let (mut p, mut c) = ring::<(u32, String)>(2);
+        p.push_with("a".to_string(), |s| (1, s)).unwrap();
+        p.push_with("b".to_string(), |s| (2, s)).unwrap();
+        let mut built = false;
+        let full = p.push_with("c".to_string(), |s| {
+            built = true;
+            (3, s)
+        });
+        assert_eq!(full, Err("c".to_string()));
+        assert!(!built, "nothing is built for a full ring");
+        p.publish();
+        assert_eq!(c.pop(), Some((1, "a".to_string())));
+        assert_eq!(c.pop(), Some((2, "b".to_string())));
+    }
 
     #[test]
     fn unpublished_entries_are_invisible_until_the_doorbell() {

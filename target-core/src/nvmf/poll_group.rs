@@ -359,25 +359,25 @@ impl PollGroup {
         }
         let budget = qp.tr.ready().min(FETCH_BATCH);
         let (now_ms, now_ns) = (*now_ms, *now_ns);
-        let n = match (budget > 0).then(|| qp.tr.take_ring_sq()) {
-            None => 0,
+        let n = if budget == 0 {
+            0
+        } else if let Some(mut sq) = qp.tr.take_ring_sq() {
             // The rings: each capsule is worked on where it lies in the
             // submission ring. The ring's consumer is out of the queue pair
             // for the loop (what `exec` uses of the transport is the
             // completion ring) and goes back right after it.
-            Some(Some(mut sq)) => {
-                let n = fetch(qp, budget, |qp| {
-                    sq.pop_with(|cap| Self::exec(engine, ns, qp, me, cap, true, now_ms, now_ns))
-                });
-                qp.tr.put_ring_sq(sq);
-                n
-            }
-            Some(None) => fetch(qp, budget, |qp| {
+            let n = fetch(qp, budget, |qp| {
+                sq.pop_with(|cap| Self::exec(engine, ns, qp, me, cap, true, now_ms, now_ns))
+            });
+            qp.tr.put_ring_sq(sq);
+            n
+        } else {
+            fetch(qp, budget, |qp| {
                 let mut cap = qp.tr.recv()?;
                 Some(Self::exec(
                     engine, ns, qp, me, &mut cap, true, now_ms, now_ns,
                 ))
-            }),
+            })
         };
         if n > 0 {
             bump(&stats.commands, n as u64);

@@ -221,6 +221,25 @@ impl QueueRings {
         self.sq.push(c)
     }
 
+    /// Host side: [`QueueRings::submit_deferred`] of a capsule whose SQE
+    /// `make_sqe` builds once the ring has room, straight into its slot
+    /// (a finished SQE passed in is copied there through the stack). `Err`
+    /// gives the buffer back.
+    #[inline(always)]
+    pub fn submit_deferred_with(
+        &mut self,
+        buf: DataBuf,
+        make_sqe: impl FnOnce() -> SubmissionEntry,
+    ) -> Result<(), DataBuf> {
+        if self.shared.state.load(Ordering::Acquire) != LIVE {
+            return Err(buf);
+        }
+        self.sq.push_with(buf, |buf| Capsule {
+            sqe: make_sqe(),
+            buf,
+        })
+    }
+
     /// Host side: makes every capsule submitted so far visible to the target.
     #[inline]
     pub fn ring_doorbell(&mut self) {
