@@ -307,6 +307,27 @@ pub trait NvmCommands {
         tag: u64,
     ) -> Result<u16, Self::SubmitError>;
 
+    /// Submits a Read or Write (`opcode`) of `blocks` blocks at `lba`. What
+    /// [`NvmCommands::read`] and [`NvmCommands::write`] share; a queue that
+    /// can build the SQE where it goes (the loop host, in its ring slot)
+    /// overrides this one method.
+    #[inline]
+    fn submit_rw(
+        &mut self,
+        opcode: NvmOpcode,
+        nsid: u32,
+        lba: u64,
+        blocks: u32,
+        buf: DataBuf,
+        tag: u64,
+    ) -> Result<u16, Self::SubmitError> {
+        self.submit_command(
+            SubmissionEntry::nvm_rw(opcode.0, 0, nsid, lba, blocks),
+            buf,
+            tag,
+        )
+    }
+
     /// Reads `blocks` blocks at `lba` of namespace `nsid` into `buf`.
     #[inline]
     fn read(
@@ -317,11 +338,7 @@ pub trait NvmCommands {
         buf: DataBuf,
         tag: u64,
     ) -> Result<u16, Self::SubmitError> {
-        self.submit_command(
-            SubmissionEntry::nvm_rw(NvmOpcode::READ.0, 0, nsid, lba, blocks),
-            buf,
-            tag,
-        )
+        self.submit_rw(NvmOpcode::READ, nsid, lba, blocks, buf, tag)
     }
 
     /// Writes `blocks` blocks at `lba` from `buf`.
@@ -334,11 +351,7 @@ pub trait NvmCommands {
         buf: DataBuf,
         tag: u64,
     ) -> Result<u16, Self::SubmitError> {
-        self.submit_command(
-            SubmissionEntry::nvm_rw(NvmOpcode::WRITE.0, 0, nsid, lba, blocks),
-            buf,
-            tag,
-        )
+        self.submit_rw(NvmOpcode::WRITE, nsid, lba, blocks, buf, tag)
     }
 
     /// Flushes the namespace's volatile write cache.

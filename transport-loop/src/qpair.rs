@@ -587,34 +587,17 @@ impl NvmCommands for HostQpair {
     }
 
     #[inline(always)]
-    fn read(
+    fn submit_rw(
         &mut self,
+        opcode: NvmOpcode,
         nsid: u32,
         lba: u64,
         blocks: u32,
         buf: DataBuf,
         tag: u64,
     ) -> Result<u16, SubmitError> {
-        let op = NvmOpcode::READ.0;
         self.submit_with(
-            |cid| SubmissionEntry::nvm_rw(op, cid, nsid, lba, blocks),
-            buf,
-            tag,
-        )
-    }
-
-    #[inline(always)]
-    fn write(
-        &mut self,
-        nsid: u32,
-        lba: u64,
-        blocks: u32,
-        buf: DataBuf,
-        tag: u64,
-    ) -> Result<u16, SubmitError> {
-        let op = NvmOpcode::WRITE.0;
-        self.submit_with(
-            |cid| SubmissionEntry::nvm_rw(op, cid, nsid, lba, blocks),
+            |cid| SubmissionEntry::nvm_rw(opcode.0, cid, nsid, lba, blocks),
             buf,
             tag,
         )

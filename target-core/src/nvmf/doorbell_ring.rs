@@ -143,21 +143,7 @@ impl<T: Send> Producer<T> {
     /// when the ring is full.
     #[inline(always)]
     pub fn push(&mut self, v: T) -> Result<(), T> {
-        let cap = self.inner.capacity;
-        if self.tail.wrapping_sub(self.cached_head) >= cap {
-            self.cached_head = self.inner.head.0.load(Ordering::Acquire);
-            if self.tail.wrapping_sub(self.cached_head) >= cap {
-                return Err(v);
-            }
-        }
-        let cell = self.inner.slots[self.tail & self.inner.mask].0.get();
-        // SAFETY: `tail - cached_head < capacity <= slots.len()`, and the
-        // consumer has taken every entry below the published head
-        // `cached_head`, so this slot holds no entry the consumer may still
-        // read; only this (single) producer writes slots.
-        unsafe { (*cell).write(v) };
-        self.tail = self.tail.wrapping_add(1);
-        Ok(())
+        self.push_with(v, |v| v)
     }
 
     /// Writes `make(arg)` into the ring without publishing it; `Err` gives
