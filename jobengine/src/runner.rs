@@ -556,8 +556,9 @@ impl JobRun {
             free.push(i as u32);
         });
         let now_ns = now.unwrap_or_else(|| mono_ns().wrapping_sub(epoch));
-        // The recorder's ramp end and interval closes, and the deadline,
-        // are checked on an `Instant` only once one of them is due.
+        // The recorder's ramp end and interval closes need an `Instant`:
+        // one is built only once either is due. The deadline is a plain ns
+        // comparison in `done_issuing`.
         if now_ns >= self.due_ns {
             let now = Instant::now();
             rec.tick(now);

@@ -215,10 +215,9 @@ impl QueueRings {
     /// doorbell: the target sees it after [`QueueRings::ring_doorbell`].
     #[inline]
     pub fn submit_deferred(&mut self, c: Capsule) -> Result<(), Capsule> {
-        if self.shared.state.load(Ordering::Acquire) != LIVE {
-            return Err(c);
-        }
-        self.sq.push(c)
+        let Capsule { sqe, buf } = c;
+        self.submit_deferred_with(buf, || sqe)
+            .map_err(|buf| Capsule { sqe, buf })
     }
 
     /// Host side: [`QueueRings::submit_deferred`] of a capsule whose SQE
