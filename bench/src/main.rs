@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bench::job::JobTransport;
 use bench::progress::{Progress, ProgressMode};
-use bench::runner::{self, InlineJob, JobOutcome, JobRun, LoopPort, Port, SplitPort};
+use bench::runner::{self, AnyPort, JobOutcome, JobRun, LoopPort, SplitPort};
 use bench::stats::{JobResult, LiveStats};
 use bench::tcp::{self, LostReason, TcpJobHost, TcpTarget};
 use bench::{Cli, JobSpec, jobs_from_cli, report, signal};
@@ -78,7 +78,7 @@ impl From<&str> for RunError {
 
 struct Prepared {
     job: JobRun,
-    port: Box<dyn Port>,
+    port: AnyPort,
     inline: bool,
 }
 
@@ -211,7 +211,7 @@ fn prepare_tcp(
         live.push(l);
         prepared.push(Prepared {
             job,
-            port: Box::new(port),
+            port: AnyPort::Boxed(Box::new(port)),
             inline: false,
         });
     }
@@ -275,8 +275,8 @@ fn run_jobs(
             let l = LiveStats::new();
             let job = JobRun::new(inst.clone(), bs, blocks, l.clone(), stop.clone())
                 .map_err(RunError::Usage)?;
-            let port: Box<dyn Port> = match cli.target {
-                bench::cli::TargetKind::Direct => Box::new(runner::direct_port(&ns.bdev)?),
+            let port = match cli.target {
+                bench::cli::TargetKind::Direct => AnyPort::Direct(runner::direct_port(&ns.bdev)?),
                 bench::cli::TargetKind::Loop => {
                     // Inline jobs poll on a reactor: a reconnect's blocking
                     // Connect round trip would wait on that very reactor.
@@ -303,9 +303,9 @@ fn run_jobs(
                     // I/Os all fit goes without the wrapper (one closure
                     // layer less per completion).
                     if mdts == 0 || u64::from(inst.bs) <= mdts {
-                        Box::new(LoopPort::new(qp, nsid))
+                        AnyPort::Loop(LoopPort::new(qp, nsid))
                     } else {
-                        Box::new(SplitPort::new(LoopPort::new(qp, nsid), bs, mdts))
+                        AnyPort::Boxed(Box::new(SplitPort::new(LoopPort::new(qp, nsid), bs, mdts)))
                     }
                 }
             };
@@ -346,14 +346,14 @@ fn run_jobs(
                 ));
             };
             let (otx, orx) = mpsc::channel();
-            let poller = InlineJob::new(p.job, p.port, otx);
+            let poller = p.port.inline_job(p.job, otx);
             let r = i % target.nvmf().reactor_count().max(1);
             target
                 .nvmf()
                 .run_on_reactor(
                     r,
                     Box::new(move |core| {
-                        core.add_poller(Box::new(poller));
+                        core.add_poller(poller);
                     }),
                 )
                 .map_err(|e| e.to_string())?;
@@ -372,7 +372,7 @@ fn run_jobs(
                     if let Some(c) = core {
                         let _ = target_core::reactor::affinity::pin_current_thread(c);
                     }
-                    let _ = tx.send((i, runner::run_on_thread(p.job, p.port)));
+                    let _ = tx.send((i, p.port.run_on_thread(p.job)));
                 })
                 .map_err(|e| e.to_string())?;
         }

@@ -30,6 +30,17 @@ pub trait Port: Send {
     fn submit(&mut self, op: Op, lba: u64, blocks: u32, buf: IoBuf, tag: u64) -> Result<(), IoBuf>;
     /// Delivers completions as `(tag, ok, buffer)`.
     fn poll(&mut self, f: &mut dyn FnMut(u64, bool, DataBuf)) -> usize;
+    /// [`Port::poll`] for a caller that knows the port's type: a port
+    /// whose reap loop is generic overrides it, and the job's completion
+    /// handler is then compiled into that loop instead of being called
+    /// through a pointer once per completion.
+    #[inline]
+    fn poll_each(&mut self, f: &mut impl FnMut(u64, bool, DataBuf)) -> usize
+    where
+        Self: Sized,
+    {
+        self.poll(f)
+    }
     /// Makes what `submit` queued visible to the target, for ports that
     /// batch their doorbell (the loop port, as an NVMe driver writes its SQ
     /// tail once per batch); `poll` does it too. The job calls it after
@@ -80,6 +91,11 @@ impl Port for LoopPort {
 
     #[inline]
     fn poll(&mut self, f: &mut dyn FnMut(u64, bool, DataBuf)) -> usize {
+        self.poll_each(&mut &mut *f)
+    }
+
+    #[inline]
+    fn poll_each(&mut self, f: &mut impl FnMut(u64, bool, DataBuf)) -> usize {
         self.qp
             .poll(64, &mut |c| f(c.tag, c.status().is_success(), c.buf))
     }
@@ -350,7 +366,84 @@ impl Port for DirectPort {
 
     #[inline]
     fn poll(&mut self, f: &mut dyn FnMut(u64, bool, DataBuf)) -> usize {
+        self.poll_each(&mut &mut *f)
+    }
+
+    #[inline]
+    fn poll_each(&mut self, f: &mut impl FnMut(u64, bool, DataBuf)) -> usize {
         self.ch.poll(&mut |c| f(c.tag, c.result.is_ok(), c.buf))
+    }
+}
+
+/// A boxed port is a port: jobs on ports of other kinds (NVMe/TCP, split
+/// I/O, test fakes) run through it, one call through a pointer per
+/// submission and completion.
+impl<P: Port + ?Sized> Port for Box<P> {
+    #[inline]
+    fn submit(&mut self, op: Op, lba: u64, blocks: u32, buf: IoBuf, tag: u64) -> Result<(), IoBuf> {
+        (**self).submit(op, lba, blocks, buf, tag)
+    }
+
+    #[inline]
+    fn poll(&mut self, f: &mut dyn FnMut(u64, bool, DataBuf)) -> usize {
+        (**self).poll(f)
+    }
+
+    fn doorbell(&mut self) {
+        (**self).doorbell()
+    }
+
+    fn alive(&self) -> bool {
+        (**self).alive()
+    }
+
+    fn recovery(&self) -> (u64, u64) {
+        (**self).recovery()
+    }
+}
+
+/// A job's port, kept as its own type where the job engine has a fast
+/// path for it: a job stepping a [`LoopPort`] or [`DirectPort`] has the
+/// port's submit and reap compiled into its loop (one indirect call per
+/// step instead of two per I/O). Any other port runs boxed.
+///
+/// Built once per job and unpacked into its poller or thread at once, so
+/// the size of the loop variant costs nothing per I/O (and boxing it would
+/// put a pointer back between the job and its port).
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum AnyPort {
+    /// A loop-transport queue pair.
+    Loop(LoopPort),
+    /// A block device's channel.
+    Direct(DirectPort),
+    /// Anything else.
+    Boxed(Box<dyn Port>),
+}
+
+impl std::fmt::Debug for dyn Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Port")
+    }
+}
+
+impl AnyPort {
+    /// Runs `job` on the calling thread until it finishes.
+    pub fn run_on_thread(self, job: JobRun) -> JobOutcome {
+        match self {
+            AnyPort::Loop(p) => run_on_thread(job, p),
+            AnyPort::Direct(p) => run_on_thread(job, p),
+            AnyPort::Boxed(p) => run_on_thread(job, p),
+        }
+    }
+
+    /// `job` as a reactor poller; its outcome is sent on `done`.
+    pub fn inline_job(self, job: JobRun, done: mpsc::Sender<JobOutcome>) -> Box<dyn Poller> {
+        match self {
+            AnyPort::Loop(p) => Box::new(InlineJob::new(job, p, done)),
+            AnyPort::Direct(p) => Box::new(InlineJob::new(job, p, done)),
+            AnyPort::Boxed(p) => Box::new(InlineJob::new(job, p, done)),
+        }
     }
 }
 
@@ -489,8 +582,12 @@ impl JobRun {
     /// One pass: reap completions, submit up to the queue depth. Returns
     /// `true` when the job has finished (nothing in flight, nothing more to
     /// issue).
+    ///
+    /// Generic over the port so that a [`LoopPort`] or [`DirectPort`]
+    /// job's submit and completion handling compile into one loop; a
+    /// `Box<dyn Port>` is a port too.
     #[inline]
-    pub fn step(&mut self, port: &mut dyn Port) -> bool {
+    pub fn step<P: Port>(&mut self, port: &mut P) -> bool {
         let Self {
             slots,
             bufs,
@@ -514,7 +611,7 @@ impl JobRun {
         // step's submissions, each no later than it was submitted.
         let epoch = self.epoch_mono;
         let mut now: Option<u64> = None;
-        port.poll(&mut |tag, ok, buf| {
+        port.poll_each(&mut |tag, ok, buf| {
             let now_ns = *now.get_or_insert_with(|| mono_ns().wrapping_sub(epoch));
             let i = tag as usize;
             let (Some(s), Some(b)) = (slots.get_mut(i), bufs.get_mut(i)) else {
@@ -710,10 +807,10 @@ impl JobRun {
 }
 
 /// Runs a job on the calling thread until it finishes.
-pub fn run_on_thread(mut job: JobRun, mut port: Box<dyn Port>) -> JobOutcome {
+pub fn run_on_thread<P: Port>(mut job: JobRun, mut port: P) -> JobOutcome {
     let mut idle = 0u32;
     loop {
-        if job.step(port.as_mut()) {
+        if job.step(&mut port) {
             break;
         }
         idle = idle.wrapping_add(1);
@@ -725,21 +822,21 @@ pub fn run_on_thread(mut job: JobRun, mut port: Box<dyn Port>) -> JobOutcome {
 }
 
 /// A job as a reactor poller: host work shares the reactor's core.
-pub struct InlineJob {
+pub struct InlineJob<P: Port = Box<dyn Port>> {
     job: JobRun,
-    port: Box<dyn Port>,
+    port: P,
     done: Option<mpsc::Sender<JobOutcome>>,
 }
 
-impl std::fmt::Debug for InlineJob {
+impl<P: Port> std::fmt::Debug for InlineJob<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InlineJob").field("job", &self.job).finish()
     }
 }
 
-impl InlineJob {
+impl<P: Port> InlineJob<P> {
     /// Wraps a job; the outcome is sent on `done` when it finishes.
-    pub fn new(job: JobRun, port: Box<dyn Port>, done: mpsc::Sender<JobOutcome>) -> Self {
+    pub fn new(job: JobRun, port: P, done: mpsc::Sender<JobOutcome>) -> Self {
         Self {
             job,
             port,
@@ -748,10 +845,10 @@ impl InlineJob {
     }
 }
 
-impl Poller for InlineJob {
+impl<P: Port> Poller for InlineJob<P> {
     fn poll(&mut self) -> usize {
         let Some(tx) = &self.done else { return 0 };
-        if self.job.step(self.port.as_mut()) {
+        if self.job.step(&mut self.port) {
             let _ = tx.send(self.job.finish());
             self.done = None;
         }
@@ -760,7 +857,7 @@ impl Poller for InlineJob {
 
     fn stop(&mut self) {
         if let Some(tx) = self.done.take() {
-            self.job.note_recovery(self.port.as_ref());
+            self.job.note_recovery(&self.port);
             let _ = tx.send(self.job.finish());
         }
     }
