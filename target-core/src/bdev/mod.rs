@@ -173,6 +173,10 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
 }
 
 /// A reactor's private handle for doing I/O on one device.
+/// Completions a poller's batch vector is made to hold without growing
+/// (see [`IoChannel::poll_into`]).
+pub const POLL_BATCH: usize = 4096;
+
 pub trait IoChannel: Send + fmt::Debug {
     /// Starts an I/O. Never completes it inline: the completion comes from
     /// [`IoChannel::poll`]. `Err` gives the I/O back when the channel is full;
@@ -181,6 +185,17 @@ pub trait IoChannel: Send + fmt::Debug {
 
     /// Delivers finished I/Os to `done`. Returns how many were delivered.
     fn poll(&mut self, done: &mut dyn FnMut(BdevCompletion)) -> usize;
+
+    /// Appends finished I/Os to `out`. Returns how many. For a caller that
+    /// handles completions in its own loop (the poll group): one call
+    /// through the channel's pointer per poll instead of one per
+    /// completion. The default goes through [`IoChannel::poll`]; a backend
+    /// that keeps its completions in a `Vec` hands the batch over whole.
+    /// `out` keeps its capacity: give it [`POLL_BATCH`] and pushes within
+    /// a batch of that size do not allocate.
+    fn poll_into(&mut self, out: &mut Vec<BdevCompletion>) -> usize {
+        self.poll(&mut |c| out.push(c))
+    }
 
     /// I/Os submitted and not yet delivered by `poll`.
     fn in_flight(&self) -> usize;

@@ -29,7 +29,7 @@ use super::qpair::{QpState, Qpair};
 use super::stats::NsIoStats;
 use super::subsystem::Namespace;
 use super::transport::{Capsule, QpTransport};
-use crate::bdev::{BdevCompletion, BdevIo, IoChannel};
+use crate::bdev::{BdevCompletion, BdevIo, IoChannel, POLL_BATCH};
 use crate::iobuf::DataBuf;
 use crate::spec::{AdminOpcode, FabricsType, Status};
 
@@ -149,6 +149,9 @@ pub struct PollGroup {
     /// Clock of the current fetch or completion pass (ns since the engine
     /// epoch), read once per pass rather than once per command.
     now_ns: u64,
+    /// A channel's completions of one poll ([`IoChannel::poll_into`]);
+    /// empty between polls, capacity kept.
+    batch: Vec<BdevCompletion>,
 }
 
 impl std::fmt::Debug for PollGroup {
@@ -219,6 +222,7 @@ impl PollGroup {
             draining: 0,
             lat_views: 0,
             now_ns: 0,
+            batch: Vec::with_capacity(POLL_BATCH),
         }
     }
 
@@ -570,6 +574,9 @@ impl PollGroup {
 
     // ---- completions -----------------------------------------------------
 
+    /// Delivers the backends' completions. Once per pass, so kept out of
+    /// line: a profile then tells completion work from fetch work.
+    #[inline(never)]
     pub(super) fn poll_channels(&mut self) -> usize {
         let Self {
             qps,
@@ -578,6 +585,7 @@ impl PollGroup {
             stats,
             now_ns,
             draining,
+            batch,
             ..
         } = self;
         let now_ns = *now_ns;
@@ -592,7 +600,8 @@ impl PollGroup {
             let mut orphans_back = false;
             let vstats = &view.stats;
             let lat = &mut view.lat;
-            view.ch.poll(&mut |c: BdevCompletion| {
+            view.ch.poll_into(batch);
+            let mut handle = |c: BdevCompletion| {
                 done += 1;
                 let (qi, qgen, si, sgen) = decode_tag(c.tag);
                 let Some(e) = qps.get_mut(qi as usize) else {
@@ -638,7 +647,10 @@ impl PollGroup {
                     }
                 };
                 qp.respond(cid, status, 0, c.buf);
-            });
+            };
+            for c in batch.drain(..) {
+                handle(c);
+            }
             view.outstanding -= done.min(view.outstanding);
             if view.outstanding == 0 {
                 if !view.pause_waiters.is_empty() {
