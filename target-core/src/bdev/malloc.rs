@@ -163,6 +163,12 @@ impl IoChannel for MallocChannel {
         n
     }
 
+    fn poll_into(&mut self, out: &mut Vec<BdevCompletion>) -> usize {
+        let n = self.done.len();
+        out.extend(self.done.drain(..));
+        n
+    }
+
     fn in_flight(&self) -> usize {
         self.done.len()
     }
