@@ -32,6 +32,35 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// A consumer publishes its head at least this often while popping.
 pub const RELEASE_EVERY: usize = 16;
 
+/// How many slots ahead the consumer asks for the cache lines it will
+/// read next. Across two cores an entry's lines come from the other
+/// core's cache (~100 ns a trip on the machines measured); on one core
+/// the rings and everything else a command touches outgrow L1. Asked for
+/// a few entries (some hundreds of instructions) ahead, the fetches
+/// overlap the work instead of stalling it: +15 % loop IOPS on one core
+/// for ~25 instructions per I/O (README, sixth round). The producer side
+/// was tried too and added instructions without a measurable gain.
+const PREFETCH_AHEAD: usize = 4;
+
+/// Asks for the cache lines of `slot`, to be read soon.
+#[inline(always)]
+fn prefetch<T>(slot: &Slot<T>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let p = (slot as *const Slot<T>).cast::<i8>();
+        let mut off = 0;
+        while off < std::mem::size_of::<Slot<T>>() {
+            // SAFETY: a prefetch is a hint: it neither faults nor changes
+            // memory, whatever the address; this one is inside `slot`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = slot;
+}
+
 /// An index on a cache line of its own (128 bytes: adjacent-line prefetch
 /// pairs lines on x86).
 #[repr(align(128))]
@@ -243,6 +272,13 @@ impl<T: Send> Consumer<T> {
                 return None;
             }
         }
+        // A slot a few ahead if it is published (the producer is done with
+        // it), else this one: chosen without a branch, which would
+        // mispredict at the end of every batch.
+        let ahead = self.head.wrapping_add(PREFETCH_AHEAD);
+        let published = self.cached_tail.wrapping_sub(ahead).wrapping_sub(1) < self.inner.capacity;
+        let pf = if published { ahead } else { self.head };
+        prefetch(&self.inner.slots[pf & self.inner.mask]);
         let cell = self.inner.slots[self.head & self.inner.mask].0.get();
         // The slot counts as taken before `f` runs: were `f` to unwind, the
         // entry is leaked (its buffer never freed behind anyone's back),
