@@ -12,6 +12,13 @@
 # VM it moves between runs, and the IOPS with it. A machine-readable copy goes to compare.json in the output folder
 # (COMPARE_OUT, default ./out/compare-<unix-time>).
 #
+# --max-rtt NS keeps only rounds whose two-core runs all measured a round
+# trip of at most NS before and after (both sides of the round): a round
+# at another placement of the two vCPUs is run again, up to 3 x ROUNDS
+# rounds in all, so both sides are compared at one placement. The rounds
+# set aside are counted in the output and compare.json. Runs that measure
+# no round trip (one core) always count.
+#
 # Example: this build against an older one, loop inline QD128:
 #   git worktree add /tmp/old <rev> && (cd /tmp/old && cargo build --release -p bench)
 #   scripts/compare.sh -n 6 -- \
@@ -22,11 +29,13 @@ set -euo pipefail
 rounds=6
 label_a=A
 label_b=B
+max_rtt=""
 while [ $# -gt 0 ]; do
     case "$1" in
         -n) rounds="$2"; shift 2 ;;
         --label-a) label_a="$2"; shift 2 ;;
         --label-b) label_b="$2"; shift 2 ;;
+        --max-rtt) max_rtt="$2"; shift 2 ;;
         --) shift; break ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) break ;;
@@ -37,6 +46,7 @@ if [ $# -ne 2 ]; then
     exit 2
 fi
 case "$rounds" in ''|*[!0-9]*) echo "compare.sh: -n takes a whole number, got '$rounds'" >&2; exit 2 ;; esac
+case "$max_rtt" in *[!0-9]*) echo "compare.sh: --max-rtt takes whole nanoseconds, got '$max_rtt'" >&2; exit 2 ;; esac
 cmd_a="$1"
 cmd_b="$2"
 out="${COMPARE_OUT:-./out/compare-$(date +%s)}"
@@ -74,23 +84,49 @@ a_runs=()
 b_runs=()
 a_rts=()
 b_rts=()
-for i in $(seq 1 "$rounds"); do
-    read -r a rta <<<"$(run_one a "$cmd_a" "$i")"
-    read -r b rtb <<<"$(run_one b "$cmd_b" "$i")"
+# "yes" when every round trip in "B>A" figures (or "-") is within --max-rtt.
+placed() {
+    [ -z "$max_rtt" ] && { echo yes; return; }
+    local x
+    for x in ${1//>/ } ${2//>/ }; do
+        [ "$x" = "-" ] && continue
+        [ "$x" -le "$max_rtt" ] || { echo no; return; }
+    done
+    echo yes
+}
+
+i=0
+tries=0
+set_aside=0
+while [ "$i" -lt "$rounds" ] && [ "$tries" -lt $((rounds * 3)) ]; do
+    tries=$((tries + 1))
+    read -r a rta <<<"$(run_one a "$cmd_a" "$tries")"
+    read -r b rtb <<<"$(run_one b "$cmd_b" "$tries")"
+    rt=""
+    [ "$rta$rtb" != "--" ] && rt=" (core round trip $rta / $rtb ns)"
+    if [ "$(placed "$rta" "$rtb")" != yes ]; then
+        set_aside=$((set_aside + 1))
+        awk -v la="$label_a" -v lb="$label_b" -v a="$a" -v b="$b" -v rt="$rt" -v m="$max_rtt" \
+            'BEGIN { printf "set aside (round trip above %s ns): %s %.3f M IOPS, %s %.3f M IOPS%s\n", m, la, a / 1e6, lb, b / 1e6, rt }'
+        continue
+    fi
+    i=$((i + 1))
     a_runs+=("$a")
     b_runs+=("$b")
     a_rts+=("$rta")
     b_rts+=("$rtb")
-    rt=""
-    [ "$rta$rtb" != "--" ] && rt=" (core round trip $rta / $rtb ns)"
     awk -v i="$i" -v n="$rounds" -v la="$label_a" -v lb="$label_b" -v a="$a" -v b="$b" -v rt="$rt" \
-        'BEGIN { printf "round %d/%d: %s %.3f M IOPS, %s %.3f M IOPS%s\n", i, n, la, a / 1e6, lb, b / 1e6, rt }' 
+        'BEGIN { printf "round %d/%d: %s %.3f M IOPS, %s %.3f M IOPS%s\n", i, n, la, a / 1e6, lb, b / 1e6, rt }'
 done
+if [ "$i" -eq 0 ]; then
+    echo "compare.sh: no round within --max-rtt $max_rtt ns in $tries tries ($set_aside set aside)" >&2
+    exit 1
+fi
 
 python3 - "$out/compare.json" "$label_a" "$label_b" "$cmd_a" "$cmd_b" \
-    "${a_runs[*]}" "${b_runs[*]}" "${a_rts[*]}" "${b_rts[*]}" <<'PY'
+    "${a_runs[*]}" "${b_runs[*]}" "${a_rts[*]}" "${b_rts[*]}" "$max_rtt" "$set_aside" <<'PY'
 import json, statistics, sys
-path, la, lb, ca, cb, ra, rb, ta, tb = sys.argv[1:10]
+path, la, lb, ca, cb, ra, rb, ta, tb, max_rtt, aside = sys.argv[1:12]
 def rts(v):
     # "before>after" ns per run, "-" when not measured
     return [None if x == "-" else [float(y) for y in x.split(">")] for x in v.split()]
@@ -106,10 +142,14 @@ res = {
     "b": {"label": lb, "command": cb, "iops": b, "median": mb, "spread": spread(b),
           "core_round_trip_ns": rts(tb)},
     "ratio_b_over_a": mb / ma if ma else None,
+    "max_round_trip_ns": int(max_rtt) if max_rtt else None,
+    "rounds_set_aside": int(aside),
 }
 json.dump(res, open(path, "w"), indent=2)
 print(f"{la}: median {ma/1e6:.3f} M IOPS (spread {spread(a)*100:.1f} %)")
 print(f"{lb}: median {mb/1e6:.3f} M IOPS (spread {spread(b)*100:.1f} %)")
 print(f"ratio {lb}/{la}: {mb/ma:.3f}" if ma else "ratio: n/a")
+if max_rtt:
+    print(f"rounds kept: {len(a)} with core round trips at most {max_rtt} ns; set aside: {aside}")
 print(f"results: {path}")
 PY

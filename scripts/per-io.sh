@@ -83,8 +83,10 @@ print('Ir/IO %.0f  Ir/IO without interval closes %.0f  L1 D misses/IO %.2f  bran
       % (tot['Ir'], tot['Ir'] - (cb - ca) / n, tot['D1mr'] + tot['D1mw'], tot['Bcm'] + tot['Bim']))
 # The job steps its port by type (AnyPort), so the host's submit is
 # compiled into JobRun::step and the job's completion handler into the
-# host's reap (HostQpair::finish): host code is told from the job's by the
-# file it came from. Standard-library code inlined there counts to the job.
+# host's reap (HostQpair::finish), or the direct port's poll closure: host
+# code is told from the job's by the file it came from, and job code
+# inlined into a backend's function too. Standard-library code inlined
+# into the job's or host's functions counts to the job.
 HOST_FILES = ['transport-loop/', 'doorbell_ring.rs', '/spec/', 'host_cmds.rs', 'nvmf/transport.rs']
 HOST_FNS = ['JobRun::step', 'HostQpair::', 'LoopPort']
 GROUPS = [
@@ -92,7 +94,8 @@ GROUPS = [
      lambda fl, fn: any(p in fl for p in HOST_FILES) and any(p in fn for p in HOST_FNS)),
     ('bench job (step, workload, stats record)',
      lambda fl, fn: any(p in fn for p in ['runner::JobRun', '::stats::', 'InlineJob', 'rand::', 'Workload',
-                                          'HostQpair::finish', 'LoopPort as jobengine'])),
+                                          'HostQpair::finish', 'LoopPort as jobengine'])
+     or any(p in fl for p in ['jobengine/', '/hist.rs', '/rand-'])),
     ('backend: null submit/poll, check_io, direct port', ['NullChannel', 'check_io', 'DirectPort']),
     ('target: fetch, decode, validate, ns lookup', ['PollGroup::exec', '::recv', 'io::plan']),
     ('target: completion routing, CQE build + push', ['poll_channels', 'respond', '::send']),
