@@ -95,6 +95,44 @@ fn wants_target(cli: &Cli, jobs: &[JobSpec]) -> bool {
 }
 
 /// Stops the target (if one was started) on the way out of a failed run.
+/// How busy a reactor was over the run, from its own pass counters (no
+/// clock read per pass). In a two-core run a reactor that found work in
+/// only a small share of its passes was waiting on the host (or on the
+/// cache lines between them), not computing.
+#[derive(Debug, serde::Serialize)]
+struct ReactorFigures {
+    id: usize,
+    core: Option<usize>,
+    busy_passes: u64,
+    idle_passes: u64,
+    /// Commands fetched plus completions delivered plus other pollers' work.
+    work_items: u64,
+}
+
+impl ReactorFigures {
+    fn busy_share(&self) -> f64 {
+        self.busy_passes as f64 / (self.busy_passes + self.idle_passes).max(1) as f64
+    }
+
+    fn items_per_busy_pass(&self) -> f64 {
+        self.work_items as f64 / self.busy_passes.max(1) as f64
+    }
+}
+
+fn reactor_figures(t: &Target) -> Vec<ReactorFigures> {
+    t.nvmf()
+        .reactor_stats()
+        .into_iter()
+        .map(|(id, core, st)| ReactorFigures {
+            id,
+            core,
+            busy_passes: st.busy_polls.load(Ordering::Relaxed),
+            idle_passes: st.idle_polls.load(Ordering::Relaxed),
+            work_items: st.work_items.load(Ordering::Relaxed),
+        })
+        .collect()
+}
+
 fn stop_target(target: Option<&Target>) {
     if let Some(t) = target
         && let Err(e) = t.stop()
@@ -399,6 +437,7 @@ fn run_jobs(
         }
     }
     progress.finish();
+    let reactors = target.map(reactor_figures).unwrap_or_default();
     for h in hosts {
         let _ = match h {
             Host::Loop(c) => c.disconnect().map_err(|e| e.to_string()),
@@ -451,10 +490,24 @@ fn run_jobs(
             "core {} <-> core {} (host, reactor): cache-line round trip {:.0} ns before the run, {after} ns after",
             p.host_core, p.reactor_core, p.round_trip_ns
         );
+    }
+    for r in &reactors {
+        eprintln!(
+            "reactor {} (core {}): {:.1} % of {} passes found work, {:.1} items per busy pass",
+            r.id,
+            r.core.map_or("-".to_string(), |c| c.to_string()),
+            r.busy_share() * 100.0,
+            r.busy_passes + r.idle_passes,
+            r.items_per_busy_pass()
+        );
+    }
+    if probe.is_some() || !reactors.is_empty() {
         let f = dir.join("machine.json");
-        let json = serde_json::to_string_pretty(
-            &serde_json::json!({ "core_probe": p, "core_probe_after": probe_after }),
-        )
+        let json = serde_json::to_string_pretty(&serde_json::json!({
+            "core_probe": probe,
+            "core_probe_after": probe_after,
+            "reactors": reactors,
+        }))
         .map_err(|e| e.to_string())?;
         std::fs::write(&f, json + "\n").map_err(|e| format!("{}: {e}", f.display()))?;
     }

@@ -9,7 +9,7 @@
 //! | `total.hgrm`    | the same for all jobs merged (only with several jobs)           |
 //! | `latency.svg`   | latency (µs) by percentile on a log "nines" axis, one line per job |
 //! | `iops.svg`      | IOPS per second, one line per job (and the total)               |
-//! | `machine.json`  | written by `nvmf-bench` itself for a run with host and reactor on two cores: the cache-line round trip between them before and after the run ([`crate::core_probe`]) |
+//! | `machine.json`  | written by `nvmf-bench` itself: for a run with host and reactor on two cores, the cache-line round trip between them before and after the run ([`crate::core_probe`]); for any run with the in-process target, each reactor's passes with and without work and the work items done (its own counters, no clock read per pass) |
 //!
 //! The `.hlog` files load in HdrHistogram's `HistogramLogProcessor` and
 //! HistogramLogAnalyzer; the `.hgrm` files in the HdrHistogram plotter

@@ -200,6 +200,16 @@ fn inline_and_direct_modes_run() {
             Some(50000),
             "{extra:?}: {j}"
         );
+        if i == 0 {
+            // The inline job's reactor fetched and completed every I/O:
+            // its counters in machine.json say so.
+            let m: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("machine.json")).unwrap())
+                    .unwrap();
+            let r = &m["reactors"][0];
+            assert!(r["busy_passes"].as_u64().unwrap() > 0, "{m}");
+            assert!(r["work_items"].as_u64().unwrap() >= 2 * 50000, "{m}");
+        }
     }
 }
 
