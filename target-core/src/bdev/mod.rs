@@ -172,11 +172,11 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError>;
 }
 
-/// A reactor's private handle for doing I/O on one device.
 /// Completions a poller's batch vector is made to hold without growing
 /// (see [`IoChannel::poll_into`]).
 pub const POLL_BATCH: usize = 4096;
 
+/// A reactor's private handle for doing I/O on one device.
 pub trait IoChannel: Send + fmt::Debug {
     /// Starts an I/O. Never completes it inline: the completion comes from
     /// [`IoChannel::poll`]. `Err` gives the I/O back when the channel is full;
