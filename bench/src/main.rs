@@ -94,7 +94,6 @@ fn wants_target(cli: &Cli, jobs: &[JobSpec]) -> bool {
     cli.config.is_some() || jobs.iter().any(|j| !j.transport.is_tcp())
 }
 
-/// Stops the target (if one was started) on the way out of a failed run.
 /// How busy a reactor was over the run, from its own pass counters (no
 /// clock read per pass). In a two-core run a reactor that found work in
 /// only a small share of its passes was waiting on the host (or on the
@@ -133,6 +132,7 @@ fn reactor_figures(t: &Target) -> Vec<ReactorFigures> {
         .collect()
 }
 
+/// Stops the target (if one was started) on the way out of a failed run.
 fn stop_target(target: Option<&Target>) {
     if let Some(t) = target
         && let Err(e) = t.stop()
