@@ -118,9 +118,12 @@ impl ReactorFigures {
     }
 }
 
-fn reactor_figures(t: &Target) -> Vec<ReactorFigures> {
-    t.nvmf()
-        .reactor_stats()
+/// Reads the counters from the reactors' shared stats. Called after the
+/// reactors have stopped: a reactor adds its counts to the shared ones only
+/// every 256 passes or when idle, and always before it exits, so a read
+/// while it runs can miss its last few thousand items.
+fn reactor_figures(stats: ReactorStatsList) -> Vec<ReactorFigures> {
+    stats
         .into_iter()
         .map(|(id, core, st)| ReactorFigures {
             id,
@@ -131,6 +134,13 @@ fn reactor_figures(t: &Target) -> Vec<ReactorFigures> {
         })
         .collect()
 }
+
+/// Each reactor's id, core and shared counters.
+type ReactorStatsList = Vec<(
+    usize,
+    Option<usize>,
+    std::sync::Arc<target_core::reactor::ReactorStats>,
+)>;
 
 /// Stops the target (if one was started) on the way out of a failed run.
 fn stop_target(target: Option<&Target>) {
@@ -437,7 +447,7 @@ fn run_jobs(
         }
     }
     progress.finish();
-    let reactors = target.map(reactor_figures).unwrap_or_default();
+    let stats = target.map(|t| t.nvmf().reactor_stats()).unwrap_or_default();
     for h in hosts {
         let _ = match h {
             Host::Loop(c) => c.disconnect().map_err(|e| e.to_string()),
@@ -445,6 +455,7 @@ fn run_jobs(
         };
     }
     stop_target(target);
+    let reactors = reactor_figures(stats);
     // Once more with the reactors gone: a placement that changed during
     // the run shows as two different figures.
     let probe_after =
