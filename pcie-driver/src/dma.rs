@@ -11,7 +11,7 @@
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, Weak};
 
-use target_core::iobuf::{BufPool, IoBuf};
+use target_core::iobuf::{BufPool, IoBuf, PoolHandle};
 use target_core::spec::{CompletionEntry, SubmissionEntry};
 use vfio_ioctls::VfioContainer;
 
@@ -315,17 +315,25 @@ impl Drop for DmaRegion {
 /// A pool of equal-sized DMA buffers for zero-copy I/O: hand its [`IoBuf`]s
 /// to an `NvmeBdev` and the device reads/writes them directly.
 pub struct DmaPool {
+    slots: Arc<PoolSlots>,
+    /// What each buffer holds to keep `slots` (and so the mapping) alive
+    /// and to give its memory back.
+    handle: Arc<PoolHandle>,
+}
+
+/// The pool's memory and free list, apart from [`DmaPool`] so that the
+/// buffers' handle can own them without a cycle.
+struct PoolSlots {
     region: DmaRegion,
     buf_size: usize,
     free: Mutex<Vec<u32>>,
-    me: Weak<DmaPool>,
 }
 
 impl std::fmt::Debug for DmaPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DmaPool")
-            .field("buf_size", &self.buf_size)
-            .field("region", &self.region)
+            .field("buf_size", &self.slots.buf_size)
+            .field("region", &self.slots.region)
             .finish()
     }
 }
@@ -343,38 +351,43 @@ impl DmaPool {
             .ok_or_else(|| DriverError::Dma("pool size overflows".into()))?;
         let region = DmaRegion::new(space, total)?;
         let free = (0..count as u32).rev().collect();
-        Ok(Arc::new_cyclic(|me| Self {
+        let slots = Arc::new(PoolSlots {
             region,
             buf_size,
             free: Mutex::new(free),
-            me: me.clone(),
-        }))
+        });
+        let handle = PoolHandle::new(slots.clone());
+        Ok(Arc::new(Self { slots, handle }))
     }
 
     /// Size of each buffer.
     pub fn buf_size(&self) -> usize {
-        self.buf_size
+        self.slots.buf_size
     }
 
     /// Buffers currently free.
     pub fn available(&self) -> usize {
-        self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.slots
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Takes a buffer (contents unspecified), or `None` when all are out.
     pub fn alloc(&self) -> Option<IoBuf> {
-        let idx = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop()? as usize;
-        let me: Arc<dyn BufPool> = self.me.upgrade()?;
-        let off = idx * self.buf_size;
+        let s = &self.slots;
+        let idx = s.free.lock().unwrap_or_else(|p| p.into_inner()).pop()? as usize;
+        let off = idx * s.buf_size;
         // SAFETY: slot idx was free, so no other handle covers
         // off..off+buf_size; it is page aligned and stays mapped while the
-        // IoBuf holds `me` (an Arc of this pool, which owns the region).
+        // IoBuf holds `handle` (which owns the slots, which own the region).
         Some(unsafe {
             IoBuf::from_pool(
-                self.region.raw(off),
-                self.buf_size,
-                Some(self.region.iova(off)),
-                me,
+                s.region.raw(off),
+                s.buf_size,
+                Some(s.region.iova(off)),
+                self.handle.clone(),
             )
         })
     }
@@ -382,7 +395,7 @@ impl DmaPool {
 
 // SAFETY: release takes back exactly the pointers alloc handed out (checked
 // by offset), after the IoBuf that held them is dropped.
-unsafe impl BufPool for DmaPool {
+unsafe impl BufPool for PoolSlots {
     fn release(&self, ptr: NonNull<u8>, _len: usize) {
         let off = ptr.as_ptr() as usize - self.region.ptr.as_ptr() as usize;
         let idx = off / self.buf_size;

@@ -33,32 +33,54 @@ pub unsafe trait BufPool: Send + Sync {
     fn release(&self, ptr: NonNull<u8>, len: usize);
 }
 
-/// Where the memory goes back to. 16 bytes: the heap case keeps only the
-/// allocation's size (its alignment is always [`BUF_ALIGN`]) and sits in
-/// the pool pointer's niche.
-enum Origin {
-    Heap { size: usize },
-    Pool(Arc<dyn BufPool>),
+/// A pool as its buffers hold it: one thin pointer (the pool itself is a
+/// trait object, whose fat pointer would make every [`IoBuf`] 8 bytes
+/// larger, and every buffer is moved several times per I/O).
+pub struct PoolHandle(Arc<dyn BufPool>);
+
+impl PoolHandle {
+    /// The handle a pool gives each buffer it makes (cloned per buffer).
+    pub fn new(pool: Arc<dyn BufPool>) -> Arc<Self> {
+        Arc::new(Self(pool))
+    }
 }
 
-/// `iova` of memory no DMA pool mapped (never a page-aligned address).
-const NO_IOVA: u64 = u64::MAX;
+impl fmt::Debug for PoolHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PoolHandle")
+    }
+}
+
+/// What [`IoBuf::word`] holds. Its unused values are where [`DataBuf`]
+/// keeps its variant, so a `DataBuf` is no larger than an `IoBuf`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Word {
+    /// A heap buffer: the allocation's size (alignment [`BUF_ALIGN`]).
+    HeapSize,
+    /// A pool buffer mapped for DMA: its IOVA.
+    Iova,
+    /// A pool buffer without an IOVA: nothing.
+    Unused,
+}
 
 /// An owned, page-aligned data buffer.
 ///
-/// 40 bytes, so a [`DataBuf`] is 48 and a response (CQE and buffer) fills
-/// exactly one cache line: buffers travel with their commands through the
-/// rings, and every byte of them is moved per I/O.
+/// 32 bytes, and a [`DataBuf`] too: buffers travel with their commands
+/// through the rings (a capsule is an SQE and a `DataBuf`, a response a
+/// CQE and one), and every byte of them is moved several times per I/O.
 pub struct IoBuf {
     ptr: NonNull<u8>,
-    len: usize,
-    /// [`NO_IOVA`] when not from a DMA pool.
-    iova: u64,
-    origin: Origin,
+    /// See [`Word`].
+    word: u64,
+    /// The pool to give the memory back to; `None` for the heap.
+    pool: Option<Arc<PoolHandle>>,
+    len: u32,
+    holds: Word,
 }
 
-const _: () = assert!(std::mem::size_of::<IoBuf>() == 40);
-const _: () = assert!(std::mem::size_of::<DataBuf>() == 48);
+const _: () = assert!(std::mem::size_of::<IoBuf>() == 32);
+const _: () = assert!(std::mem::size_of::<DataBuf>() == 32);
 
 // SAFETY: IoBuf owns its memory exclusively (no aliasing handles exist), so
 // moving it to another thread moves that exclusive access with it.
@@ -70,12 +92,14 @@ unsafe impl Sync for IoBuf {}
 impl IoBuf {
     /// A zero-filled heap buffer of `len` bytes, page aligned.
     ///
-    /// Allocates: call it when setting up, not per I/O.
+    /// Allocates: call it when setting up, not per I/O. A length of 4 GiB
+    /// or more fails as an allocation does (no command moves that much:
+    /// transfers are bounded by MDTS long before).
     pub fn new(len: usize) -> Self {
         let size = len.max(1).next_multiple_of(BUF_ALIGN);
         let layout = match Layout::from_size_align(size, BUF_ALIGN) {
-            Ok(l) => l,
-            Err(_) => std::alloc::handle_alloc_error(Layout::new::<u8>()),
+            Ok(l) if u32::try_from(len).is_ok() => l,
+            _ => std::alloc::handle_alloc_error(Layout::new::<u8>()),
         };
         // SAFETY: layout has non-zero size.
         let raw = unsafe { alloc_zeroed(layout) };
@@ -84,11 +108,10 @@ impl IoBuf {
         };
         Self {
             ptr,
-            len,
-            iova: NO_IOVA,
-            origin: Origin::Heap {
-                size: layout.size(),
-            },
+            word: layout.size() as u64,
+            pool: None,
+            len: len as u32,
+            holds: Word::HeapSize,
         }
     }
 
@@ -99,7 +122,9 @@ impl IoBuf {
         b
     }
 
-    /// Wraps pool memory that is already mapped for DMA at `iova`.
+    /// Wraps pool memory that is already mapped for DMA at `iova`. A `len`
+    /// of 4 GiB or more is cut to the largest a buffer can say (4 GiB − 1);
+    /// the pool gets the shorter length back, as after [`IoBuf::truncate`].
     ///
     /// # Safety
     ///
@@ -110,20 +135,25 @@ impl IoBuf {
         ptr: NonNull<u8>,
         len: usize,
         iova: Option<u64>,
-        pool: Arc<dyn BufPool>,
+        pool: Arc<PoolHandle>,
     ) -> Self {
         Self {
             ptr,
-            len,
-            iova: iova.unwrap_or(NO_IOVA),
-            origin: Origin::Pool(pool),
+            word: iova.unwrap_or(0),
+            pool: Some(pool),
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+            holds: if iova.is_some() {
+                Word::Iova
+            } else {
+                Word::Unused
+            },
         }
     }
 
     /// Length in bytes.
     #[inline]
     pub fn len(&self) -> usize {
-        self.len
+        self.len as usize
     }
 
     /// `true` for a zero-length buffer.
@@ -133,7 +163,7 @@ impl IoBuf {
 
     /// The I/O virtual address the memory is mapped at, when a DMA pool made it.
     pub fn iova(&self) -> Option<u64> {
-        (self.iova != NO_IOVA).then_some(self.iova)
+        (self.holds == Word::Iova).then_some(self.word)
     }
 
     /// Raw start address, for drivers that program a device with it.
@@ -150,33 +180,34 @@ impl IoBuf {
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: ptr is valid for len bytes for as long as self lives and
         // we hold the only handle (constructor contracts).
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len()) }
     }
 
     /// The bytes, mutably.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as in as_slice, and &mut self gives exclusive access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len()) }
     }
 
     /// Shrinks the visible length (capacity is kept and given back on drop).
     pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+        self.len = self.len.min(u32::try_from(len).unwrap_or(u32::MAX));
     }
 }
 
 impl Drop for IoBuf {
     fn drop(&mut self) {
-        match &self.origin {
-            Origin::Heap { size } => {
+        match &self.pool {
+            None => {
                 // `new` built this very layout, so it cannot fail here; were
                 // it to, leaking beats freeing with a wrong layout.
-                if let Ok(layout) = Layout::from_size_align(*size, BUF_ALIGN) {
-                    // SAFETY: ptr came from alloc_zeroed with this layout.
+                if let Ok(layout) = Layout::from_size_align(self.word as usize, BUF_ALIGN) {
+                    // SAFETY: a buffer without a pool came from `new`, whose
+                    // alloc_zeroed used this layout (its size is in `word`).
                     unsafe { dealloc(self.ptr.as_ptr(), layout) }
                 }
             }
-            Origin::Pool(pool) => pool.release(self.ptr, self.len),
+            Some(pool) => pool.0.release(self.ptr, self.len()),
         }
     }
 }
@@ -318,6 +349,44 @@ mod tests {
         assert_eq!(b.len(), 100);
         assert!(b.as_slice().iter().all(|&x| x == 0));
         assert_eq!(b.iova(), None);
+    }
+
+    /// Counts what comes back, and from where.
+    struct Returns(std::sync::Mutex<Vec<(usize, usize)>>);
+
+    // SAFETY: it frees nothing; the memory is the test's own heap buffer.
+    unsafe impl BufPool for Returns {
+        fn release(&self, ptr: NonNull<u8>, len: usize) {
+            self.0.lock().unwrap().push((ptr.as_ptr() as usize, len));
+        }
+    }
+
+    #[test]
+    fn pool_buffers_report_their_iova_and_go_back_once_with_their_length() {
+        let pool = Arc::new(Returns(Default::default()));
+        let handle = PoolHandle::new(pool.clone());
+        let mut backing = IoBuf::new(8192);
+        let at = NonNull::new(backing.as_mut_ptr()).unwrap();
+        // SAFETY: `backing` outlives both buffers, and only one of them
+        // exists at a time.
+        let mut b = unsafe { IoBuf::from_pool(at, 8192, Some(0x4000), handle.clone()) };
+        assert_eq!((b.len(), b.iova()), (8192, Some(0x4000)));
+        b.truncate(512);
+        let d = DataBuf::One(b);
+        assert_eq!(d.len(), 512);
+        drop(d);
+        // SAFETY: as above.
+        let c = unsafe { IoBuf::from_pool(at, 4096, None, handle) };
+        assert_eq!(c.iova(), None);
+        drop(c);
+        let got = pool.0.lock().unwrap().clone();
+        assert_eq!(
+            got,
+            vec![(at.as_ptr() as usize, 512), (at.as_ptr() as usize, 4096)]
+        );
+        // The handle went with the last buffer, and with it its hold on
+        // the pool: only the test's own remains.
+        assert_eq!(Arc::strong_count(&pool), 1);
     }
 
     #[test]
