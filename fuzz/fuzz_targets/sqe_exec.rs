@@ -138,7 +138,7 @@ fuzz_target!(|data: &[u8]| {
         let buf = match (len, rec[0] & 2 != 0) {
             (0, _) => DataBuf::None,
             (n, false) => DataBuf::One(IoBuf::from_slice(&vec![fill; n])),
-            (n, true) => DataBuf::Many(vec![
+            (n, true) => DataBuf::many(vec![
                 IoBuf::from_slice(&vec![fill; n / 2]),
                 IoBuf::from_slice(&vec![fill; n - n / 2]),
             ]),

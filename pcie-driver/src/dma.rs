@@ -356,7 +356,11 @@ impl DmaPool {
             buf_size,
             free: Mutex::new(free),
         });
-        let handle = PoolHandle::new(slots.clone());
+        let handle = PoolHandle::new(
+            slots.clone(),
+            slots.region.raw(0),
+            Some(slots.region.iova(0)),
+        );
         Ok(Arc::new(Self { slots, handle }))
     }
 
@@ -380,16 +384,10 @@ impl DmaPool {
         let idx = s.free.lock().unwrap_or_else(|p| p.into_inner()).pop()? as usize;
         let off = idx * s.buf_size;
         // SAFETY: slot idx was free, so no other handle covers
-        // off..off+buf_size; it is page aligned and stays mapped while the
-        // IoBuf holds `handle` (which owns the slots, which own the region).
-        Some(unsafe {
-            IoBuf::from_pool(
-                s.region.raw(off),
-                s.buf_size,
-                Some(s.region.iova(off)),
-                self.handle.clone(),
-            )
-        })
+        // off..off+buf_size; it lies in the region (whose start and IOVA the
+        // handle has), is page aligned, and stays mapped while the IoBuf
+        // holds `handle` (which owns the slots, which own the region).
+        Some(unsafe { IoBuf::from_pool(s.region.raw(off), s.buf_size, self.handle.clone()) })
     }
 }
 

@@ -35,52 +35,79 @@ pub unsafe trait BufPool: Send + Sync {
 
 /// A pool as its buffers hold it: one thin pointer (the pool itself is a
 /// trait object, whose fat pointer would make every [`IoBuf`] 8 bytes
-/// larger, and every buffer is moved several times per I/O).
-pub struct PoolHandle(Arc<dyn BufPool>);
+/// larger, and every buffer is moved several times per I/O), and where
+/// the pool's memory starts for the process and for devices, so a buffer
+/// works its IOVA out instead of carrying it.
+pub struct PoolHandle {
+    pool: Arc<dyn BufPool>,
+    base: usize,
+    base_iova: Option<u64>,
+}
 
 impl PoolHandle {
-    /// The handle a pool gives each buffer it makes (cloned per buffer).
-    pub fn new(pool: Arc<dyn BufPool>) -> Arc<Self> {
-        Arc::new(Self(pool))
+    /// The handle a pool gives each buffer it makes (cloned per buffer):
+    /// `pool` takes the memory back; the pool's memory starts at `base`,
+    /// mapped for DMA at `base_iova` (one contiguous mapping) if at all.
+    pub fn new(pool: Arc<dyn BufPool>, base: NonNull<u8>, base_iova: Option<u64>) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            base: base.as_ptr() as usize,
+            base_iova,
+        })
     }
 }
 
 impl fmt::Debug for PoolHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PoolHandle")
+        f.debug_struct("PoolHandle")
+            .field("base_iova", &self.base_iova)
+            .finish()
     }
 }
 
-/// What [`IoBuf::word`] holds. Its unused values are where [`DataBuf`]
-/// keeps its variant, so a `DataBuf` is no larger than an `IoBuf`.
+/// A heap allocation too large for [`IoBuf::heap_pages`], freed through a
+/// handle of its own (allocated once, with the buffer: not per I/O).
+struct BigHeap(Layout);
+
+// SAFETY: the one pointer it gets back is the allocation it was made for
+// (`IoBuf::new`), and it frees it with the layout it was allocated with.
+unsafe impl BufPool for BigHeap {
+    fn release(&self, ptr: NonNull<u8>, _len: usize) {
+        // SAFETY: see the impl: `ptr` came from alloc_zeroed(self.0).
+        unsafe { dealloc(ptr.as_ptr(), self.0) }
+    }
+}
+
+/// Where an [`IoBuf`]'s memory goes back to. Its unused values are where
+/// [`DataBuf`] keeps its variant, so a `DataBuf` is no larger than an
+/// `IoBuf`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-enum Word {
-    /// A heap buffer: the allocation's size (alignment [`BUF_ALIGN`]).
-    HeapSize,
-    /// A pool buffer mapped for DMA: its IOVA.
-    Iova,
-    /// A pool buffer without an IOVA: nothing.
-    Unused,
+enum Origin {
+    /// The heap, `heap_pages` pages.
+    Heap,
+    /// The pool in `pool`.
+    Pool,
 }
 
 /// An owned, page-aligned data buffer.
 ///
-/// 32 bytes, and a [`DataBuf`] too: buffers travel with their commands
+/// 24 bytes, and a [`DataBuf`] too: buffers travel with their commands
 /// through the rings (a capsule is an SQE and a `DataBuf`, a response a
-/// CQE and one), and every byte of them is moved several times per I/O.
+/// CQE and one), and every byte of them is moved several times per I/O
+/// and, across two cores, every cache line of them is a trip.
 pub struct IoBuf {
     ptr: NonNull<u8>,
-    /// See [`Word`].
-    word: u64,
-    /// The pool to give the memory back to; `None` for the heap.
+    /// The pool to give the memory back to (`Origin::Pool`).
     pool: Option<Arc<PoolHandle>>,
     len: u32,
-    holds: Word,
+    /// The allocation's size in pages (`Origin::Heap`).
+    heap_pages: u16,
+    origin: Origin,
 }
 
-const _: () = assert!(std::mem::size_of::<IoBuf>() == 32);
-const _: () = assert!(std::mem::size_of::<DataBuf>() == 32);
+const _: () = assert!(std::mem::size_of::<IoBuf>() == 24);
+const _: () = assert!(std::mem::size_of::<DataBuf>() == 24);
 
 // SAFETY: IoBuf owns its memory exclusively (no aliasing handles exist), so
 // moving it to another thread moves that exclusive access with it.
@@ -106,12 +133,22 @@ impl IoBuf {
         let Some(ptr) = NonNull::new(raw) else {
             std::alloc::handle_alloc_error(layout)
         };
-        Self {
-            ptr,
-            word: layout.size() as u64,
-            pool: None,
-            len: len as u32,
-            holds: Word::HeapSize,
+        match u16::try_from(size / BUF_ALIGN) {
+            Ok(heap_pages) => Self {
+                ptr,
+                pool: None,
+                len: len as u32,
+                heap_pages,
+                origin: Origin::Heap,
+            },
+            // 256 MiB or more: the size goes in a handle of its own.
+            Err(_) => Self {
+                ptr,
+                pool: Some(PoolHandle::new(Arc::new(BigHeap(layout)), ptr, None)),
+                len: len as u32,
+                heap_pages: 0,
+                origin: Origin::Pool,
+            },
         }
     }
 
@@ -122,31 +159,25 @@ impl IoBuf {
         b
     }
 
-    /// Wraps pool memory that is already mapped for DMA at `iova`. A `len`
-    /// of 4 GiB or more is cut to the largest a buffer can say (4 GiB − 1);
-    /// the pool gets the shorter length back, as after [`IoBuf::truncate`].
+    /// Wraps pool memory; its IOVA, when the pool has one, follows from
+    /// the pool's (see [`PoolHandle::new`]). A `len` of 4 GiB or more is
+    /// cut to the largest a buffer can say (4 GiB − 1); the pool gets the
+    /// shorter length back, as after [`IoBuf::truncate`].
     ///
     /// # Safety
     ///
-    /// `ptr..ptr+len` must be valid for reads and writes, aligned to
-    /// [`BUF_ALIGN`], not accessed through any other handle until `pool`'s
-    /// `release` is called for it, and stay valid until then.
-    pub unsafe fn from_pool(
-        ptr: NonNull<u8>,
-        len: usize,
-        iova: Option<u64>,
-        pool: Arc<PoolHandle>,
-    ) -> Self {
+    /// `ptr..ptr+len` must lie in the pool's memory (at or after the
+    /// handle's `base`, within its DMA mapping when it has one), be valid
+    /// for reads and writes, aligned to [`BUF_ALIGN`], not accessed through
+    /// any other handle until the pool's `release` is called for it, and
+    /// stay valid until then.
+    pub unsafe fn from_pool(ptr: NonNull<u8>, len: usize, pool: Arc<PoolHandle>) -> Self {
         Self {
             ptr,
-            word: iova.unwrap_or(0),
             pool: Some(pool),
             len: u32::try_from(len).unwrap_or(u32::MAX),
-            holds: if iova.is_some() {
-                Word::Iova
-            } else {
-                Word::Unused
-            },
+            heap_pages: 0,
+            origin: Origin::Pool,
         }
     }
 
@@ -163,7 +194,9 @@ impl IoBuf {
 
     /// The I/O virtual address the memory is mapped at, when a DMA pool made it.
     pub fn iova(&self) -> Option<u64> {
-        (self.holds == Word::Iova).then_some(self.word)
+        let p = self.pool.as_ref()?;
+        let off = (self.ptr.as_ptr() as usize).wrapping_sub(p.base) as u64;
+        p.base_iova.map(|b| b.wrapping_add(off))
     }
 
     /// Raw start address, for drivers that program a device with it.
@@ -197,17 +230,20 @@ impl IoBuf {
 
 impl Drop for IoBuf {
     fn drop(&mut self) {
-        match &self.pool {
-            None => {
+        match (self.origin, &self.pool) {
+            (Origin::Heap, _) => {
                 // `new` built this very layout, so it cannot fail here; were
                 // it to, leaking beats freeing with a wrong layout.
-                if let Ok(layout) = Layout::from_size_align(self.word as usize, BUF_ALIGN) {
-                    // SAFETY: a buffer without a pool came from `new`, whose
-                    // alloc_zeroed used this layout (its size is in `word`).
+                let size = self.heap_pages as usize * BUF_ALIGN;
+                if let Ok(layout) = Layout::from_size_align(size, BUF_ALIGN) {
+                    // SAFETY: a heap buffer came from `new`, whose
+                    // alloc_zeroed used this layout (`heap_pages` pages).
                     unsafe { dealloc(self.ptr.as_ptr(), layout) }
                 }
             }
-            Some(pool) => pool.0.release(self.ptr, self.len()),
+            (Origin::Pool, Some(p)) => p.pool.release(self.ptr, self.len()),
+            // Not made by any constructor; nothing known to give back to.
+            (Origin::Pool, None) => {}
         }
     }
 }
@@ -230,8 +266,9 @@ pub enum DataBuf {
     None,
     /// One contiguous buffer.
     One(IoBuf),
-    /// Several buffers, used in order.
-    Many(Vec<IoBuf>),
+    /// Several buffers, used in order (a boxed slice: 16 bytes, so a
+    /// `DataBuf` stays 24; see [`DataBuf::many`]).
+    Many(Box<[IoBuf]>),
 }
 
 #[cold]
@@ -240,6 +277,11 @@ fn many_len(v: &[IoBuf]) -> usize {
 }
 
 impl DataBuf {
+    /// Several buffers, used in order.
+    pub fn many(v: Vec<IoBuf>) -> Self {
+        DataBuf::Many(v.into_boxed_slice())
+    }
+
     /// Total length in bytes. Inlined: every command's validation asks,
     /// and the one-buffer case is a load.
     #[inline]
@@ -362,36 +404,53 @@ mod tests {
     }
 
     #[test]
-    fn pool_buffers_report_their_iova_and_go_back_once_with_their_length() {
+    fn pool_buffers_work_out_their_iova_and_go_back_once_with_their_length() {
         let pool = Arc::new(Returns(Default::default()));
-        let handle = PoolHandle::new(pool.clone());
         let mut backing = IoBuf::new(8192);
-        let at = NonNull::new(backing.as_mut_ptr()).unwrap();
-        // SAFETY: `backing` outlives both buffers, and only one of them
-        // exists at a time.
-        let mut b = unsafe { IoBuf::from_pool(at, 8192, Some(0x4000), handle.clone()) };
-        assert_eq!((b.len(), b.iova()), (8192, Some(0x4000)));
+        let base = NonNull::new(backing.as_mut_ptr()).unwrap();
+        let second = NonNull::new(backing.as_mut_ptr().wrapping_add(4096)).unwrap();
+        let mapped = PoolHandle::new(pool.clone(), base, Some(0x40_0000));
+        // SAFETY: `backing` outlives the buffers, which do not overlap.
+        let mut b = unsafe { IoBuf::from_pool(second, 4096, mapped.clone()) };
+        assert_eq!((b.len(), b.iova()), (4096, Some(0x40_1000)));
         b.truncate(512);
         let d = DataBuf::One(b);
         assert_eq!(d.len(), 512);
         drop(d);
+        let unmapped = PoolHandle::new(pool.clone(), base, None);
         // SAFETY: as above.
-        let c = unsafe { IoBuf::from_pool(at, 4096, None, handle) };
+        let c = unsafe { IoBuf::from_pool(base, 4096, unmapped) };
         assert_eq!(c.iova(), None);
         drop(c);
         let got = pool.0.lock().unwrap().clone();
         assert_eq!(
             got,
-            vec![(at.as_ptr() as usize, 512), (at.as_ptr() as usize, 4096)]
+            vec![
+                (second.as_ptr() as usize, 512),
+                (base.as_ptr() as usize, 4096)
+            ]
         );
-        // The handle went with the last buffer, and with it its hold on
-        // the pool: only the test's own remains.
+        // The unmapped handle went with its buffer; the mapped one is
+        // still held here.
+        drop(mapped);
         assert_eq!(Arc::strong_count(&pool), 1);
     }
 
     #[test]
+    fn big_heap_buffers_free_through_their_own_handle() {
+        // 256 MiB: one page more than the inline page count can say.
+        let mut b = IoBuf::new(65536 * BUF_ALIGN);
+        assert_eq!(b.len(), 65536 * BUF_ALIGN);
+        assert_eq!(b.iova(), None);
+        b.as_mut_slice()[65536 * BUF_ALIGN - 1] = 7;
+        let small = IoBuf::new(65535 * BUF_ALIGN);
+        assert!(matches!(small.origin, Origin::Heap));
+        assert!(matches!(b.origin, Origin::Pool));
+    }
+
+    #[test]
     fn vectored_copy_crosses_segments() {
-        let mut d = DataBuf::Many(vec![IoBuf::new(3), IoBuf::new(5)]);
+        let mut d = DataBuf::many(vec![IoBuf::new(3), IoBuf::new(5)]);
         assert_eq!(d.len(), 8);
         assert_eq!(d.copy_in(2, &[1, 2, 3, 4]), 4);
         let mut out = [0u8; 8];

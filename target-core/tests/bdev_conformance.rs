@@ -91,7 +91,7 @@ fn conformance(dev: &dyn BlockDevice) {
     }
     // Vectored write, read back contiguous.
     let data = pattern(3 * BS as usize, 9);
-    let v = DataBuf::Many(vec![
+    let v = DataBuf::many(vec![
         IoBuf::from_slice(&data[..BS as usize]),
         IoBuf::from_slice(&data[BS as usize..]),
     ]);

@@ -550,7 +550,7 @@ fn io_commands() {
         &t,
         &mut q,
         rw(NvmOpcode::READ, 1, 100, 2),
-        DataBuf::Many(vec![IoBuf::new(512), IoBuf::new(512)]),
+        DataBuf::many(vec![IoBuf::new(512), IoBuf::new(512)]),
     );
     assert!(s.is_success());
     assert!(bytes(&r, 1024).iter().all(|&x| x == 0x5a), "vectored read");

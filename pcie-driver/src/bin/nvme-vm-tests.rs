@@ -196,7 +196,7 @@ fn make_buf2(
                 v.push(b);
                 left -= n;
             }
-            DataBuf::Many(v)
+            DataBuf::many(v)
         }
         BufKind::HeapOdd => {
             let mut v = Vec::new();
@@ -208,7 +208,7 @@ fn make_buf2(
                 left -= n;
                 k += 1;
             }
-            DataBuf::Many(v)
+            DataBuf::many(v)
         }
     })
 }

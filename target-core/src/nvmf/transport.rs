@@ -35,10 +35,10 @@ pub struct Response {
     pub buf: DataBuf,
 }
 
-// A response fits one cache line (48 bytes: CQE and a 32-byte buffer); a
-// capsule takes two (96 bytes; the SQE alone is one).
-const _: () = assert!(std::mem::size_of::<Response>() == 48);
-const _: () = assert!(std::mem::size_of::<Capsule>() == 96);
+// A response is 40 bytes (CQE and a 24-byte buffer), a capsule 88 (the
+// SQE alone is one cache line); ring slots are packed.
+const _: () = assert!(std::mem::size_of::<Response>() == 40);
+const _: () = assert!(std::mem::size_of::<Capsule>() == 88);
 
 /// What Identify Controller tells a host about a transport's capsules
 /// (NVMe-oF 1.1a §4.1, Base 2.0c Figure 275): the engine reports them, the
