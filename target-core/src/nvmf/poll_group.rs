@@ -31,7 +31,7 @@ use super::subsystem::Namespace;
 use super::transport::{Capsule, QpTransport};
 use crate::bdev::{BdevCompletion, BdevIo, IoChannel, POLL_BATCH};
 use crate::iobuf::DataBuf;
-use crate::spec::{AdminOpcode, FabricsType, Status};
+use crate::spec::{AdminOpcode, FabricsType, Status, SubmissionEntry};
 
 /// Commands fetched from one queue pair per poll, so one busy queue cannot
 /// starve the others.
@@ -356,7 +356,17 @@ impl PollGroup {
         if qp.parked.is_some()
             && let Some(mut cap) = qp.parked.take()
         {
-            if !Self::exec(engine, ns, qp, me, &mut cap, false, *now_ms, *now_ns) {
+            if !Self::exec(
+                engine,
+                ns,
+                qp,
+                me,
+                &cap.sqe,
+                &mut cap.buf,
+                false,
+                *now_ms,
+                *now_ns,
+            ) {
                 return work;
             }
             work += 1;
@@ -371,7 +381,10 @@ impl PollGroup {
             // for the loop (what `exec` uses of the transport is the
             // completion ring) and goes back right after it.
             let n = fetch(qp, budget, |qp| {
-                sq.pop_with(|cap| Self::exec(engine, ns, qp, me, cap, true, now_ms, now_ns))
+                sq.pop_with(|cap| {
+                    let sqe = cap.sqe();
+                    Self::exec(engine, ns, qp, me, &sqe, &mut cap.buf, true, now_ms, now_ns)
+                })
             });
             qp.tr.put_ring_sq(sq);
             n
@@ -379,7 +392,15 @@ impl PollGroup {
             fetch(qp, budget, |qp| {
                 let mut cap = qp.tr.recv()?;
                 Some(Self::exec(
-                    engine, ns, qp, me, &mut cap, true, now_ms, now_ns,
+                    engine,
+                    ns,
+                    qp,
+                    me,
+                    &cap.sqe,
+                    &mut cap.buf,
+                    true,
+                    now_ms,
+                    now_ns,
                 ))
             })
         };
@@ -405,7 +426,8 @@ impl PollGroup {
         ns: &mut NsTable,
         qp: &mut Qpair,
         me: QpairRef,
-        cap: &mut Capsule,
+        sqe: &SubmissionEntry,
+        buf: &mut DataBuf,
         fresh: bool,
         now_ms: u64,
         now_ns: u64,
@@ -413,18 +435,16 @@ impl PollGroup {
         if fresh {
             qp.advance_sqhd();
         }
-        if qp.state == QpState::Connecting
-            || qp.qid == 0
-            || cap.sqe.opcode() == AdminOpcode::FABRICS.0
+        if qp.state == QpState::Connecting || qp.qid == 0 || sqe.opcode() == AdminOpcode::FABRICS.0
         {
             let cap = Capsule {
-                sqe: cap.sqe,
-                buf: std::mem::take(&mut cap.buf),
+                sqe: *sqe,
+                buf: std::mem::take(buf),
             };
             Self::exec_admin(engine, qp, me, cap, now_ms);
             return true;
         }
-        Self::exec_io(ns, qp, me, cap, now_ns)
+        Self::exec_io(ns, qp, me, sqe, buf, now_ns)
     }
 
     #[inline]
@@ -432,13 +452,12 @@ impl PollGroup {
         ns: &mut NsTable,
         qp: &mut Qpair,
         me: QpairRef,
-        cap: &mut Capsule,
+        sqe: &SubmissionEntry,
+        buf: &mut DataBuf,
         now_ns: u64,
     ) -> bool {
-        // The SQE stays where the capsule lies (64 bytes not copied); the
-        // buffer is moved out to wherever the command goes.
-        let sqe = &cap.sqe;
-        let buf = &mut cap.buf;
+        // The buffer is moved out of where the capsule lies to wherever the
+        // command goes.
         let cid = sqe.cid();
         if let Err(s) = io::check_common(sqe) {
             qp.respond(cid, s, 0, std::mem::take(buf));

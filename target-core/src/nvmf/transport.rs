@@ -4,8 +4,9 @@
 //! spirit): the engine pulls capsules from a queue pair and pushes
 //! responses back. [`QueueRings::pair`] is the in-memory implementation that the
 //! loop transport and the engine's own tests use: two lock-free rings of
-//! real 64-byte SQEs and 16-byte CQEs, with data buffers moved along by
-//! ownership (zero copy).
+//! real SQEs and CQEs, with data buffers moved along by ownership (zero
+//! copy). A submission travels as a [`RingCapsule`]: the SQE with the
+//! buffer where its MPTR and DPTR would be, one cache line.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -24,6 +25,76 @@ pub struct Capsule {
     /// Data for the command: written from for host-to-controller transfers,
     /// read into for controller-to-host transfers.
     pub buf: DataBuf,
+}
+
+/// A capsule as the in-memory rings carry it: the SQE's dwords 0–3 and
+/// 10–15, and the buffer in the 24 bytes of MPTR and DPTR. Those say where
+/// a command's data lies in memory the target reaches by address (PRPs,
+/// SGL descriptors); in memory the data comes with the command as `buf`,
+/// so the rings never carry them and a submission fills one cache line
+/// instead of one and a half. Across two cores that line is a trip between
+/// them per command (README, seventh round).
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct RingCapsule {
+    /// CDW0, NSID, CDW2, CDW3.
+    head: [u32; 4],
+    /// The command's data (see [`Capsule::buf`]).
+    pub buf: DataBuf,
+    /// CDW10 to CDW15.
+    tail: [u32; 6],
+}
+
+const _: () = assert!(std::mem::size_of::<RingCapsule>() == 64);
+const _: () = assert!(std::mem::offset_of!(RingCapsule, buf) == 16);
+
+impl RingCapsule {
+    /// `sqe` without its MPTR and DPTR, and `buf`.
+    #[inline(always)]
+    pub fn new(sqe: &SubmissionEntry, buf: DataBuf) -> Self {
+        Self {
+            head: [sqe.cdw0, sqe.nsid, sqe.cdw2, sqe.cdw3],
+            buf,
+            tail: [
+                sqe.cdw10, sqe.cdw11, sqe.cdw12, sqe.cdw13, sqe.cdw14, sqe.cdw15,
+            ],
+        }
+    }
+
+    /// The SQE, with MPTR and DPTR zero.
+    #[inline(always)]
+    pub fn sqe(&self) -> SubmissionEntry {
+        let [cdw0, nsid, cdw2, cdw3] = self.head;
+        let [cdw10, cdw11, cdw12, cdw13, cdw14, cdw15] = self.tail;
+        SubmissionEntry {
+            cdw0,
+            nsid,
+            cdw2,
+            cdw3,
+            mptr: 0,
+            dptr: [0; 2],
+            cdw10,
+            cdw11,
+            cdw12,
+            cdw13,
+            cdw14,
+            cdw15,
+        }
+    }
+
+    /// The command identifier.
+    #[inline]
+    pub fn cid(&self) -> u16 {
+        (self.head[0] >> 16) as u16
+    }
+
+    /// The capsule the engine works with elsewhere.
+    pub fn into_capsule(self) -> Capsule {
+        Capsule {
+            sqe: self.sqe(),
+            buf: self.buf,
+        }
+    }
 }
 
 /// A response capsule: the CQE and the command's buffer, given back.
@@ -72,6 +143,13 @@ impl Default for CapsuleParams {
 }
 
 impl Remains for Capsule {
+    #[inline]
+    fn is_spent(&self) -> bool {
+        matches!(self.buf, DataBuf::None)
+    }
+}
+
+impl Remains for RingCapsule {
     #[inline]
     fn is_spent(&self) -> bool {
         matches!(self.buf, DataBuf::None)
@@ -130,7 +208,7 @@ const TARGET_DONE: u8 = 3;
 #[repr(align(128))]
 struct Shared {
     state: AtomicU8,
-    returned_sq: Mutex<Option<Consumer<Capsule>>>,
+    returned_sq: Mutex<Option<Consumer<RingCapsule>>>,
 }
 
 /// The host's end of a queue pair: it produces submissions and consumes
@@ -138,10 +216,10 @@ struct Shared {
 /// each publishes its index once per batch (a doorbell) rather than per
 /// entry: that, not fighting over shared counters, makes the loop fast.
 pub struct QueueRings {
-    sq: Producer<Capsule>,
+    sq: Producer<RingCapsule>,
     /// `None` only while lent out ([`QueueRings::take_cq`]).
     cq: Option<Consumer<Response>>,
-    reclaim: Option<Consumer<Capsule>>,
+    reclaim: Option<Consumer<RingCapsule>>,
     shared: Arc<Shared>,
     entries: usize,
 }
@@ -234,10 +312,8 @@ impl QueueRings {
         if self.shared.state.load(Ordering::Acquire) != LIVE {
             return Err(buf);
         }
-        self.sq.push_with(buf, |buf| Capsule {
-            sqe: make_sqe(),
-            buf,
-        })
+        self.sq
+            .push_with(buf, |buf| RingCapsule::new(&make_sqe(), buf))
     }
 
     /// Host side: makes every capsule submitted so far visible to the target.
@@ -297,7 +373,7 @@ impl QueueRings {
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
         }
-        self.reclaim.as_mut()?.pop()
+        self.reclaim.as_mut()?.pop().map(RingCapsule::into_capsule)
     }
 
     /// Host side: closes the host's end (a transport disconnect).
@@ -346,7 +422,7 @@ impl QueueRings {
 /// share them.
 #[repr(align(128))]
 pub struct RingTransport {
-    sq: Option<Consumer<Capsule>>,
+    sq: Option<Consumer<RingCapsule>>,
     cq: Producer<Response>,
     shared: Arc<Shared>,
 }
@@ -362,7 +438,7 @@ impl fmt::Debug for RingTransport {
 impl QpairTransport for RingTransport {
     #[inline]
     fn recv(&mut self) -> Option<Capsule> {
-        self.sq.as_mut()?.pop()
+        self.sq.as_mut()?.pop().map(RingCapsule::into_capsule)
     }
 
     #[inline]
@@ -456,7 +532,7 @@ impl QpTransport {
     /// transports and once the rings were finished. Give it back with
     /// [`QpTransport::put_ring_sq`] before anything else uses the queue.
     #[inline]
-    pub fn take_ring_sq(&mut self) -> Option<Consumer<Capsule>> {
+    pub fn take_ring_sq(&mut self) -> Option<Consumer<RingCapsule>> {
         match self {
             QpTransport::Ring(t) => t.sq.take(),
             QpTransport::Other(_) => None,
@@ -464,7 +540,7 @@ impl QpTransport {
     }
     /// Returns what [`QpTransport::take_ring_sq`] lent out.
     #[inline]
-    pub fn put_ring_sq(&mut self, sq: Consumer<Capsule>) {
+    pub fn put_ring_sq(&mut self, sq: Consumer<RingCapsule>) {
         if let QpTransport::Ring(t) = self {
             t.sq = Some(sq);
         }
