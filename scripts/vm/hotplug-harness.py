@@ -41,13 +41,22 @@ def monitor(sock_path, command, log):
     s.settimeout(2)
     out = b""
     try:
-        # Greeting first, then the command.
-        try:
-            out += s.recv(4096)
-        except socket.timeout:
-            pass
+        # The greeting up to its prompt first, then the command. The
+        # greeting can come in two reads (banner, then prompt): taking the
+        # prompt of the greeting for the command's answer closed the socket
+        # before QEMU had read the command, and the command was lost.
+        end = time.time() + 5
+        while b"(qemu)" not in out and time.time() < end:
+            try:
+                chunk = s.recv(4096)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            out += chunk
         s.sendall(command.encode() + b"\n")
-        end = time.time() + 2
+        # Done when the monitor has echoed the command and prompted again.
+        end = time.time() + 5
         while time.time() < end:
             try:
                 chunk = s.recv(4096)
@@ -56,7 +65,8 @@ def monitor(sock_path, command, log):
             if not chunk:
                 break
             out += chunk
-            if b"(qemu)" in chunk.split(command.encode())[-1]:
+            parts = out.split(command.encode())
+            if len(parts) > 1 and b"(qemu)" in parts[-1]:
                 break
     finally:
         s.close()

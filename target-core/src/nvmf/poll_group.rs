@@ -160,6 +160,17 @@ impl std::fmt::Debug for PollGroup {
     }
 }
 
+/// What executing a capsule needs of its pass besides the queue pair and
+/// the namespaces: the same for every capsule one pass fetches from one
+/// queue pair, so it is built once and lent to each.
+#[derive(Clone, Copy)]
+struct ExecCtx<'a> {
+    engine: &'a Arc<Engine>,
+    me: QpairRef,
+    now_ms: u64,
+    now_ns: u64,
+}
+
 /// The fetch loop: up to `budget` capsules while the queue pair may take
 /// more. `next` executes one and says whether to go on (`None`: nothing
 /// left). Returns how many were fetched.
@@ -353,26 +364,21 @@ impl PollGroup {
             idx: qi,
             generation: qgen,
         };
+        let cx = ExecCtx {
+            engine,
+            me,
+            now_ms: *now_ms,
+            now_ns: *now_ns,
+        };
         if qp.parked.is_some()
             && let Some(mut cap) = qp.parked.take()
         {
-            if !Self::exec(
-                engine,
-                ns,
-                qp,
-                me,
-                &cap.sqe,
-                &mut cap.buf,
-                false,
-                *now_ms,
-                *now_ns,
-            ) {
+            if !Self::exec(&cx, ns, qp, &cap.sqe, &mut cap.buf, false) {
                 return work;
             }
             work += 1;
         }
         let budget = qp.tr.ready().min(FETCH_BATCH);
-        let (now_ms, now_ns) = (*now_ms, *now_ns);
         let n = if budget == 0 {
             0
         } else if let Some(mut sq) = qp.tr.take_ring_sq() {
@@ -381,27 +387,14 @@ impl PollGroup {
             // for the loop (what `exec` uses of the transport is the
             // completion ring) and goes back right after it.
             let n = fetch(qp, budget, |qp| {
-                sq.pop_with(|cap| {
-                    let sqe = cap.sqe();
-                    Self::exec(engine, ns, qp, me, &sqe, &mut cap.buf, true, now_ms, now_ns)
-                })
+                sq.pop_with(|cap| Self::exec(&cx, ns, qp, &cap.sqe(), &mut cap.buf, true))
             });
             qp.tr.put_ring_sq(sq);
             n
         } else {
             fetch(qp, budget, |qp| {
                 let mut cap = qp.tr.recv()?;
-                Some(Self::exec(
-                    engine,
-                    ns,
-                    qp,
-                    me,
-                    &cap.sqe,
-                    &mut cap.buf,
-                    true,
-                    now_ms,
-                    now_ns,
-                ))
+                Some(Self::exec(&cx, ns, qp, &cap.sqe, &mut cap.buf, true))
             })
         };
         if n > 0 {
@@ -420,18 +413,20 @@ impl PollGroup {
 
     /// Executes one capsule. Returns `false` when it was parked (stop fetching).
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     fn exec(
-        engine: &Arc<Engine>,
+        cx: &ExecCtx<'_>,
         ns: &mut NsTable,
         qp: &mut Qpair,
-        me: QpairRef,
         sqe: &SubmissionEntry,
         buf: &mut DataBuf,
         fresh: bool,
-        now_ms: u64,
-        now_ns: u64,
     ) -> bool {
+        let ExecCtx {
+            engine,
+            me,
+            now_ms,
+            now_ns,
+        } = *cx;
         if fresh {
             qp.advance_sqhd();
         }
