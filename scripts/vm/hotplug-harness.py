@@ -26,6 +26,20 @@ ESC = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 MARK = re.compile(r"VM-HOTPLUG-REQUEST device_del ([A-Za-z0-9_-]+)\s*$")
 
 
+def read_until(s, out, done, secs=5):
+    """Reads from `s` onto `out` until `done(out)`, EOF or `secs` pass."""
+    end = time.time() + secs
+    while not done(out) and time.time() < end:
+        try:
+            chunk = s.recv(4096)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
 def monitor(sock_path, command, log):
     """Sends one HMP command; returns what the monitor answered."""
     deadline = time.time() + 10
@@ -45,29 +59,11 @@ def monitor(sock_path, command, log):
         # greeting can come in two reads (banner, then prompt): taking the
         # prompt of the greeting for the command's answer closed the socket
         # before QEMU had read the command, and the command was lost.
-        end = time.time() + 5
-        while b"(qemu)" not in out and time.time() < end:
-            try:
-                chunk = s.recv(4096)
-            except socket.timeout:
-                break
-            if not chunk:
-                break
-            out += chunk
+        out = read_until(s, out, lambda o: b"(qemu)" in o)
         s.sendall(command.encode() + b"\n")
         # Done when the monitor has echoed the command and prompted again.
-        end = time.time() + 5
-        while time.time() < end:
-            try:
-                chunk = s.recv(4096)
-            except socket.timeout:
-                break
-            if not chunk:
-                break
-            out += chunk
-            parts = out.split(command.encode())
-            if len(parts) > 1 and b"(qemu)" in parts[-1]:
-                break
+        cmd = command.encode()
+        out = read_until(s, out, lambda o: cmd in o and b"(qemu)" in o.split(cmd)[-1])
     finally:
         s.close()
     return out.decode(errors="replace").replace("\r", "")
