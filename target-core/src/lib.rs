@@ -19,6 +19,7 @@ pub mod config;
 pub mod hist;
 pub mod host_cmds;
 pub mod host_ctrl;
+pub mod host_error;
 pub mod iobuf;
 pub mod nvmf;
 pub mod reactor;

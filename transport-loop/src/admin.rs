@@ -75,7 +75,7 @@ impl AdminQueue {
                 sqe,
                 buf: DataBuf::None,
             })
-            .map_err(|_| HostError::Disconnected("admin queue"))?;
+            .map_err(|_| HostError::Disconnected("admin queue".into()))?;
         self.aer_cids.push(cid);
         Ok(())
     }
@@ -100,7 +100,7 @@ pub(crate) fn command(
         sqe.set_cid(cid);
         a.rings
             .submit(Capsule { sqe, buf })
-            .map_err(|_| HostError::Disconnected("admin queue"))?;
+            .map_err(|_| HostError::Disconnected("admin queue".into()))?;
         a.pending.insert(cid, None);
         cid
     };

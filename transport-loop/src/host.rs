@@ -184,7 +184,7 @@ impl Assoc {
             (self.ready.load(Ordering::Acquire) || self.gone.load(Ordering::Acquire)).then_some(())
         })?;
         if self.gone.load(Ordering::Acquire) {
-            return Err(HostError::Disconnected("controller"));
+            return Err(HostError::Disconnected("controller".into()));
         }
         let (rings, _) = connect_queue(self, qid, depth, self.cntlid.load(Ordering::Acquire))?;
         Ok(rings)
@@ -211,7 +211,7 @@ fn connect_queue(
             sqe,
             buf: DataBuf::One(data),
         })
-        .map_err(|_| HostError::Disconnected("new queue"))?;
+        .map_err(|_| HostError::Disconnected("new queue".into()))?;
     let target = a.transport.target.clone();
     let cqe = wait::until(&target, a.timeout, "Connect", || {
         rings.reap().map(|r| r.cqe)

@@ -23,13 +23,12 @@
 //! authentication.
 
 mod admin;
-mod error;
 mod host;
 mod qpair;
 mod wait;
 
-pub use error::{HostError, SubmitError};
 pub use host::{AsyncEvent, ConnectOptions, HostController, LoopTransport, QpairConnector};
 pub use qpair::{HostCompletion, HostQpair, HostQpairStats, QpairState};
 /// The command builders every host shares (in scope for `read`, `identify_raw`...).
 pub use target_core::host_cmds::{AdminCommands, NvmCommands};
+pub use target_core::host_error::{HostError, SubmitError};

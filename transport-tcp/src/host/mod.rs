@@ -37,7 +37,6 @@
 
 mod conn;
 mod ctrl;
-mod error;
 mod qpair;
 mod wire;
 
@@ -46,10 +45,10 @@ use target_core::spec::{CompletionEntry, Status};
 
 pub use conn::{HostQpairStats, MAX_DEPTH};
 pub use ctrl::{AsyncEvent, ConnectOptions, HostController, QpairConnector};
-pub use error::{HostError, SubmitError};
 pub use qpair::HostQpair;
 /// The command builders every host shares (in scope for `read`, `identify_raw`...).
 pub use target_core::host_cmds::{AdminCommands, NvmCommands};
+pub use target_core::host_error::{HostError, SubmitError};
 
 /// A finished request as the host sees it.
 #[derive(Debug)]

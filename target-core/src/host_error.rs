@@ -1,15 +1,26 @@
-//! Host-side errors.
+//! What a host (the loop transport's or NVMe/TCP's) reports when an
+//! operation fails or a submission is refused: one pair of types for both,
+//! so code that drives either host (the bench, the service's jobs, tests)
+//! matches on the same variants.
 
-use target_core::iobuf::DataBuf;
-use target_core::spec::Status;
+use crate::iobuf::DataBuf;
+use crate::spec::Status;
 
 /// Errors of host operations (connect, admin commands, reset...).
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    /// The listener does not expose this subsystem.
+    /// The loop transport has no listener for this subsystem.
     #[error("no loop listener for subsystem {0}")]
     NoListener(String),
+    /// The TCP connection could not be made or broke (address in the text).
+    #[error("connection: {0}")]
+    Io(String),
+    /// The target sent something the NVMe/TCP binding does not allow: a
+    /// PDU of the wrong type, a short or malformed PDU, a digest error,
+    /// data outside a command's buffer, a C2HTermReq.
+    #[error("protocol error from the target: {0}")]
+    Protocol(String),
     /// The target refused a command; `status` is its NVMe status.
     #[error("{what} failed: {status}")]
     Status {
@@ -23,9 +34,9 @@ pub enum HostError {
     /// A bounded wait ran out.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
-    /// The queue or controller is gone.
-    #[error("{0} is disconnected")]
-    Disconnected(&'static str),
+    /// The queue or controller is gone; the text says which, or why.
+    #[error("disconnected: {0}")]
+    Disconnected(String),
     /// The target rejected the queue pair (stopping).
     #[error("target: {0}")]
     Target(String),
@@ -37,15 +48,15 @@ pub enum HostError {
     Invalid(String),
 }
 
-impl From<target_core::host_cmds::UnusableResponse> for HostError {
-    fn from(e: target_core::host_cmds::UnusableResponse) -> Self {
+impl From<crate::host_cmds::UnusableResponse> for HostError {
+    fn from(e: crate::host_cmds::UnusableResponse) -> Self {
         HostError::Invalid(e.0)
     }
 }
 
-impl From<target_core::host_cmds::ControllerStateError> for HostError {
-    fn from(e: target_core::host_cmds::ControllerStateError) -> Self {
-        use target_core::host_cmds::ControllerStateError as E;
+impl From<crate::host_cmds::ControllerStateError> for HostError {
+    fn from(e: crate::host_cmds::ControllerStateError) -> Self {
+        use crate::host_cmds::ControllerStateError as E;
         match e {
             E::Fatal { what, csts } => HostError::Status {
                 what,
@@ -72,7 +83,8 @@ impl HostError {
 pub enum SubmitError {
     /// Every slot is in use: poll, then retry.
     QueueFull(DataBuf),
-    /// The queue is quiesced or destroyed: drain, then reconnect.
+    /// The queue is closed (quiesced, destroyed, or its connection gone):
+    /// drain, then reconnect.
     Closed(DataBuf),
 }
 
