@@ -38,9 +38,9 @@ pub const RELEASE_EVERY: usize = 16;
 /// the rings and everything else a command touches outgrow L1. Asked for
 /// a few entries (some hundreds of instructions) ahead, the fetches
 /// overlap the work instead of stalling it: +9 to +16 % loop IOPS on one
-/// core in alternating runs, for ~25 instructions per I/O (README, sixth
-/// round). The producer prefetching for writing and a distance of 8 were
-/// tried too, without a measurable gain.
+/// core in alternating runs (README, sixth round). The producer
+/// prefetching for writing (twice) and a distance of 8 (twice) were tried
+/// too, without a gain.
 const PREFETCH_AHEAD: usize = 4;
 
 /// Asks for the cache lines of the slot at `slot`, to be read soon. Takes
@@ -72,14 +72,16 @@ fn prefetch<T>(slot: *const Slot<T>) {
 #[repr(align(128))]
 struct Padded(AtomicUsize);
 
-/// Slots are packed, not each on lines of its own: a 96-byte capsule
-/// takes 1.5 lines and a 48-byte response 0.75 instead of 2 and 1, and
-/// across two cores every line is a trip between them. Entries change
-/// hands a batch at a time, so a line shared by the producer's newest
-/// entry and the consumer's current one is the exception at a batch's
-/// edge. Measured on the loop path, host and reactor on two cores at one
-/// vCPU placement: 15.4 M IOPS line-aligned, 18.4 M packed; one core: no
-/// difference (README, seventh round).
+/// Slots are packed: an entry takes its own size, not whole lines of its
+/// own (a 40-byte response 0.63 lines instead of 1), and across two cores
+/// every line is a trip between them. An entry type that wants whole
+/// lines says so with its own alignment (`RingCapsule`: one line).
+/// Entries change hands a batch at a time, so a line shared by the
+/// producer's newest entry and the consumer's current one is the
+/// exception at a batch's edge. Measured when capsules were 96 bytes and
+/// responses 48, host and reactor on two cores at one vCPU placement:
+/// 15.4 M IOPS line-aligned, 18.4 M packed; one core: no difference
+/// (README, seventh round).
 struct Slot<T>(UnsafeCell<MaybeUninit<T>>);
 
 struct Inner<T> {

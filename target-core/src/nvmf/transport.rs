@@ -82,12 +82,6 @@ impl RingCapsule {
         }
     }
 
-    /// The command identifier.
-    #[inline]
-    pub fn cid(&self) -> u16 {
-        (self.head[0] >> 16) as u16
-    }
-
     /// The capsule the engine works with elsewhere.
     pub fn into_capsule(self) -> Capsule {
         Capsule {
@@ -139,13 +133,6 @@ impl Default for CapsuleParams {
             msdbd: 1,
             sgls: 1,
         }
-    }
-}
-
-impl Remains for Capsule {
-    #[inline]
-    fn is_spent(&self) -> bool {
-        matches!(self.buf, DataBuf::None)
     }
 }
 
