@@ -97,7 +97,8 @@ fn setup() -> Option<(Arc<NvmfTarget>, RawQueue, RawQueue)> {
     Some((t, admin, io))
 }
 
-/// Outstanding CIDs per queue; a response must match one.
+/// Outstanding CIDs per queue; a response must match one of its own queue
+/// (the rings carry no SQ ID: a response's ring is its queue).
 struct Book {
     outstanding: [HashSet<u16>; 2],
 }
@@ -111,7 +112,6 @@ impl Book {
                 "queue {which}: response for CID {cid} that is not outstanding: {:?}",
                 r.cqe
             );
-            assert_eq!(r.cqe.sqid as usize, which, "SQ ID of {:?}", r.cqe);
         }
     }
 }

@@ -200,6 +200,7 @@ fn connect_queue(
     cntlid: u16,
 ) -> Result<(QueueRings, CompletionEntry), HostError> {
     let (mut rings, tr) = QueueRings::pair(depth as usize);
+    rings.set_sqid(qid);
     a.transport
         .target
         .accept(tr, depth)

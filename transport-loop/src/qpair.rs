@@ -37,7 +37,9 @@ pub const MAX_DEPTH: u16 = 1 << SLOT_BITS;
 pub struct HostCompletion {
     /// The caller's tag from submission.
     pub tag: u64,
-    /// The completion entry (status, CID, SQ head).
+    /// The completion entry. Its SQHD reads 0: the in-memory rings have
+    /// flow control of their own and do not carry it
+    /// ([`target_core::nvmf::RingResponse`]).
     pub cqe: CompletionEntry,
     /// The buffer, given back.
     pub buf: DataBuf,
@@ -287,10 +289,12 @@ impl HostQpair {
         // pair for the loop.
         if let Some(mut cq) = self.rings.take_cq() {
             let mut taken = 0;
+            let qid = self.qid;
             while taken < ready && n < max {
-                let Some(done) =
-                    cq.pop_with(|r| self.complete(r.cqe, std::mem::take(&mut r.buf), f))
-                else {
+                let Some(done) = cq.pop_with(|r| {
+                    let (cqe, buf) = r.take(qid);
+                    self.complete(cqe, buf, f)
+                }) else {
                     break;
                 };
                 taken += 1;

@@ -41,4 +41,6 @@ pub use engine::EngineOptions;
 pub use poll_group::PollGroup;
 pub use subsystem::{Namespace, Subsystem, SubsystemParams};
 pub use target::{NvmfTarget, TargetError, TargetOptions};
-pub use transport::{Capsule, CapsuleParams, QpTransport, QueueRings, Response, RingCapsule};
+pub use transport::{
+    Capsule, CapsuleParams, QpTransport, QueueRings, Response, RingCapsule, RingResponse,
+};

@@ -115,6 +115,7 @@ impl RawQueue {
         kato_ms: u32,
         data: IoBuf,
     ) -> Option<CompletionEntry> {
+        self.rings.set_sqid(qid);
         self.execute(connect_sqe(qid, entries, kato_ms), DataBuf::One(data))
             .map(|r| r.0)
     }
