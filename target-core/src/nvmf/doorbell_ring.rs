@@ -73,8 +73,8 @@ fn prefetch<T>(slot: *const Slot<T>) {
 struct Padded(AtomicUsize);
 
 /// Slots are packed: an entry takes its own size, not whole lines of its
-/// own (a 40-byte response 0.63 lines instead of 1), and across two cores
-/// every line is a trip between them. An entry type that wants whole
+/// own (a 32-byte `RingResponse` half a line instead of 1), and across
+/// two cores every line is a trip between them. An entry type that wants whole
 /// lines says so with its own alignment (`RingCapsule`: one line).
 /// Entries change hands a batch at a time, so a line shared by the
 /// producer's newest entry and the consumer's current one is the
