@@ -101,18 +101,6 @@ unsafe impl<T: Send> Sync for Inner<T> {}
 // SAFETY: as above; `Inner` owns the `T`s in its slots.
 unsafe impl<T: Send> Send for Inner<T> {}
 
-impl<T> Inner<T> {
-    /// The cell of position `i` (any position: it wraps). Without a
-    /// bounds check, which the compiler cannot drop on its own for a
-    /// masked index: 4 ring operations per I/O paid two instructions each.
-    #[inline(always)]
-    fn cell(&self, i: usize) -> *mut MaybeUninit<T> {
-        // SAFETY: `slots` has `mask + 1` entries (a power of two, fixed at
-        // creation), so `i & mask` is in bounds.
-        unsafe { self.slots.get_unchecked(i & self.mask).0.get() }
-    }
-}
-
 impl<T> Drop for Inner<T> {
     fn drop(&mut self) {
         // Both ends are gone and both published on drop: what lies between
@@ -212,7 +200,7 @@ impl<T: Send> Producer<T> {
                 return Err(arg);
             }
         }
-        let cell = self.inner.cell(self.tail);
+        let cell = self.inner.slots[self.tail & self.inner.mask].0.get();
         // SAFETY: as in `push`: the slot holds no entry the consumer may
         // still read, and only this producer writes slots.
         unsafe { (*cell).write(make(arg)) };
@@ -266,7 +254,7 @@ impl<T: Send> Consumer<T> {
                 return None;
             }
         }
-        let cell = self.inner.cell(self.head);
+        let cell = self.inner.slots[self.head & self.inner.mask].0.get();
         // SAFETY: `head < cached_tail`, a tail the producer published with
         // `Release` after writing this slot (loaded here with `Acquire`);
         // the producer does not write it again before the head moves past
@@ -303,7 +291,7 @@ impl<T: Send> Consumer<T> {
         // cost ~10 instructions per entry, measured).
         let slots = self.inner.slots.as_ptr();
         prefetch(slots.wrapping_add(self.head.wrapping_add(PREFETCH_AHEAD) & self.inner.mask));
-        let cell = self.inner.cell(self.head);
+        let cell = self.inner.slots[self.head & self.inner.mask].0.get();
         // The slot counts as taken before `f` runs: were `f` to unwind, the
         // entry is leaked (its buffer never freed behind anyone's back),
         // never dropped twice.
