@@ -273,6 +273,12 @@ impl<T: Send> Consumer<T> {
     /// once, by `f`, instead of being copied out through a return value
     /// and again into each callee (four copies of a 112-byte capsule per
     /// command on the fetch path, measured).
+    ///
+    /// Moving parts out writes the consumer's slot, so its line leaves the
+    /// producer's cache. Reading the entry by value instead and leaving
+    /// the slot untouched was tried (eighth round) and measured far
+    /// slower across two cores: 0.65× with both rings, 0.69× with the
+    /// submission ring alone.
     #[inline]
     pub fn pop_with<R>(&mut self, f: impl FnOnce(&mut T) -> R) -> Option<R>
     where
