@@ -180,29 +180,17 @@ impl Qpair {
         dw1: u32,
         buf: crate::iobuf::DataBuf,
     ) {
+        let mut cqe = CompletionEntry::new(cid, status);
+        cqe.dw0 = dw0;
+        cqe.dw1 = dw1;
+        cqe.sqhd = self.sqhd;
+        cqe.sqid = self.qid;
         self.responses += 1;
-        let make = |buf| {
-            let mut cqe = CompletionEntry::new(cid, status);
-            cqe.dw0 = dw0;
-            cqe.dw1 = dw1;
-            cqe.sqhd = self.sqhd;
-            cqe.sqid = self.qid;
-            Response { cqe, buf }
-        };
         if !self.backlog.is_empty() {
-            self.backlog.push_back(make(buf));
+            self.backlog.push_back(Response { cqe, buf });
             return;
         }
-        // The rings' common case, built in its slot (no SQHD or SQID there).
-        if let QpTransport::Ring(t) = &mut self.tr
-            && dw1 == 0
-        {
-            if let Err(buf) = t.send_dw0(cid, status, dw0, buf) {
-                self.backlog.push_back(make(buf));
-            }
-            return;
-        }
-        if let Err(resp) = self.tr.send(make(buf)) {
+        if let Err(resp) = self.tr.send_cqe(cqe, buf) {
             self.backlog.push_back(resp);
         }
     }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use super::doorbell_ring::{Consumer, Producer, Remains, ring};
 
 use crate::iobuf::{DataBuf, IoBuf};
-use crate::spec::{CompletionEntry, Status, SubmissionEntry};
+use crate::spec::{CompletionEntry, SubmissionEntry};
 
 /// A command capsule: the SQE and the data it refers to.
 #[derive(Debug)]
@@ -128,14 +128,19 @@ impl RingResponse {
     #[inline(always)]
     pub fn new(resp: Response) -> Self {
         let Response { cqe, buf } = resp;
-        let status = cqe.status & !DW1_PACKED;
         if cqe.dw1 != 0 {
             return Self::packed(cqe, buf);
         }
+        Self::plain(&cqe, buf)
+    }
+
+    /// The response of a CQE whose DW1 is zero (every I/O command's).
+    #[inline(always)]
+    fn plain(cqe: &CompletionEntry, buf: DataBuf) -> Self {
         Self {
             dw0: cqe.dw0,
             cid: cqe.cid,
-            status,
+            status: cqe.status & !DW1_PACKED,
             buf,
         }
     }
@@ -447,11 +452,6 @@ impl QueueRings {
         self.sqid = sqid;
     }
 
-    /// The SQ ID reaped CQEs report.
-    pub fn sqid(&self) -> u16 {
-        self.sqid
-    }
-
     /// Host side: responses waiting to be reaped.
     #[inline]
     pub fn ready_responses(&mut self) -> usize {
@@ -559,24 +559,19 @@ impl fmt::Debug for RingTransport {
 }
 
 impl RingTransport {
-    /// Posts the response of a command whose DW1 is zero (every I/O
-    /// command), written straight into its ring slot: `send` would build a
-    /// whole [`Response`] first and copy it through the stack. `Err` gives
-    /// the buffer back when the ring is full.
+    /// [`QpairTransport::send`] of a CQE and a buffer passed apart: only
+    /// the buffer goes to `push_with` (to come back if the ring is full),
+    /// so the CQE's fields stay in registers and the entry is built in its
+    /// slot. A whole `Response` passed in was copied through the stack
+    /// first: ~40 instructions per I/O on the completion path, measured.
     #[inline(always)]
-    pub fn send_dw0(
-        &mut self,
-        cid: u16,
-        status: Status,
-        dw0: u32,
-        buf: DataBuf,
-    ) -> Result<(), DataBuf> {
-        self.cq.push_with(buf, |buf| RingResponse {
-            dw0,
-            cid,
-            status: CompletionEntry::new(cid, status).status,
-            buf,
-        })
+    fn send_cqe(&mut self, cqe: CompletionEntry, buf: DataBuf) -> Result<(), Response> {
+        if cqe.dw1 != 0 {
+            return self.cq.push_with(Response { cqe, buf }, RingResponse::new);
+        }
+        self.cq
+            .push_with(buf, |buf| RingResponse::plain(&cqe, buf))
+            .map_err(|buf| Response { cqe, buf })
     }
 }
 
@@ -593,7 +588,7 @@ impl QpairTransport for RingTransport {
 
     #[inline]
     fn send(&mut self, resp: Response) -> Result<(), Response> {
-        self.cq.push_with(resp, RingResponse::new)
+        self.send_cqe(resp.cqe, resp.buf)
     }
 
     #[inline]
@@ -699,6 +694,15 @@ impl QpTransport {
     #[inline]
     pub fn send(&mut self, resp: Response) -> Result<(), Response> {
         dispatch!(self, t => t.send(resp))
+    }
+    /// [`QpTransport::send`] of a CQE and its buffer: the rings build
+    /// their entry in its slot from them (see `RingTransport::send_cqe`).
+    #[inline(always)]
+    pub fn send_cqe(&mut self, cqe: CompletionEntry, buf: DataBuf) -> Result<(), Response> {
+        match self {
+            QpTransport::Ring(t) => t.send_cqe(cqe, buf),
+            QpTransport::Other(t) => t.send(Response { cqe, buf }),
+        }
     }
     /// See [`QpairTransport::host_closed`].
     #[inline]
