@@ -461,6 +461,10 @@ struct Slot {
     start_ns: u64,
     seq: u64,
     busy: bool,
+    /// The slot's data buffer while it is idle (`None` while the port has
+    /// it). Kept with the rest of the slot: one index, one bounds check
+    /// and one cache line per I/O instead of two.
+    buf: Option<IoBuf>,
 }
 
 /// How a job ended.
@@ -480,7 +484,6 @@ pub struct JobRun {
     verifier: Option<Verifier>,
     recorder: Option<Recorder>,
     slots: Vec<Slot>,
-    bufs: Vec<Option<IoBuf>>,
     free: Vec<u32>,
     issued: u64,
     in_flight: u32,
@@ -548,10 +551,8 @@ impl JobRun {
                     start_ns: 0,
                     seq: 0,
                     busy: false,
+                    buf: Some(IoBuf::new(spec.bs as usize)),
                 })
-                .collect(),
-            bufs: (0..qd)
-                .map(|_| Some(IoBuf::new(spec.bs as usize)))
                 .collect(),
             free: (0..qd as u32).rev().collect(),
             issued: 0,
@@ -590,7 +591,6 @@ impl JobRun {
     pub fn step<P: Port>(&mut self, port: &mut P) -> bool {
         let Self {
             slots,
-            bufs,
             free,
             workload,
             verifier,
@@ -614,11 +614,11 @@ impl JobRun {
         port.poll_each(&mut |tag, ok, buf| {
             let now_ns = *now.get_or_insert_with(|| mono_ns().wrapping_sub(epoch));
             let i = tag as usize;
-            let (Some(s), Some(b)) = (slots.get_mut(i), bufs.get_mut(i)) else {
+            let Some(s) = slots.get_mut(i) else {
                 return;
             };
             if let DataBuf::One(buf) = buf {
-                *b = Some(buf);
+                s.buf = Some(buf);
             }
             if !s.busy {
                 return;
@@ -633,7 +633,7 @@ impl JobRun {
             }
             // A transport that handed back no buffer (or another shape):
             // a fresh one keeps the slot usable.
-            let b = b.get_or_insert_with(|| IoBuf::new(bytes as usize));
+            let b = s.buf.get_or_insert_with(|| IoBuf::new(bytes as usize));
             if let Some(v) = verifier.as_mut() {
                 match (s.io.op, ok) {
                     (Op::Write, true) => v.on_write_done(s.io.lba, s.io.blocks, s.seq),
@@ -653,6 +653,7 @@ impl JobRun {
             free.push(i as u32);
         });
         let now_ns = now.unwrap_or_else(|| mono_ns().wrapping_sub(epoch));
+        rec.sync_live();
         // The recorder's ramp end and interval closes need an `Instant`:
         // one is built only once either is due. The deadline is a plain ns
         // comparison in `done_issuing`.
@@ -674,7 +675,10 @@ impl JobRun {
                     break;
                 }
                 let io = self.workload.next_io();
-                let Some(mut buf) = self.bufs[i as usize].take() else {
+                let Some(slot) = self.slots.get_mut(i as usize) else {
+                    break;
+                };
+                let Some(mut buf) = slot.buf.take() else {
                     self.free.push(i);
                     break;
                 };
@@ -687,17 +691,15 @@ impl JobRun {
                 }
                 match port.submit(io.op, io.lba, io.blocks, buf, i as u64) {
                     Ok(()) => {
-                        self.slots[i as usize] = Slot {
-                            io,
-                            start_ns: now_ns,
-                            seq,
-                            busy: true,
-                        };
+                        slot.io = io;
+                        slot.start_ns = now_ns;
+                        slot.seq = seq;
+                        slot.busy = true;
                         self.in_flight += 1;
                         self.issued += 1;
                     }
                     Err(b) => {
-                        self.bufs[i as usize] = Some(b);
+                        slot.buf = Some(b);
                         self.free.push(i);
                         // Give the slot back to the workload (verify mode).
                         self.workload.complete(&io);

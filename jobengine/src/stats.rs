@@ -208,8 +208,10 @@ pub struct Recorder {
     iv: [OpCounters; 2],
     iv_errors: u64,
     intervals: Vec<IntervalSnapshot>,
-    pending_ios: u32,
-    pending_bytes: u64,
+    /// The part of `iv` already added to `live`. The live view is fed
+    /// from the interval counters by difference, so recording an I/O
+    /// updates one pair of counters, not two.
+    published: OpCounters,
     pending_errors: u64,
 }
 
@@ -249,8 +251,7 @@ impl Recorder {
             iv: Default::default(),
             iv_errors: 0,
             intervals: Vec::with_capacity(64),
-            pending_ios: 0,
-            pending_bytes: 0,
+            published: OpCounters::default(),
             pending_errors: 0,
         };
         if ramp.is_zero() {
@@ -262,20 +263,28 @@ impl Recorder {
     /// Records a completed I/O: direction, latency in ns, bytes moved.
     /// Failed I/Os go to [`Recorder::error`] instead.
     #[inline]
+    /// During the ramp the interval counts too; measuring starts from zero
+    /// ([`Recorder::start_measuring`] discards what the ramp counted after
+    /// publishing it), so the per-I/O path tests nothing. The live view
+    /// catches up at [`Recorder::sync_live`].
     pub fn record(&mut self, op: Op, lat_ns: u64, bytes: u64) {
-        self.pending_ios += 1;
-        self.pending_bytes += bytes;
-        if self.pending_ios >= LIVE_PUBLISH_EVERY {
-            self.publish();
-        }
-        if self.measure_start.is_none() {
-            return;
-        }
         let c = &mut self.iv[idx(op)];
         c.ios += 1;
         c.bytes += bytes;
         if let Some(h) = &mut self.iv_hist {
             h[idx(op)].record(lat_ns);
+        }
+    }
+
+    /// Publishes to the live view once [`LIVE_PUBLISH_EVERY`] I/Os have
+    /// been recorded since it last did. Once per batch of completions (the
+    /// job runner calls it after each poll), so the check is not paid per
+    /// I/O; [`Recorder::tick`] calls it too.
+    #[inline]
+    pub fn sync_live(&mut self) {
+        let ios = self.iv[0].ios + self.iv[1].ios;
+        if ios - self.published.ios >= u64::from(LIVE_PUBLISH_EVERY) {
+            self.publish();
         }
     }
 
@@ -292,6 +301,15 @@ impl Recorder {
     /// is measured.
     pub fn start_measuring(&mut self, now: Instant) {
         if self.measure_start.is_none() {
+            // What the ramp counted reaches the live view, not the results.
+            self.publish();
+            self.iv = Default::default();
+            self.published = OpCounters::default();
+            if let Some(iv) = &mut self.iv_hist {
+                for h in iv.iter_mut() {
+                    h.drain(|_, _| {});
+                }
+            }
             self.measure_start = Some(now);
             self.iv_start = now;
             self.iv_end = now + INTERVAL;
@@ -304,6 +322,7 @@ impl Recorder {
     /// old. Cheap when nothing is due.
     #[inline]
     pub fn tick(&mut self, now: Instant) -> Option<IntervalSummary> {
+        self.sync_live();
         match self.measure_start {
             None => {
                 if now.saturating_duration_since(self.created) >= self.ramp {
@@ -334,6 +353,9 @@ impl Recorder {
 
     /// I/Os measured so far (after ramp), for `io_count` limits.
     pub fn measured_ios(&self) -> u64 {
+        if self.measure_start.is_none() {
+            return 0;
+        }
         self.totals[0].ios + self.totals[1].ios + self.iv[0].ios + self.iv[1].ios
     }
 
@@ -430,27 +452,31 @@ impl Recorder {
             errors: self.iv_errors,
         };
         self.intervals.push(snap);
+        self.publish();
         self.iv = Default::default();
+        self.published = OpCounters::default();
         self.iv_errors = 0;
         self.iv_start = now;
         self.iv_end = now + INTERVAL;
         self.live.p99_ns.store(p99_ns, Ordering::Relaxed);
-        self.publish();
         summary
     }
 
     fn publish(&mut self) {
+        let now = OpCounters {
+            ios: self.iv[0].ios + self.iv[1].ios,
+            bytes: self.iv[0].bytes + self.iv[1].bytes,
+        };
         self.live
             .ios
-            .fetch_add(u64::from(self.pending_ios), Ordering::Relaxed);
+            .fetch_add(now.ios - self.published.ios, Ordering::Relaxed);
         self.live
             .bytes
-            .fetch_add(self.pending_bytes, Ordering::Relaxed);
+            .fetch_add(now.bytes - self.published.bytes, Ordering::Relaxed);
         self.live
             .errors
             .fetch_add(self.pending_errors, Ordering::Relaxed);
-        self.pending_ios = 0;
-        self.pending_bytes = 0;
+        self.published = now;
         self.pending_errors = 0;
     }
 }
@@ -642,6 +668,32 @@ pub(crate) mod tests {
         assert_eq!(res.intervals[1].histogram().unwrap().len(), 1);
         let l = live.snapshot();
         assert_eq!((l.ios, l.errors, l.done), (103, 1, true));
+    }
+
+    #[test]
+    fn live_view_catches_up_by_batches() {
+        let t0 = Instant::now();
+        let live = LiveStats::new();
+        let mut r = Recorder::new("j", true, live.clone(), t0, Duration::from_secs(5));
+        let n = u64::from(LIVE_PUBLISH_EVERY);
+        for _ in 0..n - 1 {
+            r.record(Op::Read, 100, 512);
+        }
+        r.sync_live();
+        assert_eq!(live.snapshot().ios, 0, "published before a batch was full");
+        r.record(Op::Write, 100, 512);
+        r.sync_live();
+        assert_eq!((live.snapshot().ios, live.snapshot().bytes), (n, n * 512));
+        // Measuring starts: the ramp's I/Os stay in the live view only.
+        r.start_measuring(t0 + Duration::from_secs(1));
+        r.record(Op::Read, 100, 512);
+        r.sync_live();
+        assert_eq!(live.snapshot().ios, n);
+        assert_eq!(r.measured_ios(), 1);
+        let res = r.finish(t0 + Duration::from_secs(2));
+        assert_eq!(res.ios(), 1);
+        assert_eq!(res.histogram.as_ref().map(|h| h.len()), Some(1));
+        assert_eq!(live.snapshot().ios, n + 1);
     }
 
     #[test]

@@ -237,6 +237,7 @@ fn connect_io(
     qp.sid = subsys.id;
     qp.set_entries(sqsize_z + 1);
     qp.state = QpState::Active;
+    qp.io_connected = true;
     qp.ctrl = Some(ctrl);
     AdminOutcome::Done {
         status: Status::SUCCESS,

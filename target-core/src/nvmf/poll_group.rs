@@ -430,8 +430,7 @@ impl PollGroup {
         if fresh {
             qp.advance_sqhd();
         }
-        if qp.state == QpState::Connecting || qp.qid == 0 || sqe.opcode() == AdminOpcode::FABRICS.0
-        {
+        if !qp.io_connected || sqe.opcode() == AdminOpcode::FABRICS.0 {
             let cap = Capsule {
                 sqe: *sqe,
                 buf: std::mem::take(buf),

@@ -59,6 +59,9 @@ impl std::fmt::Debug for Drain {
     }
 }
 
+/// Words of the command-identifier bitmap: one bit for each `u16`.
+const CID_WORDS: usize = 1 << 10;
+
 /// A queue pair as its poll group holds it.
 #[derive(Debug)]
 pub struct Qpair {
@@ -78,11 +81,18 @@ pub struct Qpair {
     pub slots: Box<[Slot]>,
     /// Free slot indices.
     pub free: Vec<u16>,
-    cid_busy: Box<[u64]>,
+    /// One bit per command identifier in use. A fixed array covering all
+    /// 65,536 identifiers, so the index (`cid >> 6`) needs no bounds check.
+    cid_busy: Box<[u64; CID_WORDS]>,
     /// Commands handed to a backend and not yet completed.
     pub in_backend: u32,
     /// State.
     pub state: QpState,
+    /// An I/O queue whose Connect succeeded: its commands other than
+    /// Fabrics ones take the I/O path. Never cleared (a queue pair does
+    /// not go back to connecting), so one flag replaces a three-way test
+    /// of state, queue ID and opcode for each command.
+    pub io_connected: bool,
     /// A fetched command that could not proceed yet (paused namespace,
     /// full backend channel). While set, nothing more is fetched.
     pub parked: Option<Capsule>,
@@ -115,9 +125,10 @@ impl Qpair {
             tr,
             slots: vec![Slot::default(); entries as usize].into_boxed_slice(),
             free: (0..entries).rev().collect(),
-            cid_busy: vec![0u64; 1024].into_boxed_slice(),
+            cid_busy: Box::new([0u64; CID_WORDS]),
             in_backend: 0,
             state: QpState::Connecting,
+            io_connected: false,
             parked: None,
             backlog: VecDeque::with_capacity(entries as usize),
             drain: None,
