@@ -119,10 +119,8 @@ impl Workload {
         self.rw == RwMode::Verify && !self.filled
     }
 
-    /// The next I/O to issue. Compiled into the job's submit loop (a call
-    /// costs it 14 of its 48 instructions); the verify mode's bookkeeping
-    /// stays out of line so that it can be.
-    #[inline(always)]
+    /// The next I/O to issue.
+    #[inline]
     pub fn next_io(&mut self) -> IoSpec {
         let (op, slot) = match self.rw {
             RwMode::Read => (Op::Read, self.next_seq()),
@@ -173,7 +171,6 @@ impl Workload {
         s
     }
 
-    #[inline(never)]
     fn next_verify(&mut self) -> (Op, u64) {
         if !self.filled {
             let slot = self.cursor;
