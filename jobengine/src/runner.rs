@@ -484,9 +484,9 @@ pub struct JobRun {
     verifier: Option<Verifier>,
     recorder: Option<Recorder>,
     slots: Vec<Slot>,
+    /// Idle slots; the others are in flight ([`JobRun::in_flight`]).
     free: Vec<u32>,
     issued: u64,
-    in_flight: u32,
     stop: Arc<AtomicBool>,
     mismatch: Option<Mismatch>,
     draining: bool,
@@ -556,7 +556,6 @@ impl JobRun {
                 .collect(),
             free: (0..qd as u32).rev().collect(),
             issued: 0,
-            in_flight: 0,
             stop,
             mismatch: None,
             draining: false,
@@ -595,7 +594,6 @@ impl JobRun {
             workload,
             verifier,
             recorder,
-            in_flight,
             mismatch,
             block_size,
             ..
@@ -624,7 +622,6 @@ impl JobRun {
                 return;
             }
             s.busy = false;
-            *in_flight -= 1;
             let bytes = s.io.blocks as u64 * *block_size as u64;
             if ok {
                 rec.record(s.io.op, now_ns.saturating_sub(s.start_ns), bytes);
@@ -676,6 +673,7 @@ impl JobRun {
                 }
                 let io = self.workload.next_io();
                 let Some(slot) = self.slots.get_mut(i as usize) else {
+                    self.free.push(i);
                     break;
                 };
                 let Some(mut buf) = slot.buf.take() else {
@@ -695,7 +693,6 @@ impl JobRun {
                         slot.start_ns = now_ns;
                         slot.seq = seq;
                         slot.busy = true;
-                        self.in_flight += 1;
                         self.issued += 1;
                     }
                     Err(b) => {
@@ -711,15 +708,20 @@ impl JobRun {
                 }
             }
             port.doorbell();
-        } else if !port.alive() && self.in_flight > 0 {
+        } else if !port.alive() && self.in_flight() > 0 {
             // The queue died with I/O outstanding; its completions still come.
             self.draining = true;
         }
-        let done = self.in_flight == 0 && (self.done_issuing(now_ns) || !port.alive());
+        let done = self.in_flight() == 0 && (self.done_issuing(now_ns) || !port.alive());
         if done {
             self.note_recovery(port);
         }
         done
+    }
+
+    /// I/Os submitted and not completed: the slots not idle.
+    fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
     }
 
     /// Copies the port's recovery counters (retries, reconnects) to the

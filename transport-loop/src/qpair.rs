@@ -116,8 +116,10 @@ pub struct HostQpair {
     /// recovery is off (nothing is ever retried then), so a queue without
     /// recovery does not copy 64 bytes per submission.
     sqes: Box<[SubmissionEntry]>,
+    /// Idle slots. Every other slot is busy, so the count outstanding is
+    /// what this lacks of `slots` ([`HostQpair::outstanding`]): no counter
+    /// to keep per command.
     free: Vec<u16>,
-    outstanding: u32,
     stats: HostQpairStats,
     /// Association generation the rings belong to.
     generation: u32,
@@ -150,7 +152,6 @@ impl HostQpair {
                 Box::default()
             },
             free: (0..usable).rev().collect(),
-            outstanding: 0,
             stats: HostQpairStats::default(),
             generation,
             parked: VecDeque::new(),
@@ -191,8 +192,9 @@ impl HostQpair {
     }
 
     /// Commands submitted and not yet completed.
+    #[inline]
     pub fn outstanding(&self) -> u32 {
-        self.outstanding
+        (self.slots.len() - self.free.len()) as u32
     }
 
     /// Counters.
@@ -261,7 +263,6 @@ impl HostQpair {
                 if let Some(keep) = self.sqes.get_mut(slot as usize) {
                     *keep = make_sqe(cid);
                 }
-                self.outstanding += 1;
                 self.stats.submitted += 1;
                 Ok(cid)
             }
@@ -303,7 +304,7 @@ impl HostQpair {
             cq.release();
             self.rings.put_cq(cq);
         }
-        if n == 0 && self.outstanding > 0 && self.rings.target_done() {
+        if n == 0 && self.outstanding() > 0 && self.rings.target_done() {
             // Everything the target will say has been said: what is still
             // in the submission ring was never fetched.
             while let Some(resp) = self.rings.reap() {
@@ -359,7 +360,7 @@ impl HostQpair {
             return n;
         }
         if self.rings.target_done() {
-            if self.outstanding as usize != self.parked.len() {
+            if self.outstanding() as usize != self.parked.len() {
                 // Completions still to reap or reclaim.
                 return 0;
             }
@@ -418,7 +419,7 @@ impl HostQpair {
     /// error and DNR (not retried: the backend may still write them late).
     /// Without this the queue could never reconnect.
     fn cancel_orphans(&mut self, f: &mut impl FnMut(HostCompletion)) -> usize {
-        if self.outstanding as usize == self.parked.len() {
+        if self.outstanding() as usize == self.parked.len() {
             return 0;
         }
         let mut parked = vec![false; self.slots.len()];
@@ -454,7 +455,6 @@ impl HostQpair {
         s.seq = s.seq.wrapping_add(1);
         let tag = s.tag;
         self.free.push(slot as u16);
-        self.outstanding -= 1;
         self.stats.completed += 1;
         if cqe.status().same_code(Status::ABORTED_SQ_DELETION) {
             self.stats.aborted_sq_deletion += 1;
@@ -509,7 +509,7 @@ impl HostQpair {
         let target = self.assoc.transport.target().clone();
         crate::wait::until(&target, limit, "queue pair drain", || {
             self.poll(usize::MAX, f);
-            (self.outstanding == 0).then_some(())
+            (self.outstanding() == 0).then_some(())
         })
     }
 
@@ -529,7 +529,7 @@ impl HostQpair {
         match self.submit(sqe, DataBuf::None, DISCONNECT_TAG) {
             Ok(_) => {}
             Err(SubmitError::Closed(_)) => {}
-            Err(SubmitError::QueueFull(_)) => return Err(HostError::Busy(self.outstanding)),
+            Err(SubmitError::QueueFull(_)) => return Err(HostError::Busy(self.outstanding())),
         }
         let target = self.assoc.transport.target().clone();
         crate::wait::until(&target, limit, "disconnect", || {
@@ -540,7 +540,7 @@ impl HostQpair {
                     f(c);
                 }
             });
-            (self.outstanding == 0 && self.rings.target_done()).then_some(())
+            (self.outstanding() == 0 && self.rings.target_done()).then_some(())
         })?;
         match status {
             Some(s) if !s.is_success() && !s.same_code(Status::ABORTED_SQ_DELETION) => {
@@ -557,8 +557,8 @@ impl HostQpair {
     /// Connects this queue again after a reset (same QID and depth). The
     /// queue must be idle; waits (bounded) for the controller to be ready.
     pub fn reconnect(&mut self) -> Result<(), HostError> {
-        if self.outstanding > 0 {
-            return Err(HostError::Busy(self.outstanding));
+        if self.outstanding() > 0 {
+            return Err(HostError::Busy(self.outstanding()));
         }
         let generation = self.assoc.generation.load(Ordering::Acquire);
         let rings = self.assoc.connect_io_queue(self.qid, self.depth)?;

@@ -527,7 +527,6 @@ impl PollGroup {
                 slot.view = vi;
                 // 0: not timed (tracking was off when it was fetched).
                 slot.start_ns = if view.lat.is_some() { now_ns } else { 0 };
-                qp.in_backend += 1;
                 qp.set_cid(cid, true);
                 view.outstanding += 1;
                 view.stats.record_submit(plan.op, plan.xfer_bytes);
@@ -650,7 +649,6 @@ impl PollGroup {
                     h.record(now_ns.saturating_sub(slot.start_ns).max(1));
                 }
                 qp.free.push(si);
-                qp.in_backend -= 1;
                 qp.set_cid(cid, false);
                 let status = match c.result {
                     Ok(()) => Status::SUCCESS,

@@ -79,13 +79,12 @@ pub struct Qpair {
     pub tr: QpTransport,
     /// Request slots.
     pub slots: Box<[Slot]>,
-    /// Free slot indices.
+    /// Free slot indices. A slot not here is a command at a backend, so
+    /// their count is [`Qpair::in_backend`], with no counter per command.
     pub free: Vec<u16>,
     /// One bit per command identifier in use. A fixed array covering all
     /// 65,536 identifiers, so the index (`cid >> 6`) needs no bounds check.
     cid_busy: Box<[u64; CID_WORDS]>,
-    /// Commands handed to a backend and not yet completed.
-    pub in_backend: u32,
     /// State.
     pub state: QpState,
     /// An I/O queue whose Connect succeeded: its commands other than
@@ -126,7 +125,6 @@ impl Qpair {
             slots: vec![Slot::default(); entries as usize].into_boxed_slice(),
             free: (0..entries).rev().collect(),
             cid_busy: Box::new([0u64; CID_WORDS]),
-            in_backend: 0,
             state: QpState::Connecting,
             io_connected: false,
             parked: None,
@@ -145,6 +143,12 @@ impl Qpair {
         self.slots = vec![Slot::default(); entries as usize].into_boxed_slice();
         self.free = (0..entries).rev().collect();
         self.backlog = VecDeque::with_capacity(entries as usize);
+    }
+
+    /// Commands handed to a backend and not yet completed.
+    #[inline]
+    pub fn in_backend(&self) -> u32 {
+        (self.slots.len() - self.free.len()) as u32
     }
 
     /// Advances the SQ head by one fetched entry.

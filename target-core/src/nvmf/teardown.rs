@@ -203,10 +203,11 @@ impl PollGroup {
         else {
             return;
         };
+        let in_backend = qp.in_backend();
         let Some(drain) = qp.drain.as_mut() else {
             return;
         };
-        if qp.in_backend > 0 {
+        if in_backend > 0 {
             if now < drain.deadline_ms {
                 return;
             }
@@ -215,7 +216,7 @@ impl PollGroup {
                 // holding our commands; their answers come through poll.
                 tracing::warn!(
                     qid = qp.qid,
-                    in_flight = qp.in_backend,
+                    in_flight = in_backend,
                     "drain timed out; resetting backends"
                 );
                 let mut views: Vec<u32> = Vec::new();
@@ -236,7 +237,7 @@ impl PollGroup {
             // Stage 3: the backend kept them through its reset.
             tracing::error!(
                 qid = qp.qid,
-                in_flight = qp.in_backend,
+                in_flight = in_backend,
                 "backend still holds commands after its reset; failing the controller"
             );
             drain.stage = 2;
@@ -257,9 +258,9 @@ impl PollGroup {
         };
         let Some(mut qp) = e.qp.take() else { return };
         e.generation = e.generation.wrapping_add(1);
-        if qp.in_backend > 0 {
+        if qp.in_backend() > 0 {
             // Stage 3: the index waits for these before anyone reuses it.
-            e.orphans += qp.in_backend;
+            e.orphans += qp.in_backend();
         } else if e.orphans == 0 {
             self.free_qps.push(r.idx);
         }
@@ -318,7 +319,7 @@ impl PollGroup {
         }
         // A Disconnect is answered only when the queue really drained.
         if let Some(cid) = drain.as_ref().and_then(|d| d.disconnect_cid)
-            && qp.in_backend == 0
+            && qp.in_backend() == 0
         {
             qp.respond(cid, Status::SUCCESS, 0, DataBuf::None);
         }
@@ -615,7 +616,7 @@ impl PollGroup {
             let Some(qp) = self.qps[i].qp.as_deref() else {
                 continue;
             };
-            if qp.in_backend > 0
+            if qp.in_backend() > 0
                 && let Some(ctrl) = &qp.ctrl
             {
                 fail_controller(ctrl, "target stop", &self.stats.controllers_failed);
