@@ -471,9 +471,6 @@ impl HostQpair {
     ) -> bool {
         let slot = (cqe.cid & SLOT_MASK) as usize;
         let seq = cqe.cid >> SLOT_BITS;
-        let status = cqe.status();
-        // Only a failure pays for the recovery checks.
-        let retry_on = !status.is_success() && !status.dnr() && self.recovering();
         let Some(s) = self.slots.get_mut(slot) else {
             self.stats.stale += 1;
             return false;
@@ -482,12 +479,38 @@ impl HostQpair {
             self.stats.stale += 1;
             return false;
         }
-        let fabrics = || {
-            self.sqes
-                .get(slot)
-                .is_none_or(|q| q.opcode() == FABRICS_OPCODE)
-        };
-        if retry_on && s.retries < self.assoc.max_retries && !fabrics() {
+        // Only a failure pays for the recovery checks, out of line.
+        if !cqe.status().is_success() {
+            return self.complete_failed(slot, cqe, buf, f);
+        }
+        self.finish(slot, cqe, buf, f);
+        true
+    }
+
+    /// [`HostQpair::complete`] of a failed command (its slot checked): a
+    /// retryable failure parks it for resubmission, anything else
+    /// completes.
+    #[cold]
+    #[inline(never)]
+    fn complete_failed(
+        &mut self,
+        slot: usize,
+        cqe: CompletionEntry,
+        buf: DataBuf,
+        f: &mut impl FnMut(HostCompletion),
+    ) -> bool {
+        let status = cqe.status();
+        let retry_on = !status.dnr() && self.recovering();
+        let fabrics = self
+            .sqes
+            .get(slot)
+            .is_none_or(|q| q.opcode() == FABRICS_OPCODE);
+        let max_retries = self.assoc.max_retries;
+        if let Some(s) = self.slots.get_mut(slot)
+            && retry_on
+            && s.retries < max_retries
+            && !fabrics
+        {
             // Retryable: keep the slot busy under a new sequence (a late
             // duplicate is stale) and resubmit when the queue is live.
             s.retries += 1;
