@@ -171,6 +171,9 @@ impl Workload {
         s
     }
 
+    /// Out of line: the random and sequential modes' `next_io` then needs
+    /// no saved registers of its own.
+    #[inline(never)]
     fn next_verify(&mut self) -> (Op, u64) {
         if !self.filled {
             let slot = self.cursor;
