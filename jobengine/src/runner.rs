@@ -666,8 +666,9 @@ impl JobRun {
             self.note_recovery(port);
         }
         if !self.done_issuing(now_ns) && port.alive() {
+            let limit = self.spec.io_count.unwrap_or(u64::MAX);
             while let Some(i) = self.free.pop() {
-                if self.spec.io_count.is_some_and(|n| self.issued >= n) {
+                if self.issued >= limit {
                     self.free.push(i);
                     break;
                 }

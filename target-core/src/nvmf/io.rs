@@ -40,11 +40,14 @@ const DSM_AD: u32 = 1 << 2;
 
 /// Checks the bits every command must leave clear: dword 0 bits 13:10 and
 /// a reserved PSDT value. Fused operations are not supported.
+///
+/// Bits 15:8 of dword 0 must therefore read 00h, 40h or 80h. One test
+/// covers the three conditions: adding 40h to PSDT (bits 15:14) carries
+/// out of the byte only for the reserved 11b, and leaves FUSE and the
+/// reserved bits (13:8) as they were.
+#[inline]
 pub fn check_common(sqe: &SubmissionEntry) -> Result<(), Status> {
-    if sqe.cdw0_reserved() != 0 || sqe.psdt() == crate::spec::sqe::Psdt::Reserved {
-        return Err(Status::INVALID_FIELD.with_dnr());
-    }
-    if sqe.fuse() != 0 {
+    if ((sqe.cdw0 & 0xff00) + 0x4000) & 0x1_3f00 != 0 {
         return Err(Status::INVALID_FIELD.with_dnr());
     }
     Ok(())
@@ -177,6 +180,24 @@ fn check_range(slba: u64, blocks: u32, ns: &NsLimits) -> Result<(), Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_common_matches_the_fields_it_tests() {
+        for byte in 0..=0xffu32 {
+            let sqe = SubmissionEntry {
+                cdw0: 0x0002 | (byte << 8) | (0x1234 << 16),
+                ..Default::default()
+            };
+            let bad = sqe.cdw0_reserved() != 0
+                || sqe.psdt() == crate::spec::sqe::Psdt::Reserved
+                || sqe.fuse() != 0;
+            assert_eq!(
+                check_common(&sqe).is_err(),
+                bad,
+                "dword 0 bits 15:8 = {byte:#x}"
+            );
+        }
+    }
 
     const NS: NsLimits = NsLimits {
         block_shift: 9,

@@ -421,12 +421,7 @@ impl PollGroup {
         buf: &mut DataBuf,
         fresh: bool,
     ) -> bool {
-        let ExecCtx {
-            engine,
-            me,
-            now_ms,
-            now_ns,
-        } = *cx;
+        // The context's fields are read where used, not copied up front.
         if fresh {
             qp.advance_sqhd();
         }
@@ -435,10 +430,10 @@ impl PollGroup {
                 sqe: *sqe,
                 buf: std::mem::take(buf),
             };
-            Self::exec_admin(engine, qp, me, cap, now_ms);
+            Self::exec_admin(cx.engine, qp, cx.me, cap, cx.now_ms);
             return true;
         }
-        Self::exec_io(ns, qp, me, sqe, buf, now_ns)
+        Self::exec_io(ns, qp, cx.me, sqe, buf, cx.now_ns)
     }
 
     #[inline]

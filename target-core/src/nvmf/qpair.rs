@@ -69,8 +69,11 @@ pub struct Qpair {
     pub qid: u16,
     /// Submission queue entries.
     pub entries: u16,
-    /// SQ head reported in completions.
-    pub sqhd: u16,
+    /// Entries fetched from the submission queue since it was created.
+    /// The SQ head a completion reports is this modulo `entries`: computed
+    /// where a CQE is built, not kept per fetch (a ring-transport response
+    /// carries no SQ head at all). 64 bits, so it never wraps.
+    pub fetched: u64,
     /// Subsystem index, once connected.
     pub sid: u32,
     /// Controller, once connected.
@@ -118,7 +121,7 @@ impl Qpair {
         Self {
             qid: 0,
             entries,
-            sqhd: 0,
+            fetched: 0,
             sid: u32::MAX,
             ctrl: None,
             tr,
@@ -151,14 +154,16 @@ impl Qpair {
         (self.slots.len() - self.free.len()) as u32
     }
 
-    /// Advances the SQ head by one fetched entry.
+    /// Counts one fetched entry (the SQ head advances by one).
     #[inline]
     pub fn advance_sqhd(&mut self) {
-        self.sqhd = if self.sqhd + 1 >= self.entries {
-            0
-        } else {
-            self.sqhd + 1
-        };
+        self.fetched += 1;
+    }
+
+    /// The SQ head: the slot after the last one fetched.
+    #[inline]
+    pub fn sqhd(&self) -> u16 {
+        (self.fetched % u64::from(self.entries.max(1))) as u16
     }
 
     /// `true` if `cid` is outstanding.
@@ -198,14 +203,17 @@ impl Qpair {
         let mut cqe = CompletionEntry::new(cid, status);
         cqe.dw0 = dw0;
         cqe.dw1 = dw1;
-        cqe.sqhd = self.sqhd;
         cqe.sqid = self.qid;
         self.responses += 1;
         if !self.backlog.is_empty() {
+            cqe.sqhd = self.sqhd();
             self.backlog.push_back(Response { cqe, buf });
             return;
         }
-        if let Err(resp) = self.tr.send_cqe(cqe, buf) {
+        // Borrowed, not copied: only a transport that asks reads them.
+        let (fetched, entries) = (&self.fetched, &self.entries);
+        let sqhd = || (*fetched % u64::from((*entries).max(1))) as u16;
+        if let Err(resp) = self.tr.send_cqe(cqe, buf, sqhd) {
             self.backlog.push_back(resp);
         }
     }

@@ -697,11 +697,21 @@ impl QpTransport {
     }
     /// [`QpTransport::send`] of a CQE and its buffer: the rings build
     /// their entry in its slot from them (see `RingTransport::send_cqe`).
+    /// `sqhd` gives the SQ head, asked only by a transport whose responses
+    /// carry it (a ring's do not: it has flow control of its own).
     #[inline(always)]
-    pub fn send_cqe(&mut self, cqe: CompletionEntry, buf: DataBuf) -> Result<(), Response> {
+    pub fn send_cqe(
+        &mut self,
+        mut cqe: CompletionEntry,
+        buf: DataBuf,
+        sqhd: impl FnOnce() -> u16,
+    ) -> Result<(), Response> {
         match self {
             QpTransport::Ring(t) => t.send_cqe(cqe, buf),
-            QpTransport::Other(t) => t.send(Response { cqe, buf }),
+            QpTransport::Other(t) => {
+                cqe.sqhd = sqhd();
+                t.send(Response { cqe, buf })
+            }
         }
     }
     /// See [`QpairTransport::host_closed`].
