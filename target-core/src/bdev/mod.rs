@@ -48,6 +48,23 @@ pub enum IoOp {
     Deallocate,
 }
 
+impl IoOp {
+    /// How many operations there are: the size of a table indexed by one
+    /// (`op as usize`). `Deallocate` is the last; `last_is_deallocate`
+    /// stops compiling when a variant is added.
+    pub const COUNT: usize = IoOp::Deallocate as usize + 1;
+}
+
+/// Every variant, by name: adding one breaks this match, which is where
+/// `IoOp::COUNT` is to be checked.
+const fn last_is_deallocate(op: IoOp) -> bool {
+    match op {
+        IoOp::Read | IoOp::Write | IoOp::Flush | IoOp::WriteZeroes => false,
+        IoOp::Deallocate => true,
+    }
+}
+const _: () = assert!(last_is_deallocate(IoOp::Deallocate) && IoOp::COUNT == 5);
+
 /// One I/O handed to a channel.
 #[derive(Debug)]
 pub struct BdevIo {
