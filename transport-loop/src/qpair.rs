@@ -199,7 +199,12 @@ impl HostQpair {
 
     /// Counters.
     pub fn stats(&self) -> HostQpairStats {
-        self.stats
+        // Every command submitted either completed (which freed its slot)
+        // or holds a slot still: no counter per completion.
+        HostQpairStats {
+            completed: self.stats.submitted - u64::from(self.outstanding()),
+            ..self.stats
+        }
     }
 
     /// Live, closing or dead.
@@ -455,7 +460,6 @@ impl HostQpair {
         s.seq = s.seq.wrapping_add(1);
         let tag = s.tag;
         self.free.push(slot as u16);
-        self.stats.completed += 1;
         if cqe.status().same_code(Status::ABORTED_SQ_DELETION) {
             self.stats.aborted_sq_deletion += 1;
         }

@@ -31,8 +31,17 @@ pub struct NsLimits {
     pub num_blocks: u64,
     /// Writes are refused.
     pub read_only: bool,
-    /// Largest transfer in bytes (MDTS), 0 = unlimited.
+    /// Largest transfer in bytes (MDTS); `u64::MAX` when there is no
+    /// limit, so the check is one compare ([`NsLimits::max_xfer_from`]).
     pub max_xfer: u64,
+}
+
+impl NsLimits {
+    /// The `max_xfer` for a transfer limit in bytes where 0 means none
+    /// (MDTS's own convention, [`super::engine::EngineOptions::max_xfer_bytes`]).
+    pub fn max_xfer_from(bytes: u64) -> u64 {
+        if bytes == 0 { u64::MAX } else { bytes }
+    }
 }
 
 /// DSM attribute: Deallocate (AD), CDW11 bit 2.
@@ -81,7 +90,7 @@ fn plan_rw(
     }
     let blocks = sqe.block_count();
     let xfer = (blocks as u64) << ns.block_shift;
-    if ns.max_xfer != 0 && xfer > ns.max_xfer {
+    if xfer > ns.max_xfer {
         return Err(Status::INVALID_FIELD.with_dnr());
     }
     check_range(sqe.slba(), blocks, ns)?;

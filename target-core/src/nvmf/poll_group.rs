@@ -167,6 +167,8 @@ impl std::fmt::Debug for PollGroup {
 struct ExecCtx<'a> {
     engine: &'a Arc<Engine>,
     me: QpairRef,
+    /// `tag_prefix(me.idx, me.generation)`.
+    tag_prefix: u64,
     now_ms: u64,
     now_ns: u64,
 }
@@ -198,9 +200,18 @@ fn reclaim_qp_indices(qps: &[QpEntry], free_qps: &mut Vec<u32>) {
     }
 }
 
+/// The queue pair's half of a backend tag ([`encode_tag`]): the same for
+/// each of its commands, so built once per pass, not per command.
 #[inline]
-fn encode_tag(qi: u32, qgen: u32, slot: u16, sgen: u16) -> u64 {
-    ((qi as u64) << 48) | (((qgen & 0xffff) as u64) << 32) | ((slot as u64) << 16) | sgen as u64
+fn tag_prefix(qi: u32, qgen: u32) -> u64 {
+    ((qi as u64) << 48) | (((qgen & 0xffff) as u64) << 32)
+}
+
+/// A backend tag: queue pair index and generation ([`tag_prefix`]), request
+/// slot and its generation ([`decode_tag`] takes it apart).
+#[inline]
+fn encode_tag(prefix: u64, slot: u16, sgen: u16) -> u64 {
+    prefix | ((slot as u64) << 16) | sgen as u64
 }
 
 #[inline]
@@ -367,6 +378,7 @@ impl PollGroup {
         let cx = ExecCtx {
             engine,
             me,
+            tag_prefix: tag_prefix(qi, qgen),
             now_ms: *now_ms,
             now_ns: *now_ns,
         };
@@ -433,14 +445,14 @@ impl PollGroup {
             Self::exec_admin(cx.engine, qp, cx.me, cap, cx.now_ms);
             return true;
         }
-        Self::exec_io(ns, qp, cx.me, sqe, buf, cx.now_ns)
+        Self::exec_io(ns, qp, cx.tag_prefix, sqe, buf, cx.now_ns)
     }
 
     #[inline]
     fn exec_io(
         ns: &mut NsTable,
         qp: &mut Qpair,
-        me: QpairRef,
+        tag_prefix: u64,
         sqe: &SubmissionEntry,
         buf: &mut DataBuf,
         now_ns: u64,
@@ -507,7 +519,7 @@ impl PollGroup {
         };
         let sgen = qp.slots[si as usize].generation;
         let io = BdevIo {
-            tag: encode_tag(me.idx, me.generation, si, sgen),
+            tag: encode_tag(tag_prefix, si, sgen),
             op: plan.op,
             lba: plan.lba,
             blocks: plan.blocks,
@@ -726,7 +738,7 @@ impl PollGroup {
             block_shift: info.block_size.trailing_zeros(),
             num_blocks: info.num_blocks,
             read_only: ns.read_only,
-            max_xfer: self.engine.opts.max_xfer_bytes(),
+            max_xfer: NsLimits::max_xfer_from(self.engine.opts.max_xfer_bytes()),
         };
         if self.ns.lookup(sid, ns.nsid).is_some() {
             tracing::warn!(nsid = ns.nsid, "replacing an existing namespace view");
