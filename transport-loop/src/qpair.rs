@@ -359,6 +359,7 @@ impl HostQpair {
             while let Some((slot, buf, status)) = self.parked.pop_front() {
                 let mut cqe = CompletionEntry::new(slot, status);
                 cqe.sqid = self.qid;
+                self.count_failure(status);
                 self.finish(slot as usize, cqe, buf, f);
                 n += 1;
             }
@@ -440,13 +441,15 @@ impl HostQpair {
             let mut cqe = CompletionEntry::new(slot as u16, Status::HOST_PATHING_ERROR.with_dnr());
             cqe.sqid = self.qid;
             self.stats.cancelled += 1;
+            self.count_failure(cqe.status());
             self.finish(slot, cqe, DataBuf::None, f);
             n += 1;
         }
         n
     }
 
-    /// Delivers the completion of busy slot `slot`.
+    /// Delivers the completion of busy slot `slot`. A caller with a failed
+    /// status counts it first ([`HostQpair::count_failure`]).
     #[inline]
     fn finish(
         &mut self,
@@ -460,9 +463,6 @@ impl HostQpair {
         s.seq = s.seq.wrapping_add(1);
         let tag = s.tag;
         self.free.push(slot as u16);
-        if cqe.status().same_code(Status::ABORTED_SQ_DELETION) {
-            self.stats.aborted_sq_deletion += 1;
-        }
         f(HostCompletion { tag, cqe, buf });
     }
 
@@ -523,8 +523,17 @@ impl HostQpair {
             self.parked.push_back((slot as u16, buf, status));
             return false;
         }
+        self.count_failure(status);
         self.finish(slot, cqe, buf, f);
         true
+    }
+
+    /// Counts a failed command as it completes. Only the failure paths call
+    /// it, so a successful completion tests nothing for it.
+    fn count_failure(&mut self, status: Status) {
+        if status.same_code(Status::ABORTED_SQ_DELETION) {
+            self.stats.aborted_sq_deletion += 1;
+        }
     }
 
     /// Polls until nothing is outstanding (bounded by `limit`).
