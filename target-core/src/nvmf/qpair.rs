@@ -59,6 +59,12 @@ impl std::fmt::Debug for Drain {
     }
 }
 
+/// The SQ head after `fetched` entries of a queue of `entries`.
+#[inline]
+fn sq_head(fetched: u64, entries: u16) -> u16 {
+    (fetched % u64::from(entries.max(1))) as u16
+}
+
 /// Words of the command-identifier bitmap: one bit for each `u16`.
 const CID_WORDS: usize = 1 << 10;
 
@@ -163,7 +169,7 @@ impl Qpair {
     /// The SQ head: the slot after the last one fetched.
     #[inline]
     pub fn sqhd(&self) -> u16 {
-        (self.fetched % u64::from(self.entries.max(1))) as u16
+        sq_head(self.fetched, self.entries)
     }
 
     /// `true` if `cid` is outstanding.
@@ -212,7 +218,7 @@ impl Qpair {
         }
         // Borrowed, not copied: only a transport that asks reads them.
         let (fetched, entries) = (&self.fetched, &self.entries);
-        let sqhd = || (*fetched % u64::from((*entries).max(1))) as u16;
+        let sqhd = || sq_head(*fetched, *entries);
         if let Err(resp) = self.tr.send_cqe(cqe, buf, sqhd) {
             self.backlog.push_back(resp);
         }
