@@ -251,35 +251,33 @@ impl HostQpair {
         buf: DataBuf,
         tag: u64,
     ) -> Result<u16, SubmitError> {
-        let Some(slot) = self.free.pop() else {
+        // Both checks first, so the buffer moves once, into the ring, and
+        // a refused one goes back untouched.
+        let Some(&slot) = self.free.last() else {
             return Err(SubmitError::QueueFull(buf));
         };
+        let Some(sq) = self.rings.sq_slot() else {
+            return Err(if self.rings.is_live() {
+                SubmitError::QueueFull(buf)
+            } else {
+                SubmitError::Closed(buf)
+            });
+        };
+        self.free.pop();
         let s = &mut self.slots[slot as usize];
         let cid = slot | ((s.seq & 0xf) << SLOT_BITS);
-        let pushed = self.rings.submit_deferred_with(buf, || make_sqe(cid));
-        if pushed.is_ok() && !self.batch_doorbell {
+        sq.fill(&make_sqe(cid), buf);
+        if !self.batch_doorbell {
             self.rings.ring_doorbell();
         }
-        match pushed {
-            Ok(()) => {
-                s.busy = true;
-                s.tag = tag;
-                s.retries = 0;
-                if let Some(keep) = self.sqes.get_mut(slot as usize) {
-                    *keep = make_sqe(cid);
-                }
-                self.stats.submitted += 1;
-                Ok(cid)
-            }
-            Err(buf) => {
-                self.free.push(slot);
-                if self.rings.is_live() {
-                    Err(SubmitError::QueueFull(buf))
-                } else {
-                    Err(SubmitError::Closed(buf))
-                }
-            }
+        s.busy = true;
+        s.tag = tag;
+        s.retries = 0;
+        if let Some(keep) = self.sqes.get_mut(slot as usize) {
+            *keep = make_sqe(cid);
         }
+        self.stats.submitted += 1;
+        Ok(cid)
     }
 
     /// Delivers up to `max` completions to `f`. Returns how many.

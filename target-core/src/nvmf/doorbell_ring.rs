@@ -208,6 +208,25 @@ impl<T: Send> Producer<T> {
         Ok(())
     }
 
+    /// The next slot, when the ring has room: writing it then cannot
+    /// fail. A caller that would otherwise hand its entry's parts to a
+    /// fallible push, only to get them back when the ring is full, checks
+    /// first and moves them once, straight into the slot.
+    #[inline(always)]
+    pub fn vacant(&mut self) -> Option<Vacant<'_, T>> {
+        let cap = self.inner.capacity;
+        if self.tail.wrapping_sub(self.cached_head) >= cap {
+            self.cached_head = self.inner.head.0.load(Ordering::Acquire);
+            if self.tail.wrapping_sub(self.cached_head) >= cap {
+                return None;
+            }
+        }
+        // The slot is found (and bounds-checked) before the caller builds
+        // its entry, so the entry is built where it goes, not on the stack.
+        let cell = self.inner.slots[self.tail & self.inner.mask].0.get();
+        Some(Vacant { p: self, cell })
+    }
+
     /// Makes every pushed entry visible to the consumer (the doorbell).
     #[inline]
     pub fn publish(&mut self) {
@@ -215,6 +234,29 @@ impl<T: Send> Producer<T> {
             self.inner.tail.0.store(self.tail, Ordering::Release);
             self.published = self.tail;
         }
+    }
+}
+
+/// A free slot at the producer's tail ([`Producer::vacant`]); dropped
+/// unwritten, it leaves the ring as it was.
+#[derive(Debug)]
+pub struct Vacant<'a, T: Send> {
+    p: &'a mut Producer<T>,
+    /// The slot at `p.tail`, inside `p`'s ring (which the borrow keeps).
+    cell: *mut MaybeUninit<T>,
+}
+
+impl<T: Send> Vacant<'_, T> {
+    /// Writes `v` into the slot, unpublished (see [`Producer::publish`]).
+    #[inline(always)]
+    pub fn write(self, v: T) {
+        // SAFETY: `cell` is the slot at the producer's tail, in the ring the
+        // `&mut` borrow keeps alive and whose tail it keeps where
+        // `Producer::vacant` checked it: outside the window the consumer
+        // may read (`tail - head < capacity` with the head it published).
+        // Only this producer writes slots.
+        unsafe { (*self.cell).write(v) };
+        self.p.tail = self.p.tail.wrapping_add(1);
     }
 }
 
@@ -371,6 +413,24 @@ mod tests {
         p.publish();
         assert_eq!(c.pop(), Some((1, "a".to_string())));
         assert_eq!(c.pop(), Some((2, "b".to_string())));
+    }
+
+    #[test]
+    fn a_vacant_slot_is_there_only_while_the_ring_has_room() {
+        let (mut p, mut c) = ring::<u32>(2);
+        p.vacant().expect("empty ring has room").write(1);
+        // Asked for and left unwritten: nothing changes.
+        assert!(p.vacant().is_some());
+        p.vacant().expect("one slot left").write(2);
+        assert!(p.vacant().is_none(), "full");
+        p.publish();
+        assert_eq!(c.pop(), Some(1));
+        c.release();
+        p.vacant().expect("a slot came back").write(3);
+        p.publish();
+        assert_eq!(c.pop(), Some(2));
+        assert_eq!(c.pop(), Some(3));
+        assert_eq!(c.pop(), None);
     }
 
     #[test]

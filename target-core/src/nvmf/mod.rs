@@ -42,5 +42,5 @@ pub use poll_group::PollGroup;
 pub use subsystem::{Namespace, Subsystem, SubsystemParams};
 pub use target::{NvmfTarget, TargetError, TargetOptions};
 pub use transport::{
-    Capsule, CapsuleParams, QpTransport, QueueRings, Response, RingCapsule, RingResponse,
+    Capsule, CapsuleParams, QpTransport, QueueRings, Response, RingCapsule, RingResponse, SqSlot,
 };

@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::doorbell_ring::{Consumer, Producer, Remains, ring};
+use super::doorbell_ring::{Consumer, Producer, Remains, Vacant, ring};
 
 use crate::iobuf::{DataBuf, IoBuf};
 use crate::spec::{CompletionEntry, SubmissionEntry};
@@ -349,6 +349,19 @@ impl fmt::Debug for QueueRings {
     }
 }
 
+/// A free slot of a submission ring ([`QueueRings::sq_slot`]).
+#[derive(Debug)]
+pub struct SqSlot<'a>(Vacant<'a, RingCapsule>);
+
+impl SqSlot<'_> {
+    /// Writes the capsule of `sqe` and `buf`, unpublished (the doorbell,
+    /// [`QueueRings::ring_doorbell`], shows it to the target).
+    #[inline(always)]
+    pub fn fill(self, sqe: &SubmissionEntry, buf: DataBuf) {
+        self.0.write(RingCapsule::new(sqe, buf));
+    }
+}
+
 /// A view of a queue pair's state that can be kept apart from its rings.
 #[derive(Clone)]
 pub struct RingState(Arc<Shared>);
@@ -411,26 +424,26 @@ impl QueueRings {
     /// doorbell: the target sees it after [`QueueRings::ring_doorbell`].
     #[inline]
     pub fn submit_deferred(&mut self, c: Capsule) -> Result<(), Capsule> {
-        let Capsule { sqe, buf } = c;
-        self.submit_deferred_with(buf, || sqe)
-            .map_err(|buf| Capsule { sqe, buf })
+        match self.sq_slot() {
+            Some(slot) => {
+                slot.fill(&c.sqe, c.buf);
+                Ok(())
+            }
+            None => Err(c),
+        }
     }
 
-    /// Host side: [`QueueRings::submit_deferred`] of a capsule whose SQE
-    /// `make_sqe` builds once the ring has room, straight into its slot
-    /// (a finished SQE passed in is copied there through the stack). `Err`
-    /// gives the buffer back.
+    /// Host side: the submission ring's next slot, when the queue is live
+    /// and the ring has room; `None` otherwise ([`QueueRings::is_live`]
+    /// tells which). Filling it cannot fail, so a caller keeps its buffer
+    /// until it knows the command goes, and then moves it once, into the
+    /// slot, with the SQE built there too.
     #[inline(always)]
-    pub fn submit_deferred_with(
-        &mut self,
-        buf: DataBuf,
-        make_sqe: impl FnOnce() -> SubmissionEntry,
-    ) -> Result<(), DataBuf> {
+    pub fn sq_slot(&mut self) -> Option<SqSlot<'_>> {
         if self.shared.state.load(Ordering::Acquire) != LIVE {
-            return Err(buf);
+            return None;
         }
-        self.sq
-            .push_with(buf, |buf| RingCapsule::new(&make_sqe(), buf))
+        self.sq.vacant().map(SqSlot)
     }
 
     /// Host side: makes every capsule submitted so far visible to the target.
