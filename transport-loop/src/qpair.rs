@@ -295,9 +295,14 @@ impl HostQpair {
             let mut taken = 0;
             let qid = self.qid;
             while taken < ready && n < max {
-                let Some(done) = cq.pop_with(|r| {
-                    let (cqe, buf) = r.take(qid);
-                    self.complete(cqe, buf, f)
+                let Some(done) = cq.pop_with(|r| match r.plain_cqe(qid) {
+                    // The buffer moves once, from the ring to the caller's
+                    // completion, instead of through two stack copies.
+                    Some(cqe) => self.complete(cqe, r.buf_mut(), f),
+                    None => {
+                        let (cqe, mut buf) = r.take(qid);
+                        self.complete(cqe, &mut buf, f)
+                    }
                 }) else {
                     break;
                 };
@@ -310,8 +315,8 @@ impl HostQpair {
         if n == 0 && self.outstanding() > 0 && self.rings.target_done() {
             // Everything the target will say has been said: what is still
             // in the submission ring was never fetched.
-            while let Some(resp) = self.rings.reap() {
-                if self.complete(resp.cqe, resp.buf, f) {
+            while let Some(mut resp) = self.rings.reap() {
+                if self.complete(resp.cqe, &mut resp.buf, f) {
                     n += 1;
                 }
             }
@@ -319,7 +324,8 @@ impl HostQpair {
                 let mut cqe = CompletionEntry::new(cap.sqe.cid(), Status::ABORTED_SQ_DELETION);
                 cqe.sqid = self.qid;
                 self.stats.reclaimed += 1;
-                if self.complete(cqe, cap.buf, f) {
+                let mut buf = cap.buf;
+                if self.complete(cqe, &mut buf, f) {
                     n += 1;
                 }
             }
@@ -358,7 +364,7 @@ impl HostQpair {
                 let mut cqe = CompletionEntry::new(slot, status);
                 cqe.sqid = self.qid;
                 self.count_failure(status);
-                self.finish(slot as usize, cqe, buf, f);
+                self.finish(slot as usize, cqe, &mut { buf }, f);
                 n += 1;
             }
             return n;
@@ -440,20 +446,21 @@ impl HostQpair {
             cqe.sqid = self.qid;
             self.stats.cancelled += 1;
             self.count_failure(cqe.status());
-            self.finish(slot, cqe, DataBuf::None, f);
+            self.finish(slot, cqe, &mut DataBuf::None, f);
             n += 1;
         }
         n
     }
 
-    /// Delivers the completion of busy slot `slot`. A caller with a failed
-    /// status counts it first ([`HostQpair::count_failure`]).
+    /// Delivers the completion of busy slot `slot`, with the buffer taken
+    /// from `buf` (a ring slot, for a reaped response). A caller with a
+    /// failed status counts it first ([`HostQpair::count_failure`]).
     #[inline]
     fn finish(
         &mut self,
         slot: usize,
         cqe: CompletionEntry,
-        buf: DataBuf,
+        buf: &mut DataBuf,
         f: &mut impl FnMut(HostCompletion),
     ) {
         let s = &mut self.slots[slot];
@@ -461,14 +468,21 @@ impl HostQpair {
         s.seq = s.seq.wrapping_add(1);
         let tag = s.tag;
         self.free.push(slot as u16);
-        f(HostCompletion { tag, cqe, buf });
+        f(HostCompletion {
+            tag,
+            cqe,
+            buf: std::mem::take(buf),
+        });
     }
 
+    /// Completes a response: its buffer is taken from `buf` only when the
+    /// command is delivered (a stale response leaves it there, to be
+    /// dropped with its ring slot or by the caller).
     #[inline(always)]
     fn complete(
         &mut self,
         cqe: CompletionEntry,
-        buf: DataBuf,
+        buf: &mut DataBuf,
         f: &mut impl FnMut(HostCompletion),
     ) -> bool {
         let slot = (cqe.cid & SLOT_MASK) as usize;
@@ -483,7 +497,7 @@ impl HostQpair {
         }
         // Only a failure pays for the recovery checks, out of line.
         if !cqe.status().is_success() {
-            return self.complete_failed(slot, cqe, buf, f);
+            return self.complete_failed(slot, cqe, std::mem::take(buf), f);
         }
         self.finish(slot, cqe, buf, f);
         true
@@ -522,7 +536,7 @@ impl HostQpair {
             return false;
         }
         self.count_failure(status);
-        self.finish(slot, cqe, buf, f);
+        self.finish(slot, cqe, &mut { buf }, f);
         true
     }
 

@@ -165,6 +165,31 @@ impl RingResponse {
         }
     }
 
+    /// The CQE (SQHD 0, SQID `sqid`) of a response without a packed DW1
+    /// (every I/O response), its buffer left where it lies for the caller
+    /// to move once, straight to where it goes ([`RingResponse::buf_mut`]).
+    /// `None` for a packed DW1, which [`RingResponse::take`] unpacks.
+    #[inline(always)]
+    pub fn plain_cqe(&self, sqid: u16) -> Option<CompletionEntry> {
+        if self.status & DW1_PACKED != 0 {
+            return None;
+        }
+        Some(CompletionEntry {
+            dw0: self.dw0,
+            dw1: 0,
+            sqhd: 0,
+            sqid,
+            cid: self.cid,
+            status: self.status,
+        })
+    }
+
+    /// The buffer, in the slot.
+    #[inline(always)]
+    pub fn buf_mut(&mut self) -> &mut DataBuf {
+        &mut self.buf
+    }
+
     /// The CQE (SQHD 0, SQID `sqid`) and the buffer, moved out: what is
     /// left owns nothing.
     #[inline(always)]
