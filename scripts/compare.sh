@@ -4,9 +4,11 @@
 #   scripts/compare.sh [-n ROUNDS] [--label-a NAME] [--label-b NAME] -- 'CMD A' 'CMD B'
 #
 # Each CMD is an nvmf-bench command line without --output (this script adds
-# one per run). The two run alternately (A B A B ...) ROUNDS times, so slow
-# drift of a noisy 2-core machine hits both sides alike; the result is the
-# median IOPS of each side and the ratio B/A, plus every run's figure.
+# one per run). The two run alternately (A B, B A, A B ...) ROUNDS times, so slow
+# drift of a noisy 2-core machine hits both sides alike (which side runs
+# first alternates too); the result is the median IOPS of each side and
+# the ratio B/A, the median of each round's own B/A and how many rounds B
+# won, plus every run's figure.
 # Two-core runs also show the host-reactor cache-line round trip nvmf-bench
 # measured before and after each (machine.json, as "before>after" ns): on a
 # VM it moves between runs, and the IOPS with it. A machine-readable copy goes to compare.json in the output folder
@@ -37,7 +39,7 @@ while [ $# -gt 0 ]; do
         --label-b) label_b="$2"; shift 2 ;;
         --max-rtt) max_rtt="$2"; shift 2 ;;
         --) shift; break ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
@@ -100,8 +102,16 @@ tries=0
 set_aside=0
 while [ "$i" -lt "$rounds" ] && [ "$tries" -lt $((rounds * 3)) ]; do
     tries=$((tries + 1))
-    read -r a rta <<<"$(run_one a "$cmd_a" "$tries")"
-    read -r b rtb <<<"$(run_one b "$cmd_b" "$tries")"
+    # A first in odd tries, B first in even ones: whatever the run before
+    # leaves behind (a warmer cache, a turbo budget spent, the host's
+    # other load drifting) falls on both sides alike.
+    if [ $((tries % 2)) -eq 1 ]; then
+        read -r a rta <<<"$(run_one a "$cmd_a" "$tries")"
+        read -r b rtb <<<"$(run_one b "$cmd_b" "$tries")"
+    else
+        read -r b rtb <<<"$(run_one b "$cmd_b" "$tries")"
+        read -r a rta <<<"$(run_one a "$cmd_a" "$tries")"
+    fi
     rt=""
     [ "$rta$rtb" != "--" ] && rt=" (core round trip $rta / $rtb ns)"
     if [ "$(placed "$rta" "$rtb")" != yes ]; then
@@ -133,6 +143,11 @@ def rts(v):
 a = [float(x) for x in ra.split()]
 b = [float(x) for x in rb.split()]
 ma, mb = statistics.median(a), statistics.median(b)
+# Each round's own ratio: the two runs of a round share the machine's
+# state of that minute, so their ratio is steadier than either side.
+pairs = [y / x for x, y in zip(a, b) if x]
+pm = statistics.median(pairs) if pairs else None
+b_wins = sum(1 for r in pairs if r > 1)
 def spread(v):
     m = statistics.median(v)
     return (max(v) - min(v)) / m if m else 0.0
@@ -142,6 +157,9 @@ res = {
     "b": {"label": lb, "command": cb, "iops": b, "median": mb, "spread": spread(b),
           "core_round_trip_ns": rts(tb)},
     "ratio_b_over_a": mb / ma if ma else None,
+    "round_ratios_b_over_a": pairs,
+    "round_ratio_median": pm,
+    "rounds_b_faster": b_wins,
     "max_round_trip_ns": int(max_rtt) if max_rtt else None,
     "rounds_set_aside": int(aside),
 }
@@ -149,6 +167,8 @@ json.dump(res, open(path, "w"), indent=2)
 print(f"{la}: median {ma/1e6:.3f} M IOPS (spread {spread(a)*100:.1f} %)")
 print(f"{lb}: median {mb/1e6:.3f} M IOPS (spread {spread(b)*100:.1f} %)")
 print(f"ratio {lb}/{la}: {mb/ma:.3f}" if ma else "ratio: n/a")
+if pm is not None:
+    print(f"ratio by round: median {pm:.3f}, {lb} faster in {b_wins} of {len(pairs)} rounds")
 if max_rtt:
     print(f"rounds kept: {len(a)} with core round trips at most {max_rtt} ns; set aside: {aside}")
 print(f"results: {path}")
