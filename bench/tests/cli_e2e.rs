@@ -374,3 +374,57 @@ fn a_run_with_some_errors_says_how_many() {
     assert!(t.contains(&format!("{errors} I/O(s) failed")), "{t}");
     assert!(t.contains(&format!("{errors} of 2000 I/Os failed")), "{t}");
 }
+
+/// `scripts/compare.sh`, the tool every ratio in the README comes from:
+/// two rounds of two short direct runs give both sides' figures, each
+/// round's own ratio, and the order of the sides alternates by round
+/// (seen in when each run's summary was written).
+#[test]
+fn compare_script_alternates_sides_and_reports_round_ratios() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let bin = env!("CARGO_BIN_EXE_nvmf-bench");
+    let side = |qd: &str| {
+        format!(
+            "{bin} --quiet --config configs/null-bench.toml --reactor-cores 0 \
+             --target direct --inline --io-count 20000 -q {qd}"
+        )
+    };
+    let o = Command::new("bash")
+        .arg(root.join("scripts/compare.sh"))
+        .args(["-n", "2", "--", &side("1"), &side("8")])
+        .env("COMPARE_OUT", &out)
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ratio by round: median"), "{}", text(&o));
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
+    assert_eq!(c["a"]["iops"].as_array().unwrap().len(), 2);
+    assert_eq!(c["b"]["iops"].as_array().unwrap().len(), 2);
+    let ratios = c["round_ratios_b_over_a"].as_array().unwrap();
+    assert_eq!(ratios.len(), 2);
+    let (a, b) = (&c["a"]["iops"], &c["b"]["iops"]);
+    for (i, r) in ratios.iter().enumerate() {
+        let want = b[i].as_f64().unwrap() / a[i].as_f64().unwrap();
+        assert!(
+            (r.as_f64().unwrap() - want).abs() < 1e-9,
+            "round {i}: {r} vs {want}"
+        );
+    }
+    let won = c["rounds_b_faster"].as_u64().unwrap();
+    assert_eq!(
+        won,
+        ratios.iter().filter(|r| r.as_f64().unwrap() > 1.0).count() as u64
+    );
+    let written = |run: &str| {
+        std::fs::metadata(out.join(run).join("summary.json"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    assert!(written("a-1") < written("b-1"), "round 1 runs A first");
+    assert!(written("b-2") < written("a-2"), "round 2 runs B first");
+}
