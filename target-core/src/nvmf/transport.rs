@@ -174,14 +174,20 @@ impl RingResponse {
         if self.status & DW1_PACKED != 0 {
             return None;
         }
-        Some(CompletionEntry {
+        Some(self.cqe(sqid))
+    }
+
+    /// The CQE as the slot holds it: DW1 0, the packed flag as it is.
+    #[inline(always)]
+    fn cqe(&self, sqid: u16) -> CompletionEntry {
+        CompletionEntry {
             dw0: self.dw0,
             dw1: 0,
             sqhd: 0,
             sqid,
             cid: self.cid,
             status: self.status,
-        })
+        }
     }
 
     /// The buffer, in the slot.
@@ -194,14 +200,7 @@ impl RingResponse {
     /// left owns nothing.
     #[inline(always)]
     pub fn take(&mut self, sqid: u16) -> (CompletionEntry, DataBuf) {
-        let mut cqe = CompletionEntry {
-            dw0: self.dw0,
-            dw1: 0,
-            sqhd: 0,
-            sqid,
-            cid: self.cid,
-            status: self.status,
-        };
+        let mut cqe = self.cqe(sqid);
         let mut buf = std::mem::take(&mut self.buf);
         if cqe.status & DW1_PACKED != 0 {
             (cqe.dw1, buf) = Self::unpack(buf);
