@@ -9,7 +9,8 @@
 //! flight that per-entry ping-pong is what makes a two-core loop run fast or
 //! slow depending on how the two threads happen to line up. Here the
 //! producer publishes its tail when it rings the doorbell
-//! ([`Producer::publish`]), once per batch, and the consumer publishes its
+//! ([`Producer::publish`]), once per batch (or more often, at the
+//! producer's choice: [`Producer::publish_every`]), and the consumer publishes its
 //! head once per batch ([`Consumer::release`], also every
 //! [`RELEASE_EVERY`] pops so a consumer that never calls it cannot starve
 //! the producer for long).
@@ -204,8 +205,31 @@ impl<T: Send> Producer<T> {
         // SAFETY: as in `push`: the slot holds no entry the consumer may
         // still read, and only this producer writes slots.
         unsafe { (*cell).write(make(arg)) };
-        self.tail = self.tail.wrapping_add(1);
+        self.advance();
         Ok(())
+    }
+
+    #[inline(always)]
+    fn advance(&mut self) {
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Publishes once `every` entries wait unpublished: a producer that
+    /// calls it after each push lets a consumer on another core start on
+    /// a long burst's first entries while the rest are written.
+    #[inline(always)]
+    pub fn publish_every(&mut self, every: usize) {
+        if self.tail.wrapping_sub(self.published) >= every {
+            self.publish_midway();
+        }
+    }
+
+    /// Out of line: it runs once per many entries, and inlined it costs
+    /// the caller registers.
+    #[cold]
+    #[inline(never)]
+    fn publish_midway(&mut self) {
+        self.publish();
     }
 
     /// The next slot, when the ring has room: writing it then cannot
@@ -256,7 +280,7 @@ impl<T: Send> Vacant<'_, T> {
         // may read (`tail - head < capacity` with the head it published).
         // Only this producer writes slots.
         unsafe { (*self.cell).write(v) };
-        self.p.tail = self.p.tail.wrapping_add(1);
+        self.p.advance();
     }
 }
 
@@ -443,6 +467,28 @@ mod tests {
         assert_eq!(c.pop(), Some(1));
         assert_eq!(c.pop(), Some(2));
         assert_eq!(c.pop(), None);
+    }
+
+    #[test]
+    fn publish_every_publishes_a_long_burst_as_it_is_written() {
+        const EVERY: usize = 8;
+        let (mut p, mut c) = ring::<usize>(4 * EVERY);
+        for i in 0..EVERY - 1 {
+            p.push(i).unwrap();
+            p.publish_every(EVERY);
+        }
+        assert_eq!(c.available(), 0, "below the interval: the doorbell's");
+        p.push(EVERY - 1).unwrap();
+        p.publish_every(EVERY);
+        assert_eq!(c.available(), EVERY, "published at the interval");
+        p.vacant().unwrap().write(EVERY);
+        p.publish_every(EVERY);
+        assert_eq!(c.available(), EVERY, "the next one waits again");
+        for i in 0..=EVERY {
+            assert_eq!(c.pop(), Some(i).filter(|_| i < EVERY));
+        }
+        p.publish();
+        assert_eq!(c.pop(), Some(EVERY));
     }
 
     #[test]

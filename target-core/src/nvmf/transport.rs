@@ -373,6 +373,15 @@ impl fmt::Debug for QueueRings {
     }
 }
 
+/// The target publishes a completion ring's tail at least every this
+/// many responses within a pass (and at the pass's end), so a host on
+/// another core reaps a long batch's first responses while the rest are
+/// written. Two cores, QD 128 (64-response batches), at a vCPU placement
+/// with ~400 ns round trips: +8 % IOPS in alternating runs, +13 % in a
+/// profiling build; at ~100 ns no change measurable (README, tenth
+/// round). Every 16 on both rings was 5 % slower at ~100 ns.
+const CQ_PUBLISH_EVERY: usize = 32;
+
 /// A free slot of a submission ring ([`QueueRings::sq_slot`]).
 #[derive(Debug)]
 pub struct SqSlot<'a>(Vacant<'a, RingCapsule>);
@@ -608,7 +617,9 @@ impl RingTransport {
         }
         self.cq
             .push_with(buf, |buf| RingResponse::plain(&cqe, buf))
-            .map_err(|buf| Response { cqe, buf })
+            .map_err(|buf| Response { cqe, buf })?;
+        self.cq.publish_every(CQ_PUBLISH_EVERY);
+        Ok(())
     }
 }
 
