@@ -324,8 +324,7 @@ impl HostQpair {
                 let mut cqe = CompletionEntry::new(cap.sqe.cid(), Status::ABORTED_SQ_DELETION);
                 cqe.sqid = self.qid;
                 self.stats.reclaimed += 1;
-                let mut buf = cap.buf;
-                if self.complete(cqe, &mut buf, f) {
+                if self.complete(cqe, &mut { cap.buf }, f) {
                     n += 1;
                 }
             }

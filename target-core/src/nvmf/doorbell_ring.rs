@@ -10,8 +10,8 @@
 //! slow depending on how the two threads happen to line up. Here the
 //! producer publishes its tail when it rings the doorbell
 //! ([`Producer::publish`]), once per batch (or more often, at the
-//! producer's choice: [`Producer::publish_every`]), and the consumer publishes its
-//! head once per batch ([`Consumer::release`], also every
+//! producer's choice: [`Producer::publish_every`]), and the consumer
+//! publishes its head once per batch ([`Consumer::release`], also every
 //! [`RELEASE_EVERY`] pops so a consumer that never calls it cannot starve
 //! the producer for long).
 //!
@@ -205,13 +205,8 @@ impl<T: Send> Producer<T> {
         // SAFETY: as in `push`: the slot holds no entry the consumer may
         // still read, and only this producer writes slots.
         unsafe { (*cell).write(make(arg)) };
-        self.advance();
-        Ok(())
-    }
-
-    #[inline(always)]
-    fn advance(&mut self) {
         self.tail = self.tail.wrapping_add(1);
+        Ok(())
     }
 
     /// Publishes once `every` entries wait unpublished: a producer that
@@ -280,7 +275,7 @@ impl<T: Send> Vacant<'_, T> {
         // may read (`tail - head < capacity` with the head it published).
         // Only this producer writes slots.
         unsafe { (*self.cell).write(v) };
-        self.p.advance();
+        self.p.tail = self.p.tail.wrapping_add(1);
     }
 }
 
