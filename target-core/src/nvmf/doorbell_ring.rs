@@ -76,18 +76,17 @@ fn prefetch<T>(slot: *const Slot<T>) {
 /// producer stalls for a cross-core trip per line. Asked a few entries
 /// (some hundreds of nanoseconds of work) ahead, the trip overlaps the
 /// work instead. Measured on an Intel Xeon (Emerald Rapids) guest whose
-/// two vCPUs were ~350 ns apart: two cores +25 to +35 % in alternating
-/// runs, the host's stall on its submission stores (`perf`, `cpu-clock`)
-/// from 44 % of its samples to about 20 %; 16 ahead measured the same as
-/// 8 (README, eleventh round). On the AMD EPYC guest of earlier rounds,
-/// at ~100 ns, it made no difference either way.
+/// two vCPUs were ~350 ns apart: two cores 1.47× in alternating runs (6
+/// of 6 rounds), the host's stall on its submission stores (`perf`,
+/// `cpu-clock`) from 44 % of its samples to about 25 %; 16 ahead measured
+/// the same as 8 (README, eleventh round). On the AMD EPYC guest of
+/// earlier rounds, at ~100 ns, it made no difference either way.
 ///
-/// The claimed slot lies beyond the ring's capacity from every slot the
-/// consumer may still read as long as the slot count exceeds capacity by
-/// at least this much (the loop transport's rings: 256 slots for 129 or
-/// 130 entries at queue depth 128); in a ring whose capacity fills every
-/// slot the claim may take a line the consumer is still to read, which
-/// costs a trip, never correctness.
+/// The claimed slot is never one the consumer may still read as long as
+/// the ring has at least this many slots beyond its capacity (the loop
+/// transport's rings: 256 slots for 129 or 130 entries at queue depth
+/// 128). In a ring whose capacity fills every slot, the claim may take a
+/// line the consumer has yet to read: a trip more, never an error.
 const CLAIM_AHEAD: usize = 8;
 
 /// Asks, with intent to write (`prefetchw`), for the line that starts the
@@ -106,7 +105,8 @@ fn claim_ahead<T>(slot: &Slot<T>) {
     {
         let p = std::ptr::from_ref(slot).cast::<u8>();
         // SAFETY: `prefetchw` is a hint: it neither faults nor changes
-        // memory, whatever the address (a CPU without it runs a NOP).
+        // memory, whatever the address (x86-64 CPUs without the feature
+        // run it as a NOP).
         // `std::arch`'s `_MM_HINT_ET0` emits it only when the build
         // targets `prfchw`, which the baseline x86-64 target does not.
         unsafe {
